@@ -1,0 +1,43 @@
+// The operator schemas of the jwae_ext namespace and the Python module that loads them.
+// Backends register implementations from their own files (csrc/<op>.cpp, csrc/cuda/<op>.cu);
+// autograd and fake (meta) kernels are registered from Python in jwae_ext/ops/.
+#include <torch/extension.h>
+
+#ifdef WITH_CUDA
+#include <cuda_runtime_api.h>
+#endif
+
+TORCH_LIBRARY(jwae_ext, m) {
+  // Schemas are grouped by operator family; each family's kernels live in the file of its name.
+}
+
+namespace {
+
+pybind11::dict build_info() {
+  pybind11::dict info;
+  pybind11::list backends;
+  backends.append("cpu");
+#ifdef WITH_CUDA
+  backends.append("cuda");
+  info["cuda_version"] = std::to_string(CUDART_VERSION / 1000) + "." +
+                         std::to_string((CUDART_VERSION % 1000) / 10);
+#else
+  info["cuda_version"] = pybind11::none();
+#endif
+  info["backends"] = backends;
+  info["torch_version"] = JWAE_TORCH_VERSION;
+#ifdef _OPENMP
+  info["openmp"] = true;
+#else
+  info["openmp"] = false;
+#endif
+  return info;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "jwae_ext compiled operators (registered under torch.ops.jwae_ext)";
+  m.def("build_info", &build_info,
+        "Backends compiled into this build and the torch/CUDA versions it was built against.");
+}

@@ -1,0 +1,10 @@
+"""The compiled operators, with autograd and fake (meta) kernels registered from Python.
+
+Each operator family has one module here, named like its C++ file in ``csrc/`` and its CUDA file
+in ``csrc/cuda/``; its pure-PyTorch reference lives under the same name in
+:mod:`jwae_ext.reference`.
+"""
+
+from jwae_ext import _C  # noqa: F401  (loading the library registers torch.ops.jwae_ext)
+
+__all__: list[str] = []

@@ -1,0 +1,7 @@
+"""Straightforward pure-PyTorch formulations of every operator.
+
+They hold the full score / logit matrices the kernels avoid, and are what the property tests and
+the benchmarks compare the kernels against.
+"""
+
+__all__: list[str] = []
