@@ -1,0 +1,139 @@
+"""Shared benchmark machinery: time (pytest-benchmark) and peak extra memory, side by side.
+
+Every benchmark measures one *implementation* ("ours", "reference", "gemm", ...) of one *case*
+(an operator at one size) through the ``measure`` fixture. At the end of the session a summary
+prints, per case, each implementation's median time and peak extra memory and its ratio to the
+reference and to the bare GEMM, all measured in the same run (these machines are noisy: absolute
+times drift between runs, ratios measured side by side hold).
+
+``JWAE_BENCH_SMOKE=1`` shrinks every size (CI runs the benchmarks once, untimed, this way).
+``JWAE_BENCH_DEVICE=cuda`` runs them on the GPU.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+
+SMOKE = os.environ.get("JWAE_BENCH_SMOKE", "0") == "1"
+DEVICE = os.environ.get("JWAE_BENCH_DEVICE", "cpu")
+
+
+def sizes(full: list, smoke: list) -> list:
+    """The sizes to benchmark: ``full`` normally, ``smoke`` under ``JWAE_BENCH_SMOKE=1``."""
+    return smoke if SMOKE else full
+
+
+def _rss_bytes(field: str) -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"{field} missing from /proc/self/status")
+
+
+def peak_extra_memory(fn: Callable[[], object], device: str) -> int:
+    """Bytes of memory ``fn`` needs above what is allocated when it starts (its peak).
+
+    CUDA: the caching allocator's peak. CPU: the process's peak resident set, reset through
+    /proc/self/clear_refs just before the call, minus the resident set at that moment; torch
+    returns large CPU buffers to the OS on free, so this tracks tensors, not allocator caching.
+    """
+    gc.collect()
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        out = fn()
+        torch.cuda.synchronize()
+        del out
+        return torch.cuda.max_memory_allocated() - base
+    with open("/proc/self/clear_refs", "w") as clear:
+        clear.write("5")
+    base = _rss_bytes("VmRSS")
+    out = fn()
+    peak = _rss_bytes("VmHWM")
+    del out
+    return max(peak - base, 0)
+
+
+@dataclass
+class Result:
+    case: str
+    impl: str
+    seconds: float | None
+    peak_bytes: int
+
+
+_RESULTS: dict[str, dict[str, Result]] = defaultdict(dict)
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+@pytest.fixture
+def measure(benchmark):
+    """``measure(case, impl, fn, rounds=...)``: time ``fn`` and record its peak extra memory."""
+
+    def run(case: str, impl: str, fn: Callable[[], object], rounds: int = 3) -> None:
+        def timed():
+            out = fn()
+            _sync(DEVICE)
+            return out
+
+        timed()  # warm-up: first-call allocations, lazy initialisation, cuBLAS handles
+        benchmark.group = case
+        benchmark.extra_info["impl"] = impl
+        start = time.perf_counter()
+        benchmark.pedantic(timed, rounds=rounds, iterations=1)
+        elapsed = time.perf_counter() - start
+        seconds = benchmark.stats.stats.median if benchmark.stats is not None else None
+        if seconds is None and not benchmark.disabled:
+            seconds = elapsed / rounds
+        peak = peak_extra_memory(timed, DEVICE)
+        benchmark.extra_info["peak_extra_mb"] = round(peak / 2**20, 1)
+        _RESULTS[case][impl] = Result(case, impl, None if benchmark.disabled else seconds, peak)
+
+    return run
+
+
+def _ratio(a: float | None, b: float | None) -> str:
+    return f"{a / b:6.2f}x" if a and b else "     -"
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not _RESULTS:
+        return
+    write = terminalreporter.write_line
+    write("")
+    write(f"jwae_ext benchmark summary (device={DEVICE}, torch threads={torch.get_num_threads()})")
+    header = f"{'case':<44} {'impl':<12} {'median s':>10} {'peak MB':>9} {'/ref':>8} {'/gemm':>8}"
+    write(header)
+    write("-" * len(header))
+    rows = []
+    for case, impls in _RESULTS.items():
+        ref = impls.get("reference")
+        gemm = impls.get("gemm")
+        for impl, r in impls.items():
+            secs = f"{r.seconds:10.4f}" if r.seconds is not None else f"{'-':>10}"
+            write(
+                f"{case:<44} {impl:<12} {secs} {r.peak_bytes / 2**20:9.1f} "
+                f"{_ratio(r.seconds, ref and ref.seconds):>8} "
+                f"{_ratio(r.seconds, gemm and gemm.seconds):>8}"
+            )
+            rows.append({**r.__dict__, "device": DEVICE})
+    out = os.environ.get("JWAE_BENCH_JSON")
+    if out:
+        Path(out).write_text(json.dumps(rows, indent=1))
+        write(f"summary written to {out}")
