@@ -1,0 +1,69 @@
+"""The training objectives of every variant, built only from the compiled operators.
+
+``jwae-mh`` (default): L_jWAE + L_MH.  ``jwae-mse``: L_jWAE + mean squared distance of the
+normalized pair codes.  ``vse++``: L_MH alone.  ``vse0``: the sum of hinges alone.
+L_jWAE = lambda1 * feature reconstruction + lambda2 * caption NLL + lambda3/lambda4 * prior
+matching of the image/caption codes, by the adversarial terms (``prior="gan"``) or by MMD with an
+inverse-multiquadratic kernel (``prior="mmd"``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from jwae_ext import ops
+
+VARIANTS = ("jwae-mh", "jwae-mse", "vse++", "vse0")
+PRIORS = ("gan", "mmd")
+RECONS = ("l1", "l2")
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """Weights and options of the objective (defaults: DESIGN.md §2, the official code's)."""
+
+    variant: str = "jwae-mh"
+    prior: str = "gan"
+    margin: float = 0.2
+    weights: tuple[float, float, float, float] = (0.05, 0.005, 0.01, 0.01)
+    recon: str = "l1"
+
+    def __post_init__(self) -> None:
+        for name, allowed in (("variant", VARIANTS), ("prior", PRIORS), ("recon", RECONS)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if len(self.weights) != 4:
+            raise ValueError(f"weights must hold 4 lambdas, got {self.weights!r}")
+
+    @property
+    def uses_wae(self) -> bool:
+        return self.variant.startswith("jwae")
+
+    @property
+    def uses_discriminator(self) -> bool:
+        return self.uses_wae and self.prior == "gan"
+
+
+def matching_loss(
+    cfg: LossConfig, z_img: torch.Tensor, z_txt: torch.Tensor, img_ids: torch.Tensor
+) -> torch.Tensor:
+    """The supervised term tying paired codes: max- or sum-of-hinges, or the pair MSE.
+
+    ``img_ids`` names each pair's image, so two captions of one image in a batch are never each
+    other's negatives.
+    """
+    if cfg.variant == "jwae-mse":
+        diff = F.normalize(z_img, dim=1) - F.normalize(z_txt, dim=1)
+        return diff.pow(2).sum(dim=1).mean()
+    return ops.mh_loss(
+        z_img,
+        z_txt,
+        margin=cfg.margin,
+        max_violation=cfg.variant != "vse0",
+        img_ids=img_ids,
+        txt_ids=img_ids,
+        normalize=True,
+    )

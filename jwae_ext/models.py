@@ -1,0 +1,248 @@
+"""The jWAE networks (DESIGN.md §2): encoders into one latent space, decoders back out of it, and
+the discriminator that matches both code distributions to one shared Gaussian prior.
+
+Everything here is a plain ``nn.Module``; the losses that tie them together live in
+:mod:`jwae_ext.losses`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from jwae_ext import ops
+from jwae_ext.losses import LossConfig, matching_loss
+
+PAD, START, END, UNK = 0, 1, 2, 3
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Sizes of the networks. ``prior_sigma=None`` means 1/sqrt(embed_size)."""
+
+    img_dim: int
+    vocab_size: int
+    embed_size: int = 1024
+    word_dim: int = 300
+    img_hidden: int = 1024
+    bidirectional: bool = False
+    word_dropout: float = 0.2
+    disc_hidden: int = 256
+    prior_sigma: float | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("img_dim", "vocab_size", "embed_size", "word_dim", "img_hidden", "disc_hidden"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"ModelConfig.{name} must be a positive integer, got {value!r}")
+        if self.vocab_size <= UNK:
+            raise ValueError(
+                f"ModelConfig.vocab_size must exceed the 4 special tokens, got {self.vocab_size}"
+            )
+        if not 0.0 <= self.word_dropout < 1.0:
+            raise ValueError(f"ModelConfig.word_dropout must be in [0, 1), got {self.word_dropout}")
+        if self.prior_sigma is not None and not self.prior_sigma > 0:
+            raise ValueError(f"ModelConfig.prior_sigma must be positive, got {self.prior_sigma}")
+
+    @property
+    def sigma(self) -> float:
+        """Standard deviation of the shared prior; by default prior samples have norm ~= 1."""
+        return self.prior_sigma if self.prior_sigma is not None else 1.0 / math.sqrt(self.embed_size)
+
+
+def _mlp(sizes: list[int], activation: type[nn.Module] = nn.ReLU) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(nn.Linear(fan_in, fan_out))
+        if i < len(sizes) - 2:
+            layers.append(activation())
+    return nn.Sequential(*layers)
+
+
+class ImageEncoder(nn.Module):
+    """f_v: precomputed image features (B, D) -> codes z_v (B, d), unnormalized."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.net = _mlp([cfg.img_dim, cfg.img_hidden, cfg.embed_size])
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.net(features)
+
+
+class ImageDecoder(nn.Module):
+    """g_v: codes (B, d) -> reconstructed image features (B, D)."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.net = _mlp([cfg.embed_size, cfg.img_hidden, cfg.img_dim])
+
+    def forward(self, codes: torch.Tensor) -> torch.Tensor:
+        return self.net(codes)
+
+
+class TextEncoder(nn.Module):
+    """f_t: token ids (B, L) with true lengths (B,) -> codes z_t (B, d), unnormalized.
+
+    A word embedding feeds a one-layer GRU with hidden size d; the code is the GRU state at each
+    caption's last real token (a bi-GRU averages the final states of its two directions).
+    """
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.word_dim, padding_idx=PAD)
+        self.gru = nn.GRU(
+            cfg.word_dim, cfg.embed_size, batch_first=True, bidirectional=cfg.bidirectional
+        )
+
+    def forward(self, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        packed = pack_padded_sequence(
+            self.embed(tokens), lengths.cpu(), batch_first=True, enforce_sorted=False
+        )
+        _, final = self.gru(packed)  # (directions, B, d), states at the true lengths
+        return final.mean(dim=0)
+
+
+class TextDecoder(nn.Module):
+    """g_t: a GRU language model conditioned on the caption code.
+
+    Teacher forcing with shifted targets: from ``<start> w1 .. wn`` and the code it predicts
+    ``w1 .. wn <end>`` (the official code predicts the token it is fed). The code sets the initial
+    state and is concatenated to every input step; word dropout replaces input words with
+    ``<unk>``. The vocabulary projection is not applied here: its weight and bias go to the fused
+    linear cross-entropy so that the (tokens x vocabulary) logits never exist.
+    """
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.word_dropout = cfg.word_dropout
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.word_dim, padding_idx=PAD)
+        self.init_state = nn.Linear(cfg.embed_size, cfg.embed_size)
+        self.gru = nn.GRU(cfg.word_dim + cfg.embed_size, cfg.embed_size, batch_first=True)
+        self.vocab = nn.Linear(cfg.embed_size, cfg.vocab_size)
+
+    def _drop_words(self, inputs: torch.Tensor) -> torch.Tensor:
+        if not (self.training and self.word_dropout > 0):
+            return inputs
+        words = inputs > END  # never replace <pad>, <start> or <end>
+        drop = torch.rand(inputs.shape, device=inputs.device) < self.word_dropout
+        return torch.where(words & drop, torch.full_like(inputs, UNK), inputs)
+
+    def forward(
+        self, codes: torch.Tensor, tokens: torch.Tensor, lengths: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return decoder states (B*(L-1), d) and their targets (B*(L-1),), <pad> where ignored."""
+        inputs = self._drop_words(tokens[:, :-1])
+        targets = tokens[:, 1:]
+        steps = inputs.shape[1]
+        x = torch.cat([self.embed(inputs), codes.unsqueeze(1).expand(-1, steps, -1)], dim=2)
+        h0 = torch.tanh(self.init_state(codes)).unsqueeze(0)
+        packed = pack_padded_sequence(x, (lengths - 1).cpu(), batch_first=True, enforce_sorted=False)
+        out, _ = self.gru(packed, h0)
+        states, _ = pad_packed_sequence(out, batch_first=True, total_length=steps)
+        return states.reshape(-1, states.shape[-1]), targets.reshape(-1)
+
+
+class Discriminator(nn.Module):
+    """D: codes (B, d) -> logits (B,) that a code is a sample of the prior."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(cfg.embed_size, cfg.disc_hidden),
+            nn.LeakyReLU(0.2),
+            nn.Linear(cfg.disc_hidden, cfg.disc_hidden),
+            nn.LeakyReLU(0.2),
+            nn.Linear(cfg.disc_hidden, 1),
+        )
+
+    def forward(self, codes: torch.Tensor) -> torch.Tensor:
+        return self.net(codes).squeeze(-1)
+
+
+class JWAE(nn.Module):
+    """All jWAE networks. The discriminator is a separate attribute with its own optimizer."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.img_enc = ImageEncoder(cfg)
+        self.txt_enc = TextEncoder(cfg)
+        self.img_dec = ImageDecoder(cfg)
+        self.txt_dec = TextDecoder(cfg)
+        self.disc = Discriminator(cfg)
+
+    def autoencoder_parameters(self) -> list[nn.Parameter]:
+        """Everything the main optimizer trains: encoders and decoders, not the discriminator."""
+        return [p for name, p in self.named_parameters() if not name.startswith("disc.")]
+
+    def sample_prior(self, n: int, like: torch.Tensor) -> torch.Tensor:
+        """n samples of the shared prior N(0, sigma^2 I_d), on ``like``'s device and dtype."""
+        return torch.randn(n, self.cfg.embed_size, device=like.device, dtype=like.dtype) * self.cfg.sigma
+
+    def encode_images(self, features: torch.Tensor) -> torch.Tensor:
+        return self.img_enc(features)
+
+    def encode_captions(self, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        return self.txt_enc(tokens, lengths)
+
+    def autoencoder_loss(
+        self,
+        images: torch.Tensor,
+        tokens: torch.Tensor,
+        lengths: torch.Tensor,
+        img_ids: torch.Tensor,
+        cfg: LossConfig,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+        """The loss of encoders and decoders on one batch of pairs (images[i], tokens[i]).
+
+        Returns the total, its unweighted terms (detached, for logging) and the codes
+        (z_img, z_txt) for the discriminator step. The discriminator is only evaluated here:
+        its weights get no gradient from this loss.
+        """
+        z_img = self.encode_images(images)
+        z_txt = self.encode_captions(tokens, lengths)
+        match = matching_loss(cfg, z_img, z_txt, img_ids)
+        terms = {"match": match.detach()}
+        if not cfg.uses_wae:
+            return match, terms, (z_img, z_txt)
+
+        states, targets = self.txt_dec(z_txt, tokens, lengths)
+        w_rec, w_nll, w_img, w_txt = cfg.weights
+        logits_img = logits_txt = None
+        if cfg.prior == "gan":
+            self.disc.requires_grad_(False)
+            logits_img, logits_txt = self.disc(z_img), self.disc(z_txt)
+            self.disc.requires_grad_(True)
+        wae, wae_terms = ops.wae_loss(
+            images,
+            self.img_dec(z_img),
+            states,
+            self.txt_dec.vocab.weight,
+            targets,
+            logits_img,
+            logits_txt,
+            vocab_bias=self.txt_dec.vocab.bias,
+            batch_size=images.shape[0],
+            weights=(w_rec, w_nll, w_img, w_txt) if cfg.prior == "gan" else (w_rec, w_nll, 0.0, 0.0),
+            recon=cfg.recon,
+            ignore_index=PAD,
+        )
+        total = match + wae
+        terms.update(wae_terms)
+        if cfg.prior == "mmd":
+            prior = self.sample_prior(z_img.shape[0], z_img)
+            mmd_img, mmd_txt = ops.mmd_imq(z_img, prior), ops.mmd_imq(z_txt, prior)
+            total = total + w_img * mmd_img + w_txt * mmd_txt
+            terms.update(mmd_img=mmd_img.detach(), mmd_txt=mmd_txt.detach())
+        return total, terms, (z_img, z_txt)
+
+    def discriminator_loss(self, z_img: torch.Tensor, z_txt: torch.Tensor) -> torch.Tensor:
+        """The discriminator's own loss: prior samples are real, the detached codes fake."""
+        fake = torch.cat([z_img.detach(), z_txt.detach()])
+        real = self.sample_prior(fake.shape[0], fake)
+        return ops.discriminator_loss(self.disc(real), self.disc(fake))
