@@ -132,14 +132,14 @@ STYLES = {
     "b": Style(
         name="b",
         palette=(
-            (200, 55, 75), (90, 170, 50), (70, 110, 205), (220, 200, 90),
-            (125, 70, 160), (215, 115, 60), (80, 190, 175),
+            (215, 50, 60), (70, 175, 55), (60, 100, 215), (225, 205, 70),
+            (140, 65, 180), (230, 125, 45), (60, 200, 195),
         ),
-        background_top=(96, 88, 78),
-        background_bottom=(52, 58, 70),
-        noise=14,
+        background_top=(34, 30, 30),
+        background_bottom=(20, 26, 36),
+        noise=9,
         stroke=1.5,
-        stroke_darkness=7,
+        stroke_darkness=9,
     ),
 }  # fmt: skip
 

@@ -1,8 +1,8 @@
 """Caption tokenizer and word vocabulary (the VSE++/SCAN JSON format; never pickle).
 
 The tokenizer needs no downloads: captions are lowercased and split by one regular expression into
-words (runs of letters and digits, keeping inner hyphens and apostrophes: ``five-pointed``,
-``don't``) and single punctuation marks. It is a pure function of the string, so the same captions
+words (runs of letters, digits, underscores and combining accents, keeping inner hyphens and
+apostrophes: ``five-pointed``, ``don't``) and single other non-space characters (punctuation). It is a pure function of the string, so the same captions
 give the same ids on every machine.
 """
 
@@ -19,7 +19,9 @@ PAD, START, END, UNK = "<pad>", "<start>", "<end>", "<unk>"
 PAD_ID, START_ID, END_ID, UNK_ID = 0, 1, 2, 3
 SPECIAL_TOKENS = (PAD, START, END, UNK)
 
-_TOKEN = re.compile(r"\w+(?:[-']\w+)*|[^\w\s]")
+# Word characters include combining accents, which lowercasing can produce ("İ" -> "i̇").
+_WORD = r"[\w\u0300-\u036f]+"
+_TOKEN = re.compile(rf"{_WORD}(?:[-']{_WORD})*|[^\w\s\u0300-\u036f]")
 
 
 def tokenize(caption: str) -> list[str]:
@@ -48,9 +50,8 @@ class Vocabulary:
         """Words occurring at least ``threshold`` times in ``captions`` (the training captions)."""
         if isinstance(threshold, bool) or not isinstance(threshold, int) or threshold < 1:
             raise ValueError(f"jwae_ext: threshold must be an integer >= 1, got {threshold!r}")
+        # Tokens never contain "<" next to letters, so the special tokens cannot be counted.
         counts = Counter(tok for caption in captions for tok in tokenize(caption))
-        for special in SPECIAL_TOKENS:
-            counts.pop(special, None)
         kept = [w for w, c in counts.items() if c >= threshold]
         kept.sort(key=lambda w: (-counts[w], w))
         return cls(kept)
