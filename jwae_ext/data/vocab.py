@@ -2,8 +2,8 @@
 
 The tokenizer needs no downloads: captions are lowercased and split by one regular expression into
 words (runs of letters, digits, underscores and combining accents, keeping inner hyphens and
-apostrophes: ``five-pointed``, ``don't``) and single other non-space characters (punctuation). It is a pure function of the string, so the same captions
-give the same ids on every machine.
+apostrophes: ``five-pointed``, ``don't``) and single other non-space characters (punctuation).
+It is a pure function of the string, so the same captions give the same ids on every machine.
 """
 
 from __future__ import annotations
