@@ -130,7 +130,7 @@ def _word_classes(table_of: str, names) -> dict[str, int]:
         table = getattr(phrasing, table_of)
         for value, options in table.items() if isinstance(table, dict) else enumerate(table):
             vid = names.index(value) if isinstance(value, str) else value
-            for phrase in options.phrases:
+            for phrase in options.options:
                 for token in phrase.split():
                     owners.setdefault(token, set()).add(vid)
     return {tok: ids.pop() for tok, ids in owners.items() if len(ids) == 1}
@@ -196,7 +196,7 @@ def test_styles_differ_in_pixels_and_phrasing(train_a):
     # The same scene drawn in both styles: different background and outline.
     scene = [SceneObject(0, 0, 1, 4, 7, (0, 0), (0, 0, 0))]
     noise = np.zeros(IMAGE_SIZE * IMAGE_SIZE * 3, np.uint8)
-    a_px, b_px = (render_scene(scene, STYLES[s], noise, SHAPES) for s in "ab")
+    a_px, b_px = (render_scene(scene, STYLES[s], noise) for s in "ab")
     assert not np.array_equal(a_px[0], b_px[0])  # background
     assert not np.array_equal(a_px[24, 24 - 7 : 24 - 4], b_px[24, 24 - 7 : 24 - 4])  # outline
     assert np.array_equal(a_px[24, 24], STYLES["a"].palette[0])

@@ -10,32 +10,10 @@ those of the objects mentioned, positions are their cells and relations hold bet
 
 from __future__ import annotations
 
-import bisect
-import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from jwae_ext.data.scenes import COLOURS, POSITIONS, SHAPES, Draws, SceneObject
-
-
-class Options:
-    """Alternative phrases with (unnormalized) weights."""
-
-    __slots__ = ("_bounds", "phrases", "weights")
-
-    def __init__(self, phrases: Sequence[str], weights: Sequence[float]):
-        self.phrases, self.weights = tuple(phrases), tuple(weights)
-        self._bounds = list(itertools.accumulate(self.weights))
-
-    def draw(self, draws: Draws) -> str:
-        """One phrase, with probability proportional to its weight."""
-        i = bisect.bisect_right(self._bounds, draws.uniform() * self._bounds[-1])
-        return self.phrases[min(i, len(self.phrases) - 1)]
-
-    def format(self, **fields: str) -> Options:
-        """The same options with ``str.format`` fields filled in."""
-        return Options([p.format(**fields) for p in self.phrases], self.weights)
-
+from jwae_ext.data.scenes import COLOURS, POSITIONS, SHAPES, Choices, Draws, SceneObject
 
 CAPTIONS_PER_IMAGE = 5
 _NUMBERS = ("one", "two", "three")
@@ -44,23 +22,23 @@ _RELATIONS = ("left of", "right of", "above", "below", "next to")
 
 @dataclass(frozen=True)
 class Phrasing:
-    """One style's word choices: each entry is a tuple of ``(phrase, weight)`` options."""
+    """One style's word choices: weighted alternative phrases for each slot of the grammar."""
 
-    shapes: dict[str, Options]
-    colours: dict[str, Options]
-    sizes: tuple[Options, Options]  # small, big
-    positions: dict[str, Options]  # cell name -> phrases
-    relations: dict[str, Options]
-    templates: Options  # keys of _TEMPLATES
-    openers: Options  # prefixes of a plain listing ("" for none)
-    pair_joiners: Options  # "x and y", "x together with y"
-    verbs: Options  # "x is placed at the top"
-    things: Options  # collective nouns for counting
-    backgrounds: Options
-    backdrop: Options
-    coloured: Options  # "a circle coloured red"
-    image_words: Options  # "... of the image"
-    single: Options  # "a single red circle"
+    shapes: dict[str, Choices]
+    colours: dict[str, Choices]
+    sizes: tuple[Choices, Choices]  # small, big
+    positions: dict[str, Choices]  # cell name -> phrases
+    relations: dict[str, Choices]
+    templates: Choices  # keys of _TEMPLATES
+    openers: Choices  # prefixes of a plain listing ("" for none)
+    pair_joiners: Choices  # "x and y", "x together with y"
+    verbs: Choices  # "x is placed at the top"
+    things: Choices  # collective nouns for counting
+    backgrounds: Choices
+    backdrop: Choices
+    coloured: Choices  # "a circle coloured red"
+    image_words: Choices  # "... of the image"
+    single: Choices  # "a single red circle"
     p_size: float
     p_colour: float
     p_colour_after: float  # colour put after the noun
@@ -69,13 +47,18 @@ class Phrasing:
     p_full_stop: float
 
 
-def _w(*options: str | tuple[str, float]) -> Options:
-    """Options with weight 1 unless given as ``(phrase, weight)``."""
+def _w(*options: str | tuple[str, float]) -> Choices:
+    """Phrases with weight 1 unless given as ``(phrase, weight)``."""
     pairs = [o if isinstance(o, tuple) else (o, 1.0) for o in options]
-    return Options([p for p, _ in pairs], [w for _, w in pairs])
+    return Choices([p for p, _ in pairs], [w for _, w in pairs])
 
 
-def _positions(corner: Options, side: Options, centre: Options) -> dict[str, Options]:
+def _format(phrases: Choices, **fields: str) -> Choices:
+    """The same choices with ``str.format`` fields filled in."""
+    return Choices([p.format(**fields) for p in phrases.options], phrases.weights)
+
+
+def _positions(corner: Choices, side: Choices, centre: Choices) -> dict[str, Choices]:
     """Position phrases for every cell from patterns: ``{v}``/``{h}`` the vertical/horizontal
     word of a corner, ``{u}`` "upper"/"lower"; ``{s}`` the side's name, ``{a}`` its adjective."""
     adjective = {"top": "upper", "bottom": "lower", "left": "left", "right": "right"}
@@ -84,9 +67,9 @@ def _positions(corner: Options, side: Options, centre: Options) -> dict[str, Opt
         parts = name.split()
         if len(parts) == 2:
             v, h = parts
-            table[name] = corner.format(v=v, h=h, u=adjective[v])
+            table[name] = _format(corner, v=v, h=h, u=adjective[v])
         elif name != "centre":
-            table[name] = side.format(s=name, a=adjective[name])
+            table[name] = _format(side, s=name, a=adjective[name])
     return table
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from jwae_ext.data.scenes import SceneObject
+from jwae_ext.data.scenes import SHAPES, SceneObject
 
 IMAGE_SIZE = 48
 CELL = IMAGE_SIZE // 3
@@ -145,15 +145,14 @@ STYLES = {
 
 
 def render_scene(
-    objects: Sequence[SceneObject], style: Style, noise_bytes: np.ndarray, shapes: Sequence[str]
+    objects: Sequence[SceneObject], style: Style, noise_bytes: np.ndarray
 ) -> np.ndarray:
     """Draw ``objects`` over ``style``'s background; returns ``(H, W, 3)`` uint8.
 
-    ``noise_bytes``: ``H*W*3`` random uint8 for the background texture; ``shapes`` maps shape
-    ids to names."""
+    ``noise_bytes``: ``H*W*3`` random uint8 for the background texture."""
     image = style.background(noise_bytes)
     for obj in objects:
-        outer, inner = _sprites(shapes[obj.shape], obj.radius, style.stroke)
+        outer, inner = _sprites(SHAPES[obj.shape], obj.radius, style.stroke)
         colour = np.clip(np.add(style.palette[obj.colour], obj.tint), 0, 255)
         edge = colour * style.stroke_darkness // 16
         reach = outer.shape[0] // 2

@@ -8,6 +8,8 @@ stored as small integers indexing the name tables below; ``-1`` marks a missing 
 
 from __future__ import annotations
 
+import bisect
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -23,8 +25,6 @@ POSITIONS = (
 )  # fmt: skip
 MAX_OBJECTS = 3
 ATTRIBUTES = {"shape": SHAPES, "colour": COLOURS, "size": SIZES, "position": POSITIONS}
-# Scenes with 1, 2 and 3 objects, in these proportions.
-OBJECT_COUNT_WEIGHTS = (0.4, 0.35, 0.25)
 
 
 @dataclass(frozen=True)
@@ -154,16 +154,9 @@ class Draws:
     def chance(self, p: float) -> bool:
         return self.uniform() < p
 
-    def pick(self, options: Sequence, weights: Sequence[float] | None = None):
-        """One of ``options``, uniformly or with the given (unnormalized) weights."""
-        if weights is None:
-            return options[self.below(len(options))]
-        u = self.uniform() * sum(weights)
-        for option, w in zip(options, weights, strict=True):
-            if u < w:
-                return option
-            u -= w
-        return options[-1]
+    def pick(self, options: Sequence):
+        """One of ``options``, uniformly."""
+        return options[self.below(len(options))]
 
     def shuffled(self, items: Sequence) -> list:
         """A permutation of ``items`` (Fisher-Yates)."""
@@ -172,6 +165,21 @@ class Draws:
             j = self.below(i + 1)
             items[i], items[j] = items[j], items[i]
         return items
+
+
+class Choices:
+    """Alternatives with (unnormalized) weights."""
+
+    __slots__ = ("_bounds", "options", "weights")
+
+    def __init__(self, options: Sequence, weights: Sequence[float]):
+        self.options, self.weights = tuple(options), tuple(weights)
+        self._bounds = list(itertools.accumulate(self.weights))
+
+    def draw(self, draws: Draws):
+        """One option, with probability proportional to its weight."""
+        i = bisect.bisect_right(self._bounds, draws.uniform() * self._bounds[-1])
+        return self.options[min(i, len(self.options) - 1)]
 
 
 @dataclass(frozen=True)
@@ -191,13 +199,14 @@ class SceneObject:
 # Radii (pixels) per size class and the largest centre offset that keeps a shape in its cell:
 # radius + offset <= 7 < 8, half the 16-pixel cell, so objects never overlap.
 RADII = ((4, 5), (6, 7))
+_OBJECT_COUNTS = Choices((1, 2, 3), (0.4, 0.35, 0.25))
 CELL_REACH = 7
 TINT = 12
 
 
 def sample_scene(draws: Draws) -> list[SceneObject]:
     """Sample one scene's objects, the big ones first."""
-    count = 1 + draws.pick(range(MAX_OBJECTS), OBJECT_COUNT_WEIGHTS)
+    count = _OBJECT_COUNTS.draw(draws)
     cells = draws.shuffled(range(len(POSITIONS)))[:count]
     objects = []
     for cell in cells:

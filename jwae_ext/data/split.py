@@ -39,6 +39,8 @@ class PooledRegions:
         return self.shape[0]
 
     def __getitem__(self, index) -> np.ndarray:
+        if isinstance(index, tuple):
+            raise TypeError("jwae_ext: PooledRegions is indexed by rows only (int, slice, array)")
         return self.regions[index].mean(axis=-2, dtype=np.float64).astype(np.float32)
 
     def __array__(self, dtype=None, copy=None) -> np.ndarray:

@@ -17,7 +17,7 @@ from jwae_ext.data.captions import CAPTIONS_PER_IMAGE, write_captions
 from jwae_ext.data.features import extract_features
 from jwae_ext.data.precomp import write_precomp
 from jwae_ext.data.render import IMAGE_SIZE, STYLES, render_scene
-from jwae_ext.data.scenes import SHAPES, Draws, SceneObject, sample_scene, scene_attributes
+from jwae_ext.data.scenes import Draws, SceneObject, sample_scene, scene_attributes
 from jwae_ext.data.split import CaptionSplit
 
 # Sized so the default training run fits in a few CPU minutes (25k training captions per epoch).
@@ -72,10 +72,10 @@ def synthetic_split(
         scene = sample_scene(draws)
         captions += write_captions(scene, style, draws)
         scenes.append(scene)
-        pixels[i] = render_scene(scene, STYLES[style], _noise(seed, style, split, i), SHAPES)
+        pixels[i] = render_scene(scene, STYLES[style], _noise(seed, style, split, i))
 
     def render(index: int) -> np.ndarray:
-        return render_scene(scenes[index], STYLES[style], _noise(seed, style, split, index), SHAPES)
+        return render_scene(scenes[index], STYLES[style], _noise(seed, style, split, index))
 
     return CaptionSplit(
         name=f"synthetic-{style}/{split}",
