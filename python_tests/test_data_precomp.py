@@ -1,6 +1,8 @@
 """Precomp folders (VSE++/SCAN layout): round trips, region features, bad files, fuzzing."""
 
 import io
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -256,3 +258,17 @@ def test_loader_fuzz_random_lines(tmp_path_factory, n, lines, newline):
         k = split.captions_per_image
         assert k is not None and split.num_captions == n * k
         assert all(c.strip() == c and c for c in split.captions)
+
+
+def test_export_command(tmp_path):
+    out = tmp_path / "synthetic_b"
+    sizes = ["--train", "3", "--dev", "2", "--test", "2", "--seed", "1"]
+    done = subprocess.run(
+        [sys.executable, "-m", "jwae_ext.data.synthetic", str(out), "--style", "b", *sizes],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "train (3 images)" in done.stdout
+    split = load_split(out, "dev")
+    assert split.captions == synthetic_split("b", "dev", seed=1, num_images=2).captions

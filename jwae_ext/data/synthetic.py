@@ -101,3 +101,26 @@ def export_precomp(
         data = synthetic_split(style, split, seed=seed, num_images=n)
         write_precomp(folder, split, np.asarray(data.images), data.captions)
     return folder
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m jwae_ext.data.synthetic FOLDER``: export an embedded dataset as precomp."""
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m jwae_ext.data.synthetic",
+        description="Write an embedded dataset as a VSE++/SCAN precomp folder.",
+    )
+    parser.add_argument("folder")
+    parser.add_argument("--style", choices=sorted(_STYLE_IDS), default="a")
+    parser.add_argument("--seed", type=int, default=0)
+    for split, n in DEFAULT_SIZES.items():
+        parser.add_argument(f"--{split}", type=int, default=n, metavar="N", help=f"images ({n})")
+    args = parser.parse_args(argv)
+    sizes = {split: getattr(args, split) for split in DEFAULT_SIZES}
+    folder = export_precomp(args.folder, args.style, seed=args.seed, sizes=sizes)
+    print(f"wrote {', '.join(f'{s} ({n} images)' for s, n in sizes.items())} to {folder}")
+
+
+if __name__ == "__main__":
+    main()
