@@ -1,0 +1,74 @@
+"""A fixed, randomly initialised convolutional feature extractor for the embedded images.
+
+It plays the part of the pretrained CNN behind precomputed COCO/Flickr30k features: two 4 x 4
+convolutions of stride 2 with ReLU (48 -> 24 -> 12 pixels), then sum pooling over a 4 x 4 grid and
+a square root, giving ``FEATURE_DIM`` = 4 * 4 * 64 = 1024 non-negative float32 features per
+image.
+
+Bit-identical on every machine: the weights are small integers drawn from a fixed seed, pixels
+are integers, and every intermediate value is an integer below 2**24, so the float32 matrix
+products (whatever BLAS, blocking or FMA is used) and the sums are exact; the requantisation
+between layers is an exact floor division, and the final square root and scaling are single
+correctly rounded IEEE operations.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+
+import numpy as np
+
+from jwae_ext.data.render import IMAGE_SIZE
+
+_SEED = 20190101  # fixed: the extractor is the same for every dataset seed and style
+_CHANNELS = (3, 16, 64)
+_GRID = 4
+FEATURE_DIM = _GRID * _GRID * _CHANNELS[2]
+_SHIFT1 = 64  # requantisation after layer 1
+_SCALE = np.float32(1 / 64)  # brings typical features to O(1); a power of two, so exact
+_CHUNK = 256  # images per batch: bounds the im2col buffers to a few MiB
+
+
+@functools.lru_cache(maxsize=1)
+def _weights() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Integer weights in [-2, 2] and biases, as float32 matrices (im2col layout)."""
+    rng = np.random.default_rng(_SEED)
+    layers = []
+    for c_in, c_out in itertools.pairwise(_CHANNELS):
+        u = rng.random((16 * c_in, c_out))
+        w = np.floor(u * 5).astype(np.float32) - 2
+        b = np.floor(rng.random(c_out) * 5 * c_in).astype(np.float32) - 2.5 * c_in
+        layers += [w, np.floor(b)]
+    return tuple(layers)
+
+
+def _conv4x4s2_relu(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """4 x 4 convolution of stride 2 with one pixel of zero padding (halves H and W), then ReLU;
+    x: (B, H, W, C)."""
+    batch, h, width, c = x.shape
+    padded = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    cols = np.lib.stride_tricks.sliding_window_view(padded, (4, 4), axis=(1, 2))[:, ::2, ::2]
+    cols = cols.transpose(0, 1, 2, 4, 5, 3).reshape(batch * (h // 2) * (width // 2), 16 * c)
+    return np.maximum(cols @ w + b, 0).reshape(batch, h // 2, width // 2, -1)
+
+
+def extract_features(images: np.ndarray) -> np.ndarray:
+    """``(N, H, W, 3)`` uint8 images -> ``(N, FEATURE_DIM)`` float32 features."""
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (IMAGE_SIZE,) * 2 + (3,):
+        raise ValueError(
+            f"jwae_ext: images must be uint8 (N, {IMAGE_SIZE}, {IMAGE_SIZE}, 3), "
+            f"got {images.dtype} {images.shape}"
+        )
+    w1, b1, w2, b2 = _weights()
+    out = np.empty((images.shape[0], FEATURE_DIM), dtype=np.float32)
+    for start in range(0, images.shape[0], _CHUNK):
+        x = images[start : start + _CHUNK].astype(np.float32) - 128  # |x| <= 128
+        # Layer 1: |sum| <= 48 * 128 * 2 + |bias| < 2**14.
+        h = np.floor(_conv4x4s2_relu(x, w1, b1) / _SHIFT1)  # < 2**8
+        # Layer 2: sum <= 256 * 2**8 * 2 + |bias| < 2**18.
+        h = _conv4x4s2_relu(h, w2, b2)  # (B, 12, 12, 64)
+        side = h.shape[1] // _GRID
+        pooled = h.reshape(h.shape[0], _GRID, side, _GRID, side, -1).sum(axis=(2, 4))  # < 2**22
+        out[start : start + _CHUNK] = np.sqrt(pooled.reshape(h.shape[0], -1)) * _SCALE
+    return out

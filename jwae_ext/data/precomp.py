@@ -1,0 +1,211 @@
+"""Precomputed features in the VSE++/SCAN layout: ``{split}_ims.npy`` + ``{split}_caps.txt``.
+
+``{split}_ims.npy`` holds ``(N, D)`` or ``(N, R, D)`` float32 features (region features are
+mean-pooled on access) and is memory-mapped, never read whole; ``{split}_caps.txt`` holds one
+UTF-8 caption per line, ``k = lines / N`` consecutive captions per image. Every error names the
+file (and, for captions, the line).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from jwae_ext.data.split import CaptionSplit, FeatureArray, PooledRegions
+
+SPLITS = ("train", "dev", "test", "testall")
+_IMS, _CAPS = "{}_ims.npy", "{}_caps.txt"
+
+
+def available_splits(folder: str | os.PathLike) -> list[str]:
+    """The splits with a features file in ``folder`` (standard ones first, then others)."""
+    names = {p.name[: -len("_ims.npy")] for p in Path(folder).glob("*_ims.npy")}
+    return [s for s in SPLITS if s in names] + sorted(names - set(SPLITS))
+
+
+def read_features(path: str | os.PathLike) -> FeatureArray:
+    """Memory-map a float32 ``(N, D)`` or ``(N, R, D)`` ``.npy`` file after checking its header
+    against its size; ``(N, R, D)`` comes back as :class:`PooledRegions`."""
+    path = Path(path)
+    with open(path, "rb") as f:
+        try:
+            major, _ = np.lib.format.read_magic(f)
+            if major not in (1, 2, 3):
+                raise ValueError(f"unsupported .npy format version {major}")
+            read_header = (
+                np.lib.format.read_array_header_1_0
+                if major == 1
+                else np.lib.format.read_array_header_2_0
+            )
+            shape, fortran_order, dtype = read_header(f)
+        except (ValueError, OSError, EOFError, SyntaxError) as e:
+            raise ValueError(f"jwae_ext: {path} is not a valid .npy file: {e}") from None
+        offset = f.tell()
+    if dtype != np.dtype(np.float32):
+        raise ValueError(
+            f"jwae_ext: {path} holds {dtype} features, expected float32 "
+            "(convert with np.save(path, features.astype(np.float32)))"
+        )
+    if len(shape) not in (2, 3) or 0 in shape:
+        raise ValueError(
+            f"jwae_ext: {path} has shape {shape}, expected non-empty (N, D) or (N, R, D) features"
+        )
+    expected = offset + int(np.prod(shape)) * dtype.itemsize
+    actual = path.stat().st_size
+    if actual != expected:
+        what = "truncated" if actual < expected else "has trailing bytes"
+        raise ValueError(
+            f"jwae_ext: {path} is {what}: its header announces {shape} float32 "
+            f"({expected} bytes with the header), the file has {actual} bytes"
+        )
+    array = np.memmap(
+        path, dtype=dtype, mode="r", offset=offset, shape=shape, order="F" if fortran_order else "C"
+    )
+    return PooledRegions(array) if len(shape) == 3 else array
+
+
+def read_captions(path: str | os.PathLike) -> list[str]:
+    """One caption per line (UTF-8; ``\\n``, ``\\r\\n`` or ``\\r`` line ends; a leading BOM and
+    surrounding whitespace are dropped). Raises ``ValueError`` naming the file and line for
+    bytes that are not UTF-8 and for empty lines."""
+    path = Path(path)
+    data = path.read_bytes().replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        column = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
+        raise ValueError(
+            f"jwae_ext: {path}, line {line}: not valid UTF-8 "
+            f"(byte 0x{data[e.start]:02x} at byte column {column})"
+        ) from None
+    lines = text.removeprefix("\ufeff").split("\n")
+    if lines[-1] == "":
+        lines.pop()  # the final line end
+    if not lines:
+        raise ValueError(f"jwae_ext: {path} holds no captions")
+    captions = [line.strip() for line in lines]
+    for number, caption in enumerate(captions, start=1):
+        if not caption:
+            raise ValueError(
+                f"jwae_ext: {path}, line {number}: empty caption (one caption per line)"
+            )
+    return captions
+
+
+def _check_split_name(split: str) -> None:
+    if not isinstance(split, str) or not split or "/" in split or os.sep in split:
+        raise ValueError(f"jwae_ext: split must be a plain name like 'train', got {split!r}")
+
+
+def load_precomp(
+    folder: str | os.PathLike,
+    split: str,
+    *,
+    captions_per_image: int | None = None,
+    num_images: int | None = None,
+) -> CaptionSplit:
+    """Load ``split`` from a precomp ``folder``.
+
+    ``captions_per_image``: ``k`` is ``lines / N`` unless given; given ``k`` with one feature row
+    per caption (``N == lines``, as in some VSE++ releases) keeps every ``k``-th row.
+    ``num_images``: keep only the first images (and their captions).
+    """
+    _check_split_name(split)
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"jwae_ext: data folder {folder} does not exist")
+    ims_path, caps_path = folder / _IMS.format(split), folder / _CAPS.format(split)
+    if not ims_path.exists():
+        found = ", ".join(available_splits(folder)) or "none"
+        raise FileNotFoundError(
+            f"jwae_ext: no split '{split}' in {folder}: {ims_path.name} is missing "
+            f"(splits found: {found})"
+        )
+    if not caps_path.exists():
+        raise FileNotFoundError(f"jwae_ext: {caps_path} is missing (captions of {ims_path.name})")
+    images, captions = read_features(ims_path), read_captions(caps_path)
+    n, m = len(images), len(captions)
+    if captions_per_image is not None:
+        k = captions_per_image
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ValueError(f"jwae_ext: captions_per_image must be an integer >= 1, got {k!r}")
+        if n == m and k > 1 and m % k == 0:
+            images, n = _rows(images, slice(None, None, k)), m // k
+        if m != n * k:
+            raise ValueError(
+                f"jwae_ext: {caps_path} has {m} captions for {n} images in {ims_path.name}, "
+                f"expected {k} per image ({n * k} lines)"
+            )
+    elif m % n:
+        raise ValueError(
+            f"jwae_ext: {caps_path} has {m} captions for {n} images in {ims_path.name}: "
+            f"not a whole number of captions per image ({m} / {n} = {m / n:.3f})"
+        )
+    k = m // n
+    if num_images is not None:
+        if isinstance(num_images, bool) or not isinstance(num_images, int) or num_images < 1:
+            raise ValueError(f"jwae_ext: num_images must be a positive integer, got {num_images!r}")
+        n = min(n, num_images)
+        images, captions = _rows(images, slice(n)), captions[: n * k]
+    return CaptionSplit(
+        name=f"{folder}/{split}",
+        images=images,
+        captions=captions,
+        cap_to_img=np.arange(n * k, dtype=np.int64) // k,
+    )
+
+
+def _rows(images: FeatureArray, rows: slice) -> FeatureArray:
+    """A lazy view of some rows (slicing PooledRegions itself would pool them eagerly)."""
+    if isinstance(images, PooledRegions):
+        return PooledRegions(images.regions[rows])
+    return images[rows]
+
+
+def write_precomp(
+    folder: str | os.PathLike, split: str, features: np.ndarray, captions: Sequence[str]
+) -> None:
+    """Write ``{split}_ims.npy`` (float32 ``(N, D)`` or ``(N, R, D)``) and ``{split}_caps.txt``
+    (``len(captions)`` must be a multiple of ``N``; captions must be non-empty single lines).
+    Each file is written to a temporary name and renamed, so no partial file is left behind."""
+    _check_split_name(split)
+    features = np.asarray(features)
+    if features.dtype != np.float32 or features.ndim not in (2, 3) or 0 in features.shape:
+        raise ValueError(
+            f"jwae_ext: features must be non-empty float32 (N, D) or (N, R, D), "
+            f"got {features.dtype} {features.shape}"
+        )
+    if len(captions) % features.shape[0] or not captions:
+        raise ValueError(
+            f"jwae_ext: {len(captions)} captions for {features.shape[0]} images: "
+            "not a whole number of captions per image"
+        )
+    for j, caption in enumerate(captions):
+        if (
+            not isinstance(caption, str)
+            or not caption.strip()
+            or "\n" in caption
+            or "\r" in caption
+        ):
+            raise ValueError(f"jwae_ext: caption {j} must be a non-empty single line: {caption!r}")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    _write_atomic(folder / _IMS.format(split), lambda f: np.save(f, features, allow_pickle=False))
+    text = "".join(f"{c.strip()}\n" for c in captions).encode("utf-8")
+    _write_atomic(folder / _CAPS.format(split), lambda f: f.write(text))
+
+
+def _write_atomic(path: Path, write) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -1,0 +1,126 @@
+"""The embedded dataset: rendered scenes of simple objects, fixed CNN features, five captions each.
+
+Image ``i`` of a split is a pure function of ``(seed, style, split, i)``: its scene and captions
+come from one numpy ``Generator`` seeded with that tuple, its background texture from a second
+one, so the first ``n`` images of a split do not depend on how many are generated, and the same
+seed gives bit-identical features and captions on every machine (see :mod:`.features`).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from jwae_ext.data.captions import CAPTIONS_PER_IMAGE, write_captions
+from jwae_ext.data.features import extract_features
+from jwae_ext.data.precomp import write_precomp
+from jwae_ext.data.render import IMAGE_SIZE, STYLES, render_scene
+from jwae_ext.data.scenes import Draws, SceneObject, sample_scene, scene_attributes
+from jwae_ext.data.split import CaptionSplit
+
+# Sized so the default training run fits in a few CPU minutes (25k training captions per epoch).
+DEFAULT_SIZES = {"train": 5000, "dev": 500, "test": 1000}
+_SPLIT_IDS = {"train": 0, "dev": 1, "test": 2}
+_STYLE_IDS = {"a": 0, "b": 1}
+_NOISE_BYTES = IMAGE_SIZE * IMAGE_SIZE * 3
+
+
+def _rng(seed: int, style: str, split: str, index: int, stream: int) -> np.random.Generator:
+    return np.random.default_rng([seed, _STYLE_IDS[style], _SPLIT_IDS[split], index, stream])
+
+
+def _noise(seed: int, style: str, split: str, index: int) -> np.ndarray:
+    """Image ``index``'s background texture bytes (raw PCG64 output, little-endian)."""
+    raw = _rng(seed, style, split, index, 1).bit_generator.random_raw(-(-_NOISE_BYTES // 8))
+    return raw.astype("<u8").view(np.uint8)[:_NOISE_BYTES]
+
+
+def _check_args(style: str, split: str, seed: int, num_images: int | None) -> int:
+    if style not in _STYLE_IDS:
+        raise ValueError(f"jwae_ext: style must be one of {tuple(_STYLE_IDS)}, got {style!r}")
+    if split not in _SPLIT_IDS:
+        raise ValueError(
+            f"jwae_ext: the embedded dataset has splits {tuple(_SPLIT_IDS)}, got {split!r}"
+        )
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"jwae_ext: seed must be a non-negative integer, got {seed!r}")
+    n = DEFAULT_SIZES[split] if num_images is None else num_images
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise ValueError(f"jwae_ext: num_images must be a positive integer, got {num_images!r}")
+    return int(n)
+
+
+def synthetic_split(
+    style: str = "a", split: str = "train", *, seed: int = 0, num_images: int | None = None
+) -> CaptionSplit:
+    """Generate one split of the embedded dataset.
+
+    ``style``: ``"a"`` or ``"b"``; ``split``: ``"train"``, ``"dev"`` or ``"test"``;
+    ``num_images``: defaults to :data:`DEFAULT_SIZES`. Returns a :class:`CaptionSplit` with
+    ``(N, 1024)`` float32 features, ``5 N`` captions (image ``i`` has captions ``5i .. 5i+4``),
+    :class:`~jwae_ext.data.scenes.SceneAttributes` and a renderer.
+    """
+    n = _check_args(style, split, seed, num_images)
+    seed = int(seed)
+    scenes: list[list[SceneObject]] = []
+    captions: list[str] = []
+    pixels = np.empty((n, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
+    for i in range(n):
+        draws = Draws(_rng(seed, style, split, i, 0))
+        scene = sample_scene(draws)
+        captions += write_captions(scene, style, draws)
+        scenes.append(scene)
+        pixels[i] = render_scene(scene, STYLES[style], _noise(seed, style, split, i))
+
+    def render(index: int) -> np.ndarray:
+        return render_scene(scenes[index], STYLES[style], _noise(seed, style, split, index))
+
+    return CaptionSplit(
+        name=f"synthetic-{style}/{split}",
+        images=extract_features(pixels),
+        captions=captions,
+        cap_to_img=np.arange(n * CAPTIONS_PER_IMAGE, dtype=np.int64) // CAPTIONS_PER_IMAGE,
+        attributes=scene_attributes(scenes),
+        renderer=render,
+    )
+
+
+def export_precomp(
+    folder: str | os.PathLike,
+    style: str = "a",
+    *,
+    seed: int = 0,
+    sizes: dict[str, int] | None = None,
+) -> Path:
+    """Write the embedded dataset's splits (``sizes``, default :data:`DEFAULT_SIZES`) as a
+    precomp folder (``{split}_ims.npy``, ``{split}_caps.txt``); returns the folder."""
+    folder = Path(folder)
+    for split, n in (sizes or DEFAULT_SIZES).items():
+        data = synthetic_split(style, split, seed=seed, num_images=n)
+        write_precomp(folder, split, np.asarray(data.images), data.captions)
+    return folder
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m jwae_ext.data.synthetic FOLDER``: export an embedded dataset as precomp."""
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m jwae_ext.data.synthetic",
+        description="Write an embedded dataset as a VSE++/SCAN precomp folder.",
+    )
+    parser.add_argument("folder")
+    parser.add_argument("--style", choices=sorted(_STYLE_IDS), default="a")
+    parser.add_argument("--seed", type=int, default=0)
+    for split, n in DEFAULT_SIZES.items():
+        parser.add_argument(f"--{split}", type=int, default=n, metavar="N", help=f"images ({n})")
+    args = parser.parse_args(argv)
+    sizes = {split: getattr(args, split) for split in DEFAULT_SIZES}
+    folder = export_precomp(args.folder, args.style, seed=args.seed, sizes=sizes)
+    print(f"wrote {', '.join(f'{s} ({n} images)' for s, n in sizes.items())} to {folder}")
+
+
+if __name__ == "__main__":
+    main()

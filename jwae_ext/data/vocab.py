@@ -1,0 +1,153 @@
+"""Caption tokenizer and word vocabulary (the VSE++/SCAN JSON format; never pickle).
+
+The tokenizer needs no downloads: captions are lowercased and split by one regular expression into
+words (runs of letters, digits, underscores and combining accents, keeping inner hyphens and
+apostrophes: ``five-pointed``, ``don't``) and single other non-space characters (punctuation).
+It is a pure function of the string, so the same captions give the same ids on every machine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+PAD, START, END, UNK = "<pad>", "<start>", "<end>", "<unk>"
+PAD_ID, START_ID, END_ID, UNK_ID = 0, 1, 2, 3
+SPECIAL_TOKENS = (PAD, START, END, UNK)
+
+# Word characters include combining accents, which lowercasing can produce ("İ" -> "i̇").
+_WORD = r"[\w\u0300-\u036f]+"
+_TOKEN = re.compile(rf"{_WORD}(?:[-']{_WORD})*|[^\w\s\u0300-\u036f]")
+
+
+def tokenize(caption: str) -> list[str]:
+    """Lowercase ``caption`` and split it into words and punctuation marks."""
+    if not isinstance(caption, str):
+        raise TypeError(f"jwae_ext: caption must be a str, got {type(caption).__name__}")
+    return _TOKEN.findall(caption.lower())
+
+
+class Vocabulary:
+    """Word <-> id maps with the fixed special ids ``<pad>``=0, ``<start>``=1, ``<end>``=2,
+    ``<unk>``=3; words follow in order of decreasing training count (ties alphabetical)."""
+
+    def __init__(self, words: Sequence[str]):
+        """``words``: the ordinary words, in id order (ids start at 4)."""
+        idx2word = [*SPECIAL_TOKENS, *words]
+        word2idx = {w: i for i, w in enumerate(idx2word)}
+        if len(word2idx) != len(idx2word):
+            dup = sorted(w for w, c in Counter(idx2word).items() if c > 1)
+            raise ValueError(f"jwae_ext: vocabulary words must be unique, repeated: {dup[:10]}")
+        self.idx2word: list[str] = idx2word
+        self.word2idx: dict[str, int] = word2idx
+
+    @classmethod
+    def build(cls, captions: Iterable[str], threshold: int = 4) -> Vocabulary:
+        """Words occurring at least ``threshold`` times in ``captions`` (the training captions)."""
+        if isinstance(threshold, bool) or not isinstance(threshold, int) or threshold < 1:
+            raise ValueError(f"jwae_ext: threshold must be an integer >= 1, got {threshold!r}")
+        # Tokens never contain "<" next to letters, so the special tokens cannot be counted.
+        counts = Counter(tok for caption in captions for tok in tokenize(caption))
+        kept = [w for w, c in counts.items() if c >= threshold]
+        kept.sort(key=lambda w: (-counts[w], w))
+        return cls(kept)
+
+    def __len__(self) -> int:
+        return len(self.idx2word)
+
+    def __contains__(self, word: object) -> bool:
+        return word in self.word2idx
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Vocabulary) and self.idx2word == other.idx2word
+
+    def __repr__(self) -> str:
+        return f"Vocabulary({len(self)} ids)"
+
+    def encode(self, caption: str) -> list[int]:
+        """Ids of ``caption``'s tokens between ``<start>`` and ``<end>``; unknown: ``<unk>``."""
+        get = self.word2idx.get
+        return [START_ID, *(get(tok, UNK_ID) for tok in tokenize(caption)), END_ID]
+
+    def decode(self, ids: Iterable[int], strip_special: bool = True) -> str:
+        """The words of ``ids`` joined by spaces; stops at ``<end>`` and drops ``<start>`` and
+        ``<pad>`` unless ``strip_special`` is False. Raises ``ValueError`` on an id out of range."""
+        words = []
+        for i in ids:
+            i = int(i)
+            if not 0 <= i < len(self.idx2word):
+                raise ValueError(f"jwae_ext: token id {i} out of range [0, {len(self)})")
+            if strip_special:
+                if i == END_ID:
+                    break
+                if i in (PAD_ID, START_ID):
+                    continue
+            words.append(self.idx2word[i])
+        return " ".join(words)
+
+    def to_json(self) -> dict:
+        """The SCAN-style dict: ``word2idx``, ``idx2word`` (string keys, as in JSON), ``idx``."""
+        return {
+            "word2idx": dict(self.word2idx),
+            "idx2word": {str(i): w for i, w in enumerate(self.idx2word)},
+            "idx": len(self.idx2word),
+        }
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the JSON file atomically (a temporary file renamed over ``path``)."""
+        path = Path(path)
+        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+        try:
+            with open(tmp, "w", encoding="utf-8") as f:
+                json.dump(self.to_json(), f, ensure_ascii=False, indent=0)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Vocabulary:
+        """Read a vocabulary JSON file (``word2idx`` and ``idx2word``, as written by :meth:`save`
+        or by SCAN). Raises ``ValueError`` naming the file when it is malformed or its maps
+        disagree."""
+        path = Path(path)
+        try:
+            data = json.loads(path.read_bytes().decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ValueError(f"jwae_ext: vocabulary file {path} is not valid JSON: {e}") from None
+        try:
+            return cls._from_json(data)
+        except ValueError as e:
+            raise ValueError(f"jwae_ext: vocabulary file {path}: {e}") from None
+
+    @classmethod
+    def _from_json(cls, data: object) -> Vocabulary:
+        if not isinstance(data, dict) or "word2idx" not in data or "idx2word" not in data:
+            raise ValueError("expected a JSON object with keys 'word2idx' and 'idx2word'")
+        word2idx, raw = data["word2idx"], data["idx2word"]
+        if isinstance(raw, list):
+            raw = dict(enumerate(raw))
+        if not isinstance(word2idx, dict) or not isinstance(raw, dict):
+            raise ValueError("'word2idx' must be an object and 'idx2word' an object or a list")
+        idx2word: dict[int, object] = {}
+        for key, word in raw.items():
+            try:
+                idx2word[int(key)] = word
+            except ValueError:
+                raise ValueError(f"'idx2word' key {key!r} is not an integer") from None
+        n = len(idx2word)
+        if sorted(idx2word) != list(range(n)):
+            raise ValueError(f"'idx2word' ids must be 0..{n - 1} without gaps")
+        words = [idx2word[i] for i in range(n)]
+        if not all(isinstance(w, str) and w for w in words):
+            raise ValueError("'idx2word' values must be non-empty strings")
+        if tuple(words[:4]) != SPECIAL_TOKENS:
+            raise ValueError(f"ids 0..3 must be {list(SPECIAL_TOKENS)}, got {words[:4]}")
+        if word2idx != {w: i for i, w in enumerate(words)} or len(word2idx) != n:
+            raise ValueError("'word2idx' and 'idx2word' are not inverse maps of each other")
+        return cls(words[4:])
