@@ -305,11 +305,12 @@ void gather_rows(const at::Tensor& y, const at::Tensor& w_self, const at::Tensor
     for (int64_t k = first; k < last; ++k) {
       scalar_t* row = o + k * dim;
       const scalar_t* own = yp + k * dim;
-      const scalar_t diagonal = -(ws[k] + wo[k]);
+      const scalar_t self = ws[k];  // a local: `row` could alias ws as far as the compiler knows
+      const scalar_t diagonal = -(self + wo[k]);
       for (int64_t f = 0; f < dim; ++f) row[f] = diagonal * own[f];
       if (hard[k] >= 0) {
         const scalar_t* negative = yp + hard[k] * dim;
-        for (int64_t f = 0; f < dim; ++f) row[f] += ws[k] * negative[f];
+        for (int64_t f = 0; f < dim; ++f) row[f] += self * negative[f];
       }
       for (int64_t p = offsets[k]; p < offsets[k + 1]; ++p) {
         const scalar_t* query = yp + sources[p] * dim;
@@ -330,14 +331,6 @@ at::Tensor gather_cpu(const at::Tensor& y, const at::Tensor& w_self,
   return out;
 }
 
-void check_hardest_range(const at::Tensor& support, const char* name) {
-  const int64_t batch = support.size(0);
-  const auto [low, high] = at::aminmax(support);
-  TORCH_CHECK_VALUE(low.item<int64_t>() >= -1 && high.item<int64_t>() < batch, "jwae_ext: argument '",
-                    name, "' must hold hardest-negative indices in [-1, ", batch,
-                    ") as returned by the forward op");
-}
-
 // ---- operators -------------------------------------------------------------------------------
 
 Costs mh_loss_cpu(const at::Tensor& img_emb, const at::Tensor& txt_emb, double margin,
@@ -350,7 +343,9 @@ Costs mh_loss_cpu(const at::Tensor& img_emb, const at::Tensor& txt_emb, double m
   const TileGrid grid{img.size(0), txt.size(0)};
   return AT_DISPATCH_FLOATING_TYPES(img.scalar_type(), "mh_loss_cpu", [&] {
     const at::Tensor positive = positive_scores<scalar_t>(img, txt);
-    auto each_tile = [&](auto&& epilogue) { for_each_score_tile<scalar_t>(img, txt, grid, epilogue); };
+    auto each_tile = [&](auto&& epilogue) {
+      for_each_score_tile<scalar_t>(img, txt, grid, epilogue);
+    };
     return max_violation ? hardest_costs<scalar_t>(each_tile, grid, pairing, positive, margin)
                          : hinge_sum_costs<scalar_t>(each_tile, grid, pairing, positive, margin);
   });
@@ -364,8 +359,7 @@ std::tuple<at::Tensor, at::Tensor> mh_loss_backward_cpu(
   check_margin(margin);
   check_backward_inputs(grad_i2t, grad_t2i, support_i2t, support_t2i, img_emb.size(0), img_emb);
   if (max_violation) {
-    check_hardest_range(support_i2t, "support_i2t");
-    check_hardest_range(support_t2i, "support_t2i");
+    check_hardest_indices(support_i2t, support_t2i);
     return hardest_backward(grad_i2t, grad_t2i, img_emb, txt_emb, support_i2t, support_t2i,
                             &gather_cpu);
   }
@@ -403,8 +397,7 @@ at::Tensor mh_loss_from_scores_backward_cpu(const at::Tensor& grad_i2t, const at
   const int64_t batch = scores_in.size(0);
   check_backward_inputs(grad_i2t, grad_t2i, support_i2t, support_t2i, batch, scores_in);
   if (max_violation) {
-    check_hardest_range(support_i2t, "support_i2t");
-    check_hardest_range(support_t2i, "support_t2i");
+    check_hardest_indices(support_i2t, support_t2i);
     return from_scores_hardest_backward(grad_i2t, grad_t2i, scores_in, support_i2t, support_t2i);
   }
   const Pairing pairing = pairing_of(std::get<0>(ids), std::get<1>(ids));

@@ -90,6 +90,9 @@ void check_backward_inputs(const at::Tensor& grad_i2t, const at::Tensor& grad_t2
                            const at::Tensor& support_i2t, const at::Tensor& support_t2i,
                            int64_t queries, const at::Tensor& like);
 
+// With max_violation the supports index rows of the embeddings: every value must be in [-1, B).
+void check_hardest_indices(const at::Tensor& hardest_i2t, const at::Tensor& hardest_t2i);
+
 // ---- device-generic parts of the backward (ATen ops) -----------------------------------------
 
 // fp64 stays fp64; fp32, fp16 and bf16 accumulate in fp32.

@@ -15,7 +15,8 @@ OptionalIds check_ids(const std::optional<at::Tensor>& img_ids,
                       const std::optional<at::Tensor>& txt_ids, int64_t batch,
                       const at::Tensor& like, const char* like_name) {
   TORCH_CHECK_VALUE(img_ids.has_value() == txt_ids.has_value(),
-                    "jwae_ext: arguments 'img_ids' and 'txt_ids' must be given together, got only '",
+                    "jwae_ext: arguments 'img_ids' and 'txt_ids' must be given together, got "
+                    "only '",
                     img_ids.has_value() ? "img_ids" : "txt_ids", "'");
   if (!img_ids.has_value()) return {};
   check_index_vector(*img_ids, batch, "img_ids", like_name);
@@ -87,17 +88,30 @@ void check_backward_inputs(const at::Tensor& grad_i2t, const at::Tensor& grad_t2
   check_same_device(support_t2i, "support_t2i", like, "the embeddings or scores");
 }
 
+void check_hardest_indices(const at::Tensor& hardest_i2t, const at::Tensor& hardest_t2i) {
+  const int64_t batch = hardest_i2t.size(0);
+  for (const auto& [t, name] :
+       {std::pair{&hardest_i2t, "support_i2t"}, {&hardest_t2i, "support_t2i"}}) {
+    const auto [low, high] = at::aminmax(*t);
+    TORCH_CHECK_VALUE(low.item<int64_t>() >= -1 && high.item<int64_t>() < batch,
+                      "jwae_ext: argument '", name, "' must hold hardest-negative indices in [-1, ",
+                      batch, ") as returned by the forward op, got values in [",
+                      low.item<int64_t>(), ", ", high.item<int64_t>(), "]");
+  }
+}
+
 at::ScalarType accumulate_dtype(at::ScalarType dtype) {
   return dtype == at::kDouble ? at::kDouble : at::kFloat;
 }
 
 Inverse invert(const at::Tensor& hardest) {
   // A stable sort groups the queries by target and keeps each group in increasing query order;
-  // queries without a target (-1) sort first and fall before offsets[0].
+  // queries without a target (-1) sort first. counts[t + 1] = queries targeting t, so the running
+  // count at t is where t's group starts. (Integer adds: exact in any order, also on CUDA.)
   const at::Tensor order = at::argsort(hardest, /*stable=*/true);
-  const at::Tensor sorted = hardest.index_select(0, order);
-  const at::Tensor targets = at::arange(hardest.size(0) + 1, hardest.options());
-  return {at::searchsorted(sorted, targets), order};
+  const at::Tensor counts = at::zeros({hardest.size(0) + 1}, hardest.options())
+                                .index_add_(0, hardest + 1, at::ones_like(hardest));
+  return {counts.cumsum(0), order};
 }
 
 std::tuple<at::Tensor, at::Tensor> hardest_backward(const at::Tensor& grad_i2t,
