@@ -8,6 +8,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <limits>
 #include <optional>
 #include <tuple>
@@ -36,6 +37,9 @@ struct Slots {
   int64_t* index(int64_t block) { return indices.data_ptr<int64_t>() + block * indices.size(1); }
 };
 
+// Rows of `dim` elements per parallel task: ATen's grain, so small batches stay on one thread.
+int64_t rows_per_task(int64_t dim) { return std::max<int64_t>(1, at::internal::GRAIN_SIZE / dim); }
+
 // q·k for each row pair: the positive scores S_kk, without the full GEMM.
 template <typename scalar_t>
 at::Tensor positive_scores(const at::Tensor& img, const at::Tensor& txt) {
@@ -45,7 +49,7 @@ at::Tensor positive_scores(const at::Tensor& img, const at::Tensor& txt) {
   const scalar_t* a = img.const_data_ptr<scalar_t>();
   const scalar_t* b = txt.const_data_ptr<scalar_t>();
   scalar_t* o = out.data_ptr<scalar_t>();
-  at::parallel_for(0, batch, 64, [&](int64_t first, int64_t last) {
+  at::parallel_for(0, batch, rows_per_task(dim), [&](int64_t first, int64_t last) {
     for (int64_t k = first; k < last; ++k) {
       double sum = 0;
       for (int64_t f = 0; f < dim; ++f) sum += double(a[k * dim + f]) * double(b[k * dim + f]);
@@ -118,7 +122,7 @@ void finish_hardest(Slots<scalar_t>& slots, const at::Tensor& positive, scalar_t
   const scalar_t* pos = positive.const_data_ptr<scalar_t>();
   scalar_t* c = cost.data_ptr<scalar_t>();
   int64_t* h = hardest.data_ptr<int64_t>();
-  at::parallel_for(0, batch, 1024, [&](int64_t first, int64_t last) {
+  at::parallel_for(0, batch, rows_per_task(blocks), [&](int64_t first, int64_t last) {
     for (int64_t k = first; k < last; ++k) {
       scalar_t best = 0;
       int64_t arg = -1;
@@ -187,7 +191,7 @@ void finish_sums(Slots<double>& slots, at::Tensor& cost, at::Tensor& active) {
   const int64_t blocks = slots.values.size(0);
   scalar_t* c = cost.data_ptr<scalar_t>();
   int64_t* n = active.data_ptr<int64_t>();
-  at::parallel_for(0, batch, 1024, [&](int64_t first, int64_t last) {
+  at::parallel_for(0, batch, rows_per_task(blocks), [&](int64_t first, int64_t last) {
     for (int64_t k = first; k < last; ++k) {
       double sum = 0;
       int64_t count = 0;
@@ -301,7 +305,7 @@ void gather_rows(const at::Tensor& y, const at::Tensor& w_self, const at::Tensor
   const int64_t* offsets = inverse.offsets.const_data_ptr<int64_t>();
   const int64_t* sources = inverse.sources.const_data_ptr<int64_t>();
   scalar_t* o = out.data_ptr<scalar_t>();
-  at::parallel_for(0, batch, 16, [&](int64_t first, int64_t last) {
+  at::parallel_for(0, batch, rows_per_task(dim), [&](int64_t first, int64_t last) {
     for (int64_t k = first; k < last; ++k) {
       scalar_t* row = o + k * dim;
       const scalar_t* own = yp + k * dim;
