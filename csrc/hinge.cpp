@@ -22,8 +22,8 @@ namespace {
 using Ids = std::optional<at::Tensor>;
 using Costs = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 
-// Partial results per (block, query): one row of `blocks` for each block of the other dimension,
-// written by that block's tiles only.
+// Partial per-query results, blocks × B: row b holds every query's result over block b of the
+// other dimension, written only by the tiles of that block.
 template <typename value_t>
 struct Slots {
   at::Tensor values;
@@ -40,7 +40,7 @@ struct Slots {
 // Rows of `dim` elements per parallel task: ATen's grain, so small batches stay on one thread.
 int64_t rows_per_task(int64_t dim) { return std::max<int64_t>(1, at::internal::GRAIN_SIZE / dim); }
 
-// q·k for each row pair: the positive scores S_kk, without the full GEMM.
+// img_k·txt_k for every k: the positive scores S_kk, without the full GEMM.
 template <typename scalar_t>
 at::Tensor positive_scores(const at::Tensor& img, const at::Tensor& txt) {
   const int64_t batch = img.size(0);
@@ -120,6 +120,8 @@ void finish_hardest(Slots<scalar_t>& slots, const at::Tensor& positive, scalar_t
   const int64_t batch = positive.size(0);
   const int64_t blocks = slots.values.size(0);
   const scalar_t* pos = positive.const_data_ptr<scalar_t>();
+  const scalar_t* values = slots.value(0);
+  const int64_t* indices = slots.index(0);
   scalar_t* c = cost.data_ptr<scalar_t>();
   int64_t* h = hardest.data_ptr<int64_t>();
   at::parallel_for(0, batch, rows_per_task(blocks), [&](int64_t first, int64_t last) {
@@ -127,9 +129,9 @@ void finish_hardest(Slots<scalar_t>& slots, const at::Tensor& positive, scalar_t
       scalar_t best = 0;
       int64_t arg = -1;
       for (int64_t b = 0; b < blocks; ++b) {
-        if (beats(slots.value(b)[k], slots.index(b)[k], best, arg)) {
-          best = slots.value(b)[k];
-          arg = slots.index(b)[k];
+        if (beats(values[b * batch + k], indices[b * batch + k], best, arg)) {
+          best = values[b * batch + k];
+          arg = indices[b * batch + k];
         }
       }
       c[k] = arg < 0 ? scalar_t(0) : hinge(margin, best, pos[k]);
@@ -161,6 +163,8 @@ template <typename scalar_t>
 void hinge_sums_in_tile(const ScoreTile<scalar_t>& tile, const Pairing& pairing,
                         const scalar_t* positive, scalar_t margin, Slots<double>& rows,
                         Slots<double>& cols) {
+  double* row_sum = rows.value(tile.col_block) + tile.row0;
+  int64_t* row_count = rows.index(tile.col_block) + tile.row0;
   double* col_sum = cols.value(tile.row_block) + tile.col0;
   int64_t* col_count = cols.index(tile.row_block) + tile.col0;
   std::fill(col_sum, col_sum + tile.cols, 0.0);
@@ -180,8 +184,8 @@ void hinge_sums_in_tile(const ScoreTile<scalar_t>& tile, const Pairing& pairing,
       col_sum[jj] += by_caption;
       col_count[jj] += by_caption > 0;
     }
-    rows.value(tile.col_block)[i] = sum;
-    rows.index(tile.col_block)[i] = count;
+    row_sum[ii] = sum;
+    row_count[ii] = count;
   }
 }
 
@@ -189,6 +193,8 @@ template <typename scalar_t>
 void finish_sums(Slots<double>& slots, at::Tensor& cost, at::Tensor& active) {
   const int64_t batch = cost.size(0);
   const int64_t blocks = slots.values.size(0);
+  const double* sums = slots.value(0);
+  const int64_t* counts = slots.index(0);
   scalar_t* c = cost.data_ptr<scalar_t>();
   int64_t* n = active.data_ptr<int64_t>();
   at::parallel_for(0, batch, rows_per_task(blocks), [&](int64_t first, int64_t last) {
@@ -196,8 +202,8 @@ void finish_sums(Slots<double>& slots, at::Tensor& cost, at::Tensor& active) {
       double sum = 0;
       int64_t count = 0;
       for (int64_t b = 0; b < blocks; ++b) {  // block order: the same sum on every run
-        sum += slots.value(b)[k];
-        count += slots.index(b)[k];
+        sum += sums[b * batch + k];
+        count += counts[b * batch + k];
       }
       c[k] = static_cast<scalar_t>(sum);
       n[k] = count;
