@@ -62,14 +62,14 @@ def _extension():
         )
 
     sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")))
-    cxx_flags = ["-O3", "-std=c++17", "-fopenmp"]
+    cxx_flags = ["-O3", "-std=c++20", "-fopenmp"]
     if os.environ.get("JWAE_NATIVE", "0") == "1":
         cxx_flags.append("-march=native")
     extra = {"cxx": cxx_flags}
     macros = [("JWAE_TORCH_VERSION", f'"{torch.__version__}"')]
     if with_cuda:
         sources += sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
-        extra["nvcc"] = ["-O3", "-std=c++17", "-lineinfo"]
+        extra["nvcc"] = ["-O3", "-std=c++20", "-lineinfo"]
         macros.append(("WITH_CUDA", None))
         return CUDAExtension(
             "jwae_ext._C",
@@ -77,7 +77,6 @@ def _extension():
             define_macros=macros,
             extra_compile_args=extra,
             extra_link_args=["-fopenmp"],
-            libraries=["cublas"],
         )
     return CppExtension(
         "jwae_ext._C",

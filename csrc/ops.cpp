@@ -9,6 +9,26 @@
 
 TORCH_LIBRARY(jwae_ext, m) {
   // Schemas are grouped by operator family; each family's kernels live in the file of its name.
+
+  // ---- hinge: max-of-hinges loss (csrc/hinge.cpp, csrc/cuda/hinge.cu, jwae_ext/ops/hinge.py).
+  // Per-query costs of both directions and their support: the hardest negative's index (-1 where
+  // the cost is 0) with max_violation, the number of active hinges without.
+  m.def(
+      "mh_loss(Tensor img_emb, Tensor txt_emb, float margin, bool max_violation, "
+      "Tensor? img_ids, Tensor? txt_ids) -> (Tensor cost_i2t, Tensor cost_t2i, "
+      "Tensor support_i2t, Tensor support_t2i)");
+  m.def(
+      "mh_loss_backward(Tensor grad_i2t, Tensor grad_t2i, Tensor img_emb, Tensor txt_emb, "
+      "float margin, bool max_violation, Tensor? img_ids, Tensor? txt_ids, Tensor support_i2t, "
+      "Tensor support_t2i) -> (Tensor grad_img, Tensor grad_txt)");
+  m.def(
+      "mh_loss_from_scores(Tensor scores, float margin, bool max_violation, Tensor? img_ids, "
+      "Tensor? txt_ids) -> (Tensor cost_i2t, Tensor cost_t2i, Tensor support_i2t, "
+      "Tensor support_t2i)");
+  m.def(
+      "mh_loss_from_scores_backward(Tensor grad_i2t, Tensor grad_t2i, Tensor scores, "
+      "float margin, bool max_violation, Tensor? img_ids, Tensor? txt_ids, Tensor support_i2t, "
+      "Tensor support_t2i) -> Tensor grad_scores");
 }
 
 namespace {

@@ -6,5 +6,9 @@ in ``csrc/cuda/``; its pure-PyTorch reference lives under the same name in
 """
 
 from jwae_ext import _C  # noqa: F401  (loading the library registers torch.ops.jwae_ext)
+from jwae_ext.ops.hinge import mh_loss, mh_loss_from_scores
 
-__all__: list[str] = []
+__all__: list[str] = [
+    "mh_loss",  # hinge
+    "mh_loss_from_scores",  # hinge
+]

@@ -35,3 +35,10 @@ def check_finite_number(name: str, value: object) -> float:
     if value != value or value in (float("inf"), float("-inf")):
         raise ValueError(f"jwae_ext: argument '{name}' must be finite, got {value}")
     return float(value)
+
+
+def check_bool(name: str, value: object) -> bool:
+    """Raise ``TypeError`` unless ``value`` is a bool; return it."""
+    if not isinstance(value, bool):
+        raise TypeError(f"jwae_ext: argument '{name}' must be a bool, got {type(value).__name__}")
+    return value

@@ -4,4 +4,9 @@ They hold the full score / logit matrices the kernels avoid, and are what the pr
 the benchmarks compare the kernels against.
 """
 
-__all__: list[str] = []
+from jwae_ext.reference.hinge import mh_loss, mh_loss_from_scores
+
+__all__: list[str] = [
+    "mh_loss",  # hinge
+    "mh_loss_from_scores",  # hinge
+]

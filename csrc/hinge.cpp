@@ -1,0 +1,440 @@
+// Max-of-hinges loss, CPU kernels. The forward never holds S = img·txtᵀ: tiles of it (tiling.h)
+// feed running hardest negatives (max_violation) or hinge sums per row and per column, written
+// into per-block slots and merged in block order, so results do not depend on the thread count.
+// The max_violation backward is an O(B·d) gather from the saved hardest indices; the
+// sum-of-hinges backward recomputes the tiles and multiplies their hinge indicators by the
+// embeddings, one thread per row block (grad_img) or column block (grad_txt).
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <limits>
+#include <optional>
+#include <tuple>
+
+#include "hinge.h"
+#include "tiling.h"
+
+namespace jwae::hinge {
+namespace {
+
+using Ids = std::optional<at::Tensor>;
+using Costs = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+
+// Partial per-query results, blocks × B: row b holds every query's result over block b of the
+// other dimension, written only by the tiles of that block.
+template <typename value_t>
+struct Slots {
+  at::Tensor values;
+  at::Tensor indices;  // argmax index or hinge count
+
+  Slots(int64_t blocks, int64_t batch, at::ScalarType dtype)
+      : values(at::empty({blocks, batch}, at::dtype(dtype))),
+        indices(at::empty({blocks, batch}, at::dtype(at::kLong))) {}
+
+  value_t* value(int64_t block) { return values.data_ptr<value_t>() + block * values.size(1); }
+  int64_t* index(int64_t block) { return indices.data_ptr<int64_t>() + block * indices.size(1); }
+};
+
+// Rows of `dim` elements per parallel task: ATen's grain, so small batches stay on one thread.
+int64_t rows_per_task(int64_t dim) { return std::max<int64_t>(1, at::internal::GRAIN_SIZE / dim); }
+
+// img_k·txt_k for every k: the positive scores S_kk, without the full GEMM.
+template <typename scalar_t>
+at::Tensor positive_scores(const at::Tensor& img, const at::Tensor& txt) {
+  const int64_t batch = img.size(0);
+  const int64_t dim = img.size(1);
+  at::Tensor out = at::empty({batch}, img.options());
+  const scalar_t* a = img.const_data_ptr<scalar_t>();
+  const scalar_t* b = txt.const_data_ptr<scalar_t>();
+  scalar_t* o = out.data_ptr<scalar_t>();
+  at::parallel_for(0, batch, rows_per_task(dim), [&](int64_t first, int64_t last) {
+    for (int64_t k = first; k < last; ++k) {
+      double sum = 0;
+      for (int64_t f = 0; f < dim; ++f) sum += double(a[k * dim + f]) * double(b[k * dim + f]);
+      o[k] = static_cast<scalar_t>(sum);
+    }
+  });
+  return out;
+}
+
+// ---- max_violation -------------------------------------------------------------------------
+
+// Running hardest negative of each row and each column of one tile. The common case — a value no
+// larger than the running best — costs one comparison; NaN fails `v <= best` and so always takes
+// the slow path, where it wins once and then stays (first NaN kept). Strict comparisons in
+// increasing index order keep the lowest index on ties.
+template <typename scalar_t>
+void hardest_in_tile(const ScoreTile<scalar_t>& tile, const Pairing& pairing,
+                     Slots<scalar_t>& rows, Slots<scalar_t>& cols) {
+  constexpr scalar_t lowest = -std::numeric_limits<scalar_t>::infinity();
+  scalar_t* row_best = rows.value(tile.col_block) + tile.row0;
+  int64_t* row_arg = rows.index(tile.col_block) + tile.row0;
+  scalar_t* col_best = cols.value(tile.row_block) + tile.col0;
+  int64_t* col_arg = cols.index(tile.row_block) + tile.col0;
+  std::fill(col_best, col_best + tile.cols, lowest);
+  std::fill(col_arg, col_arg + tile.cols, int64_t{-1});
+  for (int64_t ii = 0; ii < tile.rows; ++ii) {
+    const int64_t i = tile.row0 + ii;
+    const scalar_t* s = tile.row(ii);
+    scalar_t best = lowest;
+    int64_t arg = -1;
+    for (int64_t jj = 0; jj < tile.cols; ++jj) {
+      const scalar_t v = s[jj];
+      const int64_t j = tile.col0 + jj;
+      if (!(v <= best) && best == best && pairing.negative(i, j)) {
+        best = v;
+        arg = j;
+      }
+      if (!(v <= col_best[jj]) && col_best[jj] == col_best[jj] && pairing.negative(i, j)) {
+        col_best[jj] = v;
+        col_arg[jj] = i;
+      }
+    }
+    // Negatives scoring -inf never pass `v > best`; if they are all there is, take the first.
+    for (int64_t jj = 0; arg < 0 && jj < tile.cols; ++jj) {
+      if (pairing.negative(i, tile.col0 + jj)) {
+        best = s[jj];
+        arg = tile.col0 + jj;
+      }
+    }
+    row_best[ii] = best;
+    row_arg[ii] = arg;
+  }
+  for (int64_t jj = 0; jj < tile.cols; ++jj) {
+    for (int64_t ii = 0; col_arg[jj] < 0 && ii < tile.rows; ++ii) {
+      if (pairing.negative(tile.row0 + ii, tile.col0 + jj)) {
+        col_best[jj] = tile.row(ii)[jj];
+        col_arg[jj] = tile.row0 + ii;
+      }
+    }
+  }
+}
+
+// Merges each query's per-block candidates in block order and turns the hardest negative into
+// the cost; the support is the hardest index, or -1 where the cost is 0.
+template <typename scalar_t>
+void finish_hardest(Slots<scalar_t>& slots, const at::Tensor& positive, scalar_t margin,
+                    at::Tensor& cost, at::Tensor& hardest) {
+  const int64_t batch = positive.size(0);
+  const int64_t blocks = slots.values.size(0);
+  const scalar_t* pos = positive.const_data_ptr<scalar_t>();
+  const scalar_t* values = slots.value(0);
+  const int64_t* indices = slots.index(0);
+  scalar_t* c = cost.data_ptr<scalar_t>();
+  int64_t* h = hardest.data_ptr<int64_t>();
+  at::parallel_for(0, batch, rows_per_task(blocks), [&](int64_t first, int64_t last) {
+    for (int64_t k = first; k < last; ++k) {
+      scalar_t best = 0;
+      int64_t arg = -1;
+      for (int64_t b = 0; b < blocks; ++b) {
+        if (beats(values[b * batch + k], indices[b * batch + k], best, arg)) {
+          best = values[b * batch + k];
+          arg = indices[b * batch + k];
+        }
+      }
+      c[k] = arg < 0 ? scalar_t(0) : hinge(margin, best, pos[k]);
+      h[k] = c[k] == scalar_t(0) ? -1 : arg;
+    }
+  });
+}
+
+template <typename scalar_t, typename EachTile>
+Costs hardest_costs(EachTile&& each_tile, const TileGrid& grid, const Pairing& pairing,
+                    const at::Tensor& positive, double margin) {
+  const auto dtype = positive.scalar_type();
+  Slots<scalar_t> rows(grid.col_blocks(), grid.rows, dtype);
+  Slots<scalar_t> cols(grid.row_blocks(), grid.cols, dtype);
+  each_tile([&](const ScoreTile<scalar_t>& tile) { hardest_in_tile(tile, pairing, rows, cols); });
+  at::Tensor cost_i2t = at::empty_like(positive);
+  at::Tensor cost_t2i = at::empty_like(positive);
+  at::Tensor hard_i2t = at::empty_like(positive, at::kLong);
+  at::Tensor hard_t2i = at::empty_like(positive, at::kLong);
+  finish_hardest(rows, positive, static_cast<scalar_t>(margin), cost_i2t, hard_i2t);
+  finish_hardest(cols, positive, static_cast<scalar_t>(margin), cost_t2i, hard_t2i);
+  return {cost_i2t, cost_t2i, hard_i2t, hard_t2i};
+}
+
+// ---- sum of hinges -------------------------------------------------------------------------
+
+// Hinge sums (accumulated in double) and active counts of each row and column of one tile.
+template <typename scalar_t>
+void hinge_sums_in_tile(const ScoreTile<scalar_t>& tile, const Pairing& pairing,
+                        const scalar_t* positive, scalar_t margin, Slots<double>& rows,
+                        Slots<double>& cols) {
+  double* row_sum = rows.value(tile.col_block) + tile.row0;
+  int64_t* row_count = rows.index(tile.col_block) + tile.row0;
+  double* col_sum = cols.value(tile.row_block) + tile.col0;
+  int64_t* col_count = cols.index(tile.row_block) + tile.col0;
+  std::fill(col_sum, col_sum + tile.cols, 0.0);
+  std::fill(col_count, col_count + tile.cols, int64_t{0});
+  for (int64_t ii = 0; ii < tile.rows; ++ii) {
+    const int64_t i = tile.row0 + ii;
+    const scalar_t* s = tile.row(ii);
+    double sum = 0;
+    int64_t count = 0;
+    for (int64_t jj = 0; jj < tile.cols; ++jj) {
+      const int64_t j = tile.col0 + jj;
+      if (!pairing.negative(i, j)) continue;
+      const scalar_t by_image = hinge(margin, s[jj], positive[i]);
+      const scalar_t by_caption = hinge(margin, s[jj], positive[j]);
+      sum += by_image;
+      count += by_image > 0;
+      col_sum[jj] += by_caption;
+      col_count[jj] += by_caption > 0;
+    }
+    row_sum[ii] = sum;
+    row_count[ii] = count;
+  }
+}
+
+template <typename scalar_t>
+void finish_sums(Slots<double>& slots, at::Tensor& cost, at::Tensor& active) {
+  const int64_t batch = cost.size(0);
+  const int64_t blocks = slots.values.size(0);
+  const double* sums = slots.value(0);
+  const int64_t* counts = slots.index(0);
+  scalar_t* c = cost.data_ptr<scalar_t>();
+  int64_t* n = active.data_ptr<int64_t>();
+  at::parallel_for(0, batch, rows_per_task(blocks), [&](int64_t first, int64_t last) {
+    for (int64_t k = first; k < last; ++k) {
+      double sum = 0;
+      int64_t count = 0;
+      for (int64_t b = 0; b < blocks; ++b) {  // block order: the same sum on every run
+        sum += sums[b * batch + k];
+        count += counts[b * batch + k];
+      }
+      c[k] = static_cast<scalar_t>(sum);
+      n[k] = count;
+    }
+  });
+}
+
+template <typename scalar_t, typename EachTile>
+Costs hinge_sum_costs(EachTile&& each_tile, const TileGrid& grid, const Pairing& pairing,
+                      const at::Tensor& positive, double margin) {
+  Slots<double> rows(grid.col_blocks(), grid.rows, at::kDouble);
+  Slots<double> cols(grid.row_blocks(), grid.cols, at::kDouble);
+  const scalar_t* pos = positive.const_data_ptr<scalar_t>();
+  each_tile([&](const ScoreTile<scalar_t>& tile) {
+    hinge_sums_in_tile(tile, pairing, pos, static_cast<scalar_t>(margin), rows, cols);
+  });
+  at::Tensor cost_i2t = at::empty_like(positive);
+  at::Tensor cost_t2i = at::empty_like(positive);
+  at::Tensor active_i2t = at::empty_like(positive, at::kLong);
+  at::Tensor active_t2i = at::empty_like(positive, at::kLong);
+  finish_sums<scalar_t>(rows, cost_i2t, active_i2t);
+  finish_sums<scalar_t>(cols, cost_t2i, active_t2i);
+  return {cost_i2t, cost_t2i, active_i2t, active_t2i};
+}
+
+// Writes d(costs)/dS for one tile's negatives (0 elsewhere, the positives' share is added by
+// positive_grad) into `out`, which may be the tile's own buffer.
+template <typename scalar_t>
+struct HingeGradWriter {
+  Pairing pairing;
+  scalar_t margin;
+  const scalar_t* positive;
+  const scalar_t* w_i2t;
+  const scalar_t* w_t2i;
+
+  void operator()(const ScoreTile<scalar_t>& tile, scalar_t* out, int64_t ld_out) const {
+    for (int64_t ii = 0; ii < tile.rows; ++ii) {
+      const int64_t i = tile.row0 + ii;
+      const scalar_t* s = tile.row(ii);
+      scalar_t* o = out + ii * ld_out;
+      for (int64_t jj = 0; jj < tile.cols; ++jj) {
+        const int64_t j = tile.col0 + jj;
+        o[jj] = pairing.negative(i, j) ? hinge_grad(margin, s[jj], positive[i], positive[j],
+                                                    w_i2t[i], w_t2i[j])
+                                       : scalar_t(0);
+      }
+    }
+  }
+};
+
+template <typename scalar_t>
+HingeGradWriter<scalar_t> hinge_grad_writer(const Pairing& pairing, double margin,
+                                            const at::Tensor& positive, const at::Tensor& w_i2t,
+                                            const at::Tensor& w_t2i) {
+  return {pairing, static_cast<scalar_t>(margin), positive.const_data_ptr<scalar_t>(),
+          w_i2t.const_data_ptr<scalar_t>(), w_t2i.const_data_ptr<scalar_t>()};
+}
+
+// grad_img = G·txt and grad_txt = Gᵀ·img, G = d(costs)/dS, one tile of G at a time: one pass owns
+// row blocks (grad_img rows), one owns column blocks (grad_txt rows), each accumulating its
+// tiles in order. The positives' share of G is a diagonal, applied last.
+template <typename scalar_t>
+std::tuple<at::Tensor, at::Tensor> hinge_sum_backward(const at::Tensor& grad_i2t,
+                                                      const at::Tensor& grad_t2i,
+                                                      const at::Tensor& img, const at::Tensor& txt,
+                                                      double margin, const Pairing& pairing,
+                                                      const at::Tensor& active_i2t,
+                                                      const at::Tensor& active_t2i) {
+  const TileGrid grid{img.size(0), txt.size(0)};
+  const at::Tensor positive = positive_scores<scalar_t>(img, txt);
+  const at::Tensor w_i2t = grad_i2t.to(img.scalar_type()).contiguous();
+  const at::Tensor w_t2i = grad_t2i.to(img.scalar_type()).contiguous();
+  const auto write = hinge_grad_writer<scalar_t>(pairing, margin, positive, w_i2t, w_t2i);
+  at::Tensor grad_img = at::zeros_like(img);
+  at::Tensor grad_txt = at::zeros_like(txt);
+  for_each_score_tile_in_order<scalar_t>(
+      img, txt, grid, Sweep::by_row_block, [&](const ScoreTile<scalar_t>& tile, at::Tensor& g) {
+        write(tile, g.data_ptr<scalar_t>(), tile.cols);
+        grad_img.narrow(0, tile.row0, tile.rows).addmm_(g, txt.narrow(0, tile.col0, tile.cols));
+      });
+  for_each_score_tile_in_order<scalar_t>(
+      img, txt, grid, Sweep::by_col_block, [&](const ScoreTile<scalar_t>& tile, at::Tensor& g) {
+        write(tile, g.data_ptr<scalar_t>(), tile.cols);
+        grad_txt.narrow(0, tile.col0, tile.cols)
+            .addmm_(g.t(), img.narrow(0, tile.row0, tile.rows));
+      });
+  const at::Tensor diagonal =
+      positive_grad(grad_i2t, grad_t2i, active_i2t, active_t2i, img.scalar_type()).unsqueeze(1);
+  grad_img.addcmul_(diagonal, txt);
+  grad_txt.addcmul_(diagonal, img);
+  return {grad_img, grad_txt};
+}
+
+// ---- max_violation backward: the gather -----------------------------------------------------
+
+template <typename scalar_t>
+void gather_rows(const at::Tensor& y, const at::Tensor& w_self, const at::Tensor& hardest_self,
+                 const at::Tensor& w_other, const Inverse& inverse, at::Tensor& out) {
+  const int64_t batch = y.size(0);
+  const int64_t dim = y.size(1);
+  const scalar_t* yp = y.const_data_ptr<scalar_t>();
+  const scalar_t* ws = w_self.const_data_ptr<scalar_t>();
+  const scalar_t* wo = w_other.const_data_ptr<scalar_t>();
+  const int64_t* hard = hardest_self.const_data_ptr<int64_t>();
+  const int64_t* offsets = inverse.offsets.const_data_ptr<int64_t>();
+  const int64_t* sources = inverse.sources.const_data_ptr<int64_t>();
+  scalar_t* o = out.data_ptr<scalar_t>();
+  at::parallel_for(0, batch, rows_per_task(dim), [&](int64_t first, int64_t last) {
+    for (int64_t k = first; k < last; ++k) {
+      scalar_t* row = o + k * dim;
+      const scalar_t* own = yp + k * dim;
+      const scalar_t self = ws[k];  // a local: `row` could alias ws as far as the compiler knows
+      const scalar_t diagonal = -(self + wo[k]);
+      for (int64_t f = 0; f < dim; ++f) row[f] = diagonal * own[f];
+      if (hard[k] >= 0) {
+        const scalar_t* negative = yp + hard[k] * dim;
+        for (int64_t f = 0; f < dim; ++f) row[f] += self * negative[f];
+      }
+      for (int64_t p = offsets[k]; p < offsets[k + 1]; ++p) {
+        const scalar_t* query = yp + sources[p] * dim;
+        const scalar_t w = wo[sources[p]];
+        for (int64_t f = 0; f < dim; ++f) row[f] += w * query[f];
+      }
+    }
+  });
+}
+
+at::Tensor gather_cpu(const at::Tensor& y, const at::Tensor& w_self,
+                      const at::Tensor& hardest_self, const at::Tensor& w_other,
+                      const Inverse& inverse_other) {
+  at::Tensor out = at::empty_like(y);
+  AT_DISPATCH_FLOATING_TYPES(y.scalar_type(), "mh_loss_gather_cpu", [&] {
+    gather_rows<scalar_t>(y, w_self, hardest_self, w_other, inverse_other, out);
+  });
+  return out;
+}
+
+// ---- operators -------------------------------------------------------------------------------
+
+Costs mh_loss_cpu(const at::Tensor& img_emb, const at::Tensor& txt_emb, double margin,
+                  bool max_violation, const Ids& img_ids, const Ids& txt_ids) {
+  const auto ids = check_embeddings(img_emb, txt_emb, img_ids, txt_ids);
+  check_margin(margin);
+  const Pairing pairing = pairing_of(std::get<0>(ids), std::get<1>(ids));
+  const at::Tensor img = img_emb.detach().contiguous();
+  const at::Tensor txt = txt_emb.detach().contiguous();
+  const TileGrid grid{img.size(0), txt.size(0)};
+  return AT_DISPATCH_FLOATING_TYPES(img.scalar_type(), "mh_loss_cpu", [&] {
+    const at::Tensor positive = positive_scores<scalar_t>(img, txt);
+    auto each_tile = [&](auto&& epilogue) {
+      for_each_score_tile<scalar_t>(img, txt, grid, epilogue);
+    };
+    return max_violation ? hardest_costs<scalar_t>(each_tile, grid, pairing, positive, margin)
+                         : hinge_sum_costs<scalar_t>(each_tile, grid, pairing, positive, margin);
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor> mh_loss_backward_cpu(
+    const at::Tensor& grad_i2t, const at::Tensor& grad_t2i, const at::Tensor& img_emb,
+    const at::Tensor& txt_emb, double margin, bool max_violation, const Ids& img_ids,
+    const Ids& txt_ids, const at::Tensor& support_i2t, const at::Tensor& support_t2i) {
+  const auto ids = check_embeddings(img_emb, txt_emb, img_ids, txt_ids);
+  check_margin(margin);
+  check_backward_inputs(grad_i2t, grad_t2i, support_i2t, support_t2i, img_emb.size(0), img_emb);
+  if (max_violation) {
+    check_hardest_indices(support_i2t, support_t2i);
+    return hardest_backward(grad_i2t, grad_t2i, img_emb, txt_emb, support_i2t, support_t2i,
+                            &gather_cpu);
+  }
+  const Pairing pairing = pairing_of(std::get<0>(ids), std::get<1>(ids));
+  const at::Tensor img = img_emb.detach().contiguous();
+  const at::Tensor txt = txt_emb.detach().contiguous();
+  return AT_DISPATCH_FLOATING_TYPES(img.scalar_type(), "mh_loss_backward_cpu", [&] {
+    return hinge_sum_backward<scalar_t>(grad_i2t, grad_t2i, img, txt, margin, pairing,
+                                        support_i2t, support_t2i);
+  });
+}
+
+Costs mh_loss_from_scores_cpu(const at::Tensor& scores_in, double margin, bool max_violation,
+                              const Ids& img_ids, const Ids& txt_ids) {
+  const auto ids = check_scores(scores_in, img_ids, txt_ids);
+  check_margin(margin);
+  const Pairing pairing = pairing_of(std::get<0>(ids), std::get<1>(ids));
+  const at::Tensor scores = scores_in.detach().contiguous();
+  const TileGrid grid{scores.size(0), scores.size(1)};
+  const at::Tensor positive = scores.diagonal().contiguous();
+  return AT_DISPATCH_FLOATING_TYPES(scores.scalar_type(), "mh_loss_from_scores_cpu", [&] {
+    auto each_tile = [&](auto&& epilogue) { for_each_tile_of<scalar_t>(scores, grid, epilogue); };
+    return max_violation ? hardest_costs<scalar_t>(each_tile, grid, pairing, positive, margin)
+                         : hinge_sum_costs<scalar_t>(each_tile, grid, pairing, positive, margin);
+  });
+}
+
+at::Tensor mh_loss_from_scores_backward_cpu(const at::Tensor& grad_i2t, const at::Tensor& grad_t2i,
+                                            const at::Tensor& scores_in, double margin,
+                                            bool max_violation, const Ids& img_ids,
+                                            const Ids& txt_ids, const at::Tensor& support_i2t,
+                                            const at::Tensor& support_t2i) {
+  const auto ids = check_scores(scores_in, img_ids, txt_ids);
+  check_margin(margin);
+  const int64_t batch = scores_in.size(0);
+  check_backward_inputs(grad_i2t, grad_t2i, support_i2t, support_t2i, batch, scores_in);
+  if (max_violation) {
+    check_hardest_indices(support_i2t, support_t2i);
+    return from_scores_hardest_backward(grad_i2t, grad_t2i, scores_in, support_i2t, support_t2i);
+  }
+  const Pairing pairing = pairing_of(std::get<0>(ids), std::get<1>(ids));
+  const at::Tensor scores = scores_in.detach().contiguous();
+  const TileGrid grid{batch, batch};
+  at::Tensor grad = at::empty_like(scores);
+  AT_DISPATCH_FLOATING_TYPES(scores.scalar_type(), "mh_loss_from_scores_backward_cpu", [&] {
+    const at::Tensor positive = scores.diagonal().contiguous();
+    const at::Tensor w_i2t = grad_i2t.to(scores.scalar_type()).contiguous();
+    const at::Tensor w_t2i = grad_t2i.to(scores.scalar_type()).contiguous();
+    const auto write = hinge_grad_writer<scalar_t>(pairing, margin, positive, w_i2t, w_t2i);
+    scalar_t* out = grad.data_ptr<scalar_t>();
+    for_each_tile_of<scalar_t>(scores, grid, [&](const ScoreTile<scalar_t>& tile) {
+      write(tile, out + tile.row0 * batch + tile.col0, batch);
+    });
+  });
+  grad.diagonal().add_(
+      positive_grad(grad_i2t, grad_t2i, support_i2t, support_t2i, scores.scalar_type()));
+  return grad;
+}
+
+}  // namespace
+}  // namespace jwae::hinge
+
+TORCH_LIBRARY_IMPL(jwae_ext, CPU, m) {
+  m.impl("mh_loss", &jwae::hinge::mh_loss_cpu);
+  m.impl("mh_loss_backward", &jwae::hinge::mh_loss_backward_cpu);
+  m.impl("mh_loss_from_scores", &jwae::hinge::mh_loss_from_scores_cpu);
+  m.impl("mh_loss_from_scores_backward", &jwae::hinge::mh_loss_from_scores_backward_cpu);
+}

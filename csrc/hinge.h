@@ -1,0 +1,142 @@
+// Max-of-hinges loss (VSE++): what the CPU kernels (csrc/hinge.cpp) and the CUDA kernels
+// (csrc/cuda/hinge.cu) share — which pairs are negatives, the hinge and the hardest-negative order
+// (host and device code), the argument checks, and the device-generic parts of the backward
+// (csrc/hinge_common.cpp).
+//
+// S = img_emb·txt_embᵀ (B×B), row i paired with column i. Query i of direction i2t is image i
+// (its row of S), query j of t2i is caption j (its column). The forward ops return per-query
+// costs for both directions and a per-query "support" (int64): with max_violation the index of
+// the hardest negative, or -1 where the cost is 0 (nothing to differentiate); for the sum of
+// hinges the number of active hinges, which the backward needs for the positive's gradient.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <c10/macros/Macros.h>
+
+#include <cstdint>
+#include <optional>
+#include <tuple>
+
+namespace jwae::hinge {
+
+// Which (image i, caption j) pairs are negatives: every pair off the diagonal except, when ids
+// are given, pairs with equal ids. The diagonal is always the positive, whatever the ids say.
+struct Pairing {
+  const int64_t* img_ids = nullptr;  // null: no ids, only the diagonal is positive
+  const int64_t* txt_ids = nullptr;
+
+  C10_HOST_DEVICE bool negative(int64_t i, int64_t j) const {
+    return i != j && (img_ids == nullptr || img_ids[i] != txt_ids[j]);
+  }
+};
+
+// Pointers into ids that check_ids has made contiguous; they must outlive the Pairing.
+inline Pairing pairing_of(const std::optional<at::Tensor>& img_ids,
+                          const std::optional<at::Tensor>& txt_ids) {
+  if (!img_ids.has_value()) return {};
+  return {img_ids->const_data_ptr<int64_t>(), txt_ids->const_data_ptr<int64_t>()};
+}
+
+// [margin + score - positive]_+ with NaN kept: a NaN anywhere must surface as a NaN loss, and a
+// plain max(h, 0) can turn it into 0.
+template <typename T>
+C10_HOST_DEVICE inline T hinge(T margin, T score, T positive) {
+  const T h = margin + score - positive;
+  return (h > T(0) || h != h) ? h : T(0);
+}
+
+// The total order that picks the hardest negative: any candidate beats none (index -1), NaN beats
+// every number, a larger score beats a smaller one, and on ties the lower index wins. Being a
+// total order, merging partial results in any order (threads, tiles, tree reductions) gives the
+// same answer.
+template <typename T>
+C10_HOST_DEVICE inline bool beats(T value, int64_t index, T best, int64_t best_index) {
+  if (index < 0) return false;
+  if (best_index < 0) return true;
+  const bool value_nan = value != value;
+  const bool best_nan = best != best;
+  if (value_nan != best_nan) return value_nan;
+  if (!value_nan && value != best) return value > best;
+  return index < best_index;
+}
+
+// d(sum-of-hinges costs)/d(S_ij) for a negative pair: the i2t weight of image i if its hinge on
+// caption j is active, plus the t2i weight of caption j if its hinge on image i is active.
+template <typename T>
+C10_HOST_DEVICE inline T hinge_grad(T margin, T score, T positive_i, T positive_j, T weight_i,
+                                    T weight_j) {
+  return (margin + score - positive_i > T(0) ? weight_i : T(0)) +
+         (margin + score - positive_j > T(0) ? weight_j : T(0));
+}
+
+// ---- argument checks (each message names the argument) -------------------------------------
+
+// img_emb, txt_emb: B×d, same B, same d, same float dtype and device, non-empty; ids: both or
+// neither, int64 vectors of length B on the same device. Returns the ids made contiguous.
+std::tuple<std::optional<at::Tensor>, std::optional<at::Tensor>> check_embeddings(
+    const at::Tensor& img_emb, const at::Tensor& txt_emb, const std::optional<at::Tensor>& img_ids,
+    const std::optional<at::Tensor>& txt_ids);
+
+// scores: square B×B float matrix, non-empty; ids as above.
+std::tuple<std::optional<at::Tensor>, std::optional<at::Tensor>> check_scores(
+    const at::Tensor& scores, const std::optional<at::Tensor>& img_ids,
+    const std::optional<at::Tensor>& txt_ids);
+
+void check_margin(double margin);
+
+// The per-query inputs of a backward op: float gradients and int64 supports of length `queries`,
+// on the device of `like`.
+void check_backward_inputs(const at::Tensor& grad_i2t, const at::Tensor& grad_t2i,
+                           const at::Tensor& support_i2t, const at::Tensor& support_t2i,
+                           int64_t queries, const at::Tensor& like);
+
+// With max_violation the supports index rows of the embeddings: every value must be in [-1, B).
+void check_hardest_indices(const at::Tensor& hardest_i2t, const at::Tensor& hardest_t2i);
+
+// ---- device-generic parts of the backward (ATen ops) -----------------------------------------
+
+// fp64 stays fp64; fp32, fp16 and bf16 accumulate in fp32.
+at::ScalarType accumulate_dtype(at::ScalarType dtype);
+
+// For each target k, the queries whose hardest negative is k, in increasing order:
+// sources[offsets[k] : offsets[k + 1]] (offsets has B + 1 entries). A fixed visiting order makes
+// the scatter of the hardest-negative gradient a deterministic gather, without atomics.
+struct Inverse {
+  at::Tensor offsets;
+  at::Tensor sources;
+};
+Inverse invert(const at::Tensor& hardest);
+
+// One side's gradient of the hardest-negative loss, written by the device's kernel. For
+// grad_img (y = txt_emb, "self" = i2t, "other" = t2i):
+//   out_k = w_self[k]·y[hardest_self[k]] - (w_self[k] + w_other[k])·y[k]
+//           + Σ_{s : hardest_other[s] = k} w_other[s]·y[s]
+// where w is the cost's gradient on active queries and 0 elsewhere. grad_txt is the same with
+// y = img_emb and the directions swapped.
+using GatherFn = at::Tensor (*)(const at::Tensor& y, const at::Tensor& w_self,
+                                const at::Tensor& hardest_self, const at::Tensor& w_other,
+                                const Inverse& inverse_other);
+
+// mh_loss_backward with max_violation: O(B·d), no GEMM.
+std::tuple<at::Tensor, at::Tensor> hardest_backward(const at::Tensor& grad_i2t,
+                                                    const at::Tensor& grad_t2i,
+                                                    const at::Tensor& img_emb,
+                                                    const at::Tensor& txt_emb,
+                                                    const at::Tensor& hardest_i2t,
+                                                    const at::Tensor& hardest_t2i,
+                                                    GatherFn gather);
+
+// The sum-of-hinges gradient reaching the positive score S_kk:
+// -(grad_i2t[k]·active_i2t[k] + grad_t2i[k]·active_t2i[k]), in `dtype`.
+at::Tensor positive_grad(const at::Tensor& grad_i2t, const at::Tensor& grad_t2i,
+                         const at::Tensor& active_i2t, const at::Tensor& active_t2i,
+                         at::ScalarType dtype);
+
+// mh_loss_from_scores_backward with max_violation: the dense B×B gradient, nonzero only at the
+// positives and the hardest negatives. Each write touches distinct elements, so it is
+// deterministic on every device.
+at::Tensor from_scores_hardest_backward(const at::Tensor& grad_i2t, const at::Tensor& grad_t2i,
+                                        const at::Tensor& scores, const at::Tensor& hardest_i2t,
+                                        const at::Tensor& hardest_t2i);
+
+}  // namespace jwae::hinge
