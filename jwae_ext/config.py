@@ -10,15 +10,29 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 
 from jwae_ext.losses import PRIORS, RECONS, VARIANTS
 
 # Per data kind: the values that make the default run fit in minutes on 2 CPU cores
 # (embedded), and the published recipe (precomp).
 PRESETS = {
-    "embedded": {"epochs": 12, "lr_update": 8, "embed_size": 256, "img_hidden": 512},
-    "precomp": {"epochs": 30, "lr_update": 15, "embed_size": 1024, "img_hidden": 1024},
+    "embedded": {
+        "epochs": 12,
+        "lr_update": 8,
+        "embed_size": 256,
+        "img_hidden": 512,
+        "warmup_epochs": 2,
+    },
+    "precomp": {
+        "epochs": 30,
+        "lr_update": 15,
+        "embed_size": 1024,
+        "img_hidden": 1024,
+        "warmup_epochs": 0,
+    },
 }
 
 
@@ -26,7 +40,9 @@ PRESETS = {
 class TrainConfig:
     """A training run. ``None`` fields are resolved from :data:`PRESETS` by :func:`resolve`."""
 
-    data: str = field(default="synthetic-a", metadata={"help": "embedded dataset name or precomp folder"})
+    data: str = field(
+        default="synthetic-a", metadata={"help": "embedded dataset name or precomp folder"}
+    )
     variant: str = field(default="jwae-mh", metadata={"help": "objective", "choices": VARIANTS})
     prior: str = field(default="gan", metadata={"help": "prior matching", "choices": PRIORS})
     epochs: int | None = field(default=None, metadata={"help": "training epochs"})
@@ -36,6 +52,10 @@ class TrainConfig:
     lr_decay: float = field(default=0.1, metadata={"help": "lr factor at --lr-update"})
     grad_clip: float = field(default=2.0, metadata={"help": "gradient-norm clip (0: off)"})
     margin: float = field(default=0.2, metadata={"help": "hinge margin alpha"})
+    warmup_epochs: int | None = field(
+        default=None,
+        metadata={"help": "first epochs with the sum of hinges instead of the hardest negative"},
+    )
     embed_size: int | None = field(default=None, metadata={"help": "latent size d"})
     word_dim: int = field(default=300, metadata={"help": "word embedding size"})
     img_hidden: int | None = field(default=None, metadata={"help": "image MLP hidden size"})
@@ -45,25 +65,44 @@ class TrainConfig:
     lambda_nll: float = field(default=0.005, metadata={"help": "lambda2: caption NLL"})
     lambda_img: float = field(default=0.01, metadata={"help": "lambda3: image prior matching"})
     lambda_txt: float = field(default=0.01, metadata={"help": "lambda4: caption prior matching"})
-    recon: str = field(default="l1", metadata={"help": "image reconstruction error", "choices": RECONS})
-    prior_sigma: float | None = field(default=None, metadata={"help": "prior std (default 1/sqrt(d))"})
+    recon: str = field(
+        default="l1", metadata={"help": "image reconstruction error", "choices": RECONS}
+    )
+    prior_sigma: float | None = field(
+        default=None, metadata={"help": "prior std (default 1/sqrt(d))"}
+    )
     disc_lr: float = field(default=5e-5, metadata={"help": "discriminator Adam learning rate"})
     disc_beta1: float = field(default=0.5, metadata={"help": "discriminator Adam beta1"})
     disc_beta2: float = field(default=0.999, metadata={"help": "discriminator Adam beta2"})
     disc_every: int = field(default=1, metadata={"help": "discriminator step every k steps"})
     disc_hidden: int = field(default=256, metadata={"help": "discriminator hidden size"})
     vocab_threshold: int = field(default=4, metadata={"help": "min word count for the vocabulary"})
-    train_images: int | None = field(default=None, metadata={"help": "use only the first N train images"})
-    eval_images: int | None = field(default=None, metadata={"help": "use only the first N dev/test images"})
-    protocol: str = field(default="full", metadata={"help": "test protocol", "choices": ("full", "1k", "5k")})
-    eval_batch_size: int = field(default=1024, metadata={"help": "batch size when encoding for evaluation"})
+    train_images: int | None = field(
+        default=None, metadata={"help": "use only the first N train images"}
+    )
+    eval_images: int | None = field(
+        default=None, metadata={"help": "use only the first N dev/test images"}
+    )
+    protocol: str = field(
+        default="full", metadata={"help": "test protocol", "choices": ("full", "1k", "5k")}
+    )
+    eval_batch_size: int = field(
+        default=1024, metadata={"help": "batch size when encoding for evaluation"}
+    )
     seed: int = field(default=0, metadata={"help": "seed of data order, init and sampling"})
     device: str = field(default="auto", metadata={"help": "cpu, cuda, cuda:N or auto"})
     workers: int = field(default=0, metadata={"help": "DataLoader worker processes"})
     run_dir: str = field(default="runs", metadata={"help": "folder holding the runs"})
-    name: str | None = field(default=None, metadata={"help": "run name (default: variant-data-seed)"})
-    resume: bool = field(default=False, metadata={"help": "continue the run from its last checkpoint"})
-    on_nonfinite: str = field(default="stop", metadata={"help": "non-finite loss: stop or skip the step", "choices": ("stop", "skip")})
+    name: str | None = field(
+        default=None, metadata={"help": "run name (default: variant-data-seed)"}
+    )
+    resume: bool = field(
+        default=False, metadata={"help": "continue the run from its last checkpoint"}
+    )
+    on_nonfinite: str = field(
+        default="stop",
+        metadata={"help": "non-finite loss: stop or skip the step", "choices": ("stop", "skip")},
+    )
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
 
     @property
@@ -90,14 +129,26 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
     filled = dataclasses.replace(
         cfg, **{k: v for k, v in preset.items() if getattr(cfg, k) is None}
     )
-    positive = ("epochs", "batch_size", "embed_size", "word_dim", "img_hidden", "disc_every",
-                "disc_hidden", "eval_batch_size")
+    positive = (
+        "epochs",
+        "batch_size",
+        "embed_size",
+        "word_dim",
+        "img_hidden",
+        "disc_every",
+        "disc_hidden",
+        "eval_batch_size",
+    )
     for name in positive:
         if getattr(filled, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(filled, name)}")
+            raise ValueError(
+                f"--{name.replace('_', '-')} must be >= 1, got {getattr(filled, name)}"
+            )
     for name in ("lr", "disc_lr"):
         if not getattr(filled, name) > 0:
             raise ValueError(f"--{name.replace('_', '-')} must be > 0, got {getattr(filled, name)}")
+    if filled.warmup_epochs < 0:
+        raise ValueError(f"--warmup-epochs must be >= 0, got {filled.warmup_epochs}")
     if filled.batch_size < 2 and filled.variant != "jwae-mse":
         raise ValueError(f"--batch-size must be >= 2 for hinge losses, got {filled.batch_size}")
     return filled
@@ -114,12 +165,37 @@ def parser() -> argparse.ArgumentParser:
         flag = "--" + f.name.replace("_", "-")
         help_text = f.metadata.get("help", "")
         if f.type in ("bool",) or isinstance(f.default, bool):
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=help_text)
+            p.add_argument(
+                flag, action=argparse.BooleanOptionalAction, default=f.default, help=help_text
+            )
             continue
         kind = {"int": int, "float": float, "str": str}[str(f.type).split(" ")[0]]
-        p.add_argument(flag, type=kind, default=f.default, choices=f.metadata.get("choices"), help=help_text)
+        p.add_argument(
+            flag, type=kind, default=f.default, choices=f.metadata.get("choices"), help=help_text
+        )
     return p
 
 
 def from_args(argv: list[str] | None = None) -> TrainConfig:
-    return TrainConfig(**vars(parser().parse_args(argv)))
+    """The configuration the command line asks for.
+
+    With ``--resume`` it is the run's saved ``config.json``, overridden only by the flags given
+    explicitly (``--epochs`` to train longer, ``--device``, ...), so a resumed run keeps its
+    hyperparameters without the user repeating them.
+    """
+    p = parser()
+    cfg = TrainConfig(**vars(p.parse_args(argv)))
+    if not cfg.resume:
+        return cfg
+    for action in p._actions:
+        action.default = argparse.SUPPRESS
+    given = vars(p.parse_args(argv))
+    saved_path = Path(cfg.run_dir) / cfg.run_name / "config.json"
+    if not saved_path.is_file():
+        raise FileNotFoundError(f"--resume: run {saved_path.parent} has no config.json")
+    try:
+        saved = json.loads(saved_path.read_text())
+        known = {f.name for f in fields(TrainConfig)}
+        return TrainConfig(**{**{k: v for k, v in saved.items() if k in known}, **given})
+    except (json.JSONDecodeError, TypeError) as err:
+        raise ValueError(f"--resume: {saved_path} is not a valid run configuration: {err}") from err

@@ -30,6 +30,9 @@ class LossConfig:
     margin: float = 0.2
     weights: tuple[float, float, float, float] = (0.05, 0.005, 0.01, 0.01)
     recon: str = "l1"
+    # Sum of hinges instead of the hardest negative, for the warm-up epochs of the MH variants:
+    # from random initialisation the hardest negative alone can collapse all codes to one point.
+    warmup: bool = False
 
     def __post_init__(self) -> None:
         for name, allowed in (("variant", VARIANTS), ("prior", PRIORS), ("recon", RECONS)):
@@ -62,7 +65,7 @@ def matching_loss(
         z_img,
         z_txt,
         margin=cfg.margin,
-        max_violation=cfg.variant != "vse0",
+        max_violation=cfg.variant != "vse0" and not cfg.warmup,
         img_ids=img_ids,
         txt_ids=img_ids,
         normalize=True,

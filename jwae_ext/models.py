@@ -7,6 +7,7 @@ Everything here is a plain ``nn.Module``; the losses that tie them together live
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 
@@ -35,7 +36,14 @@ class ModelConfig:
     prior_sigma: float | None = None
 
     def __post_init__(self) -> None:
-        for name in ("img_dim", "vocab_size", "embed_size", "word_dim", "img_hidden", "disc_hidden"):
+        for name in (
+            "img_dim",
+            "vocab_size",
+            "embed_size",
+            "word_dim",
+            "img_hidden",
+            "disc_hidden",
+        ):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"ModelConfig.{name} must be a positive integer, got {value!r}")
@@ -51,12 +59,14 @@ class ModelConfig:
     @property
     def sigma(self) -> float:
         """Standard deviation of the shared prior; by default prior samples have norm ~= 1."""
-        return self.prior_sigma if self.prior_sigma is not None else 1.0 / math.sqrt(self.embed_size)
+        return (
+            self.prior_sigma if self.prior_sigma is not None else 1.0 / math.sqrt(self.embed_size)
+        )
 
 
 def _mlp(sizes: list[int], activation: type[nn.Module] = nn.ReLU) -> nn.Sequential:
     layers: list[nn.Module] = []
-    for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+    for i, (fan_in, fan_out) in enumerate(itertools.pairwise(sizes)):
         layers.append(nn.Linear(fan_in, fan_out))
         if i < len(sizes) - 2:
             layers.append(activation())
@@ -141,7 +151,9 @@ class TextDecoder(nn.Module):
         steps = inputs.shape[1]
         x = torch.cat([self.embed(inputs), codes.unsqueeze(1).expand(-1, steps, -1)], dim=2)
         h0 = torch.tanh(self.init_state(codes)).unsqueeze(0)
-        packed = pack_padded_sequence(x, (lengths - 1).cpu(), batch_first=True, enforce_sorted=False)
+        packed = pack_padded_sequence(
+            x, (lengths - 1).cpu(), batch_first=True, enforce_sorted=False
+        )
         out, _ = self.gru(packed, h0)
         states, _ = pad_packed_sequence(out, batch_first=True, total_length=steps)
         return states.reshape(-1, states.shape[-1]), targets.reshape(-1)
@@ -182,7 +194,10 @@ class JWAE(nn.Module):
 
     def sample_prior(self, n: int, like: torch.Tensor) -> torch.Tensor:
         """n samples of the shared prior N(0, sigma^2 I_d), on ``like``'s device and dtype."""
-        return torch.randn(n, self.cfg.embed_size, device=like.device, dtype=like.dtype) * self.cfg.sigma
+        return (
+            torch.randn(n, self.cfg.embed_size, device=like.device, dtype=like.dtype)
+            * self.cfg.sigma
+        )
 
     def encode_images(self, features: torch.Tensor) -> torch.Tensor:
         return self.img_enc(features)
@@ -228,7 +243,9 @@ class JWAE(nn.Module):
             logits_txt,
             vocab_bias=self.txt_dec.vocab.bias,
             batch_size=images.shape[0],
-            weights=(w_rec, w_nll, w_img, w_txt) if cfg.prior == "gan" else (w_rec, w_nll, 0.0, 0.0),
+            weights=(w_rec, w_nll, w_img, w_txt)
+            if cfg.prior == "gan"
+            else (w_rec, w_nll, 0.0, 0.0),
             recon=cfg.recon,
             ignore_index=PAD,
         )

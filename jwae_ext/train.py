@@ -1,4 +1,4 @@
-"""``python -m jwae_ext.train``: train a jWAE (or baseline) retrieval model and print its test table.
+"""``python -m jwae_ext.train``: train a jWAE (or baseline) retrieval model, print its test table.
 
 With no flags it trains ``jwae-mh`` on the embedded dataset in a few CPU minutes. A run lives in
 ``runs/NAME/``: ``config.json``, ``vocab.json``, ``metrics.jsonl`` (one JSON object per epoch),
@@ -80,7 +80,11 @@ def model_config(cfg: TrainConfig, img_dim: int, vocab_size: int) -> ModelConfig
 
 def loss_config(cfg: TrainConfig) -> LossConfig:
     return LossConfig(
-        variant=cfg.variant, prior=cfg.prior, margin=cfg.margin, weights=cfg.weights, recon=cfg.recon
+        variant=cfg.variant,
+        prior=cfg.prior,
+        margin=cfg.margin,
+        weights=cfg.weights,
+        recon=cfg.recon,
     )
 
 
@@ -101,7 +105,9 @@ def _set_rng_state(state: dict) -> None:
 def epoch_batches(num_pairs: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
     """The batches of one epoch: a permutation that depends only on (seed, epoch), so a resumed
     run sees the same order without storing it."""
-    order = torch.randperm(num_pairs, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+    order = torch.randperm(
+        num_pairs, generator=torch.Generator().manual_seed(seed * 100_003 + epoch)
+    )
     return [order[i : i + batch_size].tolist() for i in range(0, num_pairs, batch_size)]
 
 
@@ -193,11 +199,12 @@ class Trainer:
         model, cfg = self.model, self.cfg
         images, tokens = batch.images.to(self.device), batch.captions.to(self.device)
         lengths, img_ids = batch.lengths.to(self.device), batch.image_ids.to(self.device)
+        loss_cfg = dataclasses.replace(self.loss_cfg, warmup=self.epoch < cfg.warmup_epochs)
         total, terms, (z_img, z_txt) = model.autoencoder_loss(
-            images, tokens, lengths, img_ids, self.loss_cfg
+            images, tokens, lengths, img_ids, loss_cfg
         )
         values = {name: float(v) for name, v in terms.items()}
-        values["total"] = float(total)
+        values["total"] = float(total.detach())
         bad = [name for name, v in values.items() if not math.isfinite(v)]
         if bad:
             message = (
@@ -232,7 +239,10 @@ class Trainer:
 
     def validate(self) -> dict:
         return evaluate_split(
-            self.model, self.dev_split, self.vocab, device=self.device,
+            self.model,
+            self.dev_split,
+            self.vocab,
+            device=self.device,
             batch_size=self.cfg.eval_batch_size,
         )
 
@@ -255,9 +265,13 @@ class Trainer:
                 started = time.perf_counter()
                 self.model.train()
                 bar = tqdm(
-                    loader, total=len(batches), initial=self.step_in_epoch,
-                    desc=f"epoch {self.epoch + 1}/{cfg.epochs}", disable=not cfg.progress,
-                    leave=False, dynamic_ncols=True,
+                    loader,
+                    total=len(batches),
+                    initial=self.step_in_epoch,
+                    desc=f"epoch {self.epoch + 1}/{cfg.epochs}",
+                    disable=not cfg.progress,
+                    leave=False,
+                    dynamic_ncols=True,
                 )
                 for batch in bar:
                     values = self.train_step(batch)
@@ -299,7 +313,8 @@ class Trainer:
                     self.save("best.pt")
                 self.save("last.pt")
                 print(
-                    f"epoch {self.epoch}/{cfg.epochs}  loss {record['train'].get('total', math.nan):.4f}  "
+                    f"epoch {self.epoch}/{cfg.epochs}  "
+                    f"loss {record['train'].get('total', math.nan):.4f}  "
                     f"dev rsum {dev['rsum']:.1f}  i2t R@1 {dev['i2t']['r1']:.1f}  "
                     f"t2i R@1 {dev['t2i']['r1']:.1f}{'  (best)' if is_best else ''}",
                     flush=True,
@@ -308,14 +323,20 @@ class Trainer:
     def test(self) -> dict | None:
         """Evaluate the best checkpoint on the test split (when the data has one)."""
         try:
-            split = load_split(self.cfg.data, "test", seed=self.cfg.seed, num_images=self.cfg.eval_images)
+            split = load_split(
+                self.cfg.data, "test", seed=self.cfg.seed, num_images=self.cfg.eval_images
+            )
         except FileNotFoundError:
             return None
         best = checkpoint.load(self.dir / "best.pt", map_location=self.device)
         self.model.load_state_dict(best["model"])
         result = evaluate_split(
-            self.model, split, self.vocab, device=self.device,
-            batch_size=self.cfg.eval_batch_size, protocol=self.cfg.protocol,
+            self.model,
+            split,
+            self.vocab,
+            device=self.device,
+            batch_size=self.cfg.eval_batch_size,
+            protocol=self.cfg.protocol,
         )
         (self.dir / "test.json").write_text(json.dumps(result, indent=1))
         return result
@@ -324,8 +345,11 @@ class Trainer:
 def main(argv: list[str] | None = None) -> int:
     cfg = resolve(from_args(argv))
     trainer = Trainer(cfg)
-    print(f"run {trainer.dir}: {cfg.variant} on {cfg.data}, {len(trainer.dataset)} training pairs, "
-          f"vocabulary {len(trainer.vocab)}, device {trainer.device}", flush=True)
+    print(
+        f"run {trainer.dir}: {cfg.variant} on {cfg.data}, {len(trainer.dataset)} training pairs, "
+        f"vocabulary {len(trainer.vocab)}, device {trainer.device}",
+        flush=True,
+    )
     trainer.fit()
     result = trainer.test()
     if result is not None:
