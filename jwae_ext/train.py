@@ -343,14 +343,26 @@ class Trainer:
 
 
 def main(argv: list[str] | None = None) -> int:
-    cfg = resolve(from_args(argv))
-    trainer = Trainer(cfg)
+    prog = "python -m jwae_ext.train"
+    try:
+        cfg = resolve(from_args(argv))
+        trainer = Trainer(cfg)
+    except (ValueError, OSError, checkpoint.CheckpointError) as err:
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        return 2
     print(
         f"run {trainer.dir}: {cfg.variant} on {cfg.data}, {len(trainer.dataset)} training pairs, "
         f"vocabulary {len(trainer.vocab)}, device {trainer.device}",
         flush=True,
     )
-    trainer.fit()
+    try:
+        trainer.fit()
+    except NonFiniteLoss as err:
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        return 3
+    except checkpoint.CheckpointError as err:
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        return 2
     result = trainer.test()
     if result is not None:
         print(f"\ntest ({cfg.protocol}), best dev epoch:")

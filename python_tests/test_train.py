@@ -1,0 +1,96 @@
+"""``python -m jwae_ext.train`` end to end, in subprocesses, on a tiny slice of the embedded set."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+TINY = [
+    "--train-images", "48", "--eval-images", "24", "--batch-size", "16",
+    "--embed-size", "16", "--img-hidden", "16", "--word-dim", "8", "--warmup-epochs", "1",
+    "--no-progress",
+]  # fmt: skip
+
+
+def train(run_dir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run(
+        [sys.executable, "-m", "jwae_ext.train", "--run-dir", str(run_dir), *TINY, *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, weights_only=True)["model"]
+
+
+def test_train_writes_the_run_and_prints_the_test_table(tmp_path):
+    proc = train(tmp_path, "--epochs", "2", "--name", "run")
+    run = tmp_path / "run"
+    assert {"config.json", "vocab.json", "metrics.jsonl", "last.pt", "best.pt", "test.json"} <= {
+        p.name for p in run.iterdir()
+    }
+    assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2]
+    for r in records:
+        assert {"match", "recon", "nll", "adv_img", "adv_txt", "disc", "total"} <= set(r["train"])
+        assert {"i2t", "t2i", "rsum"} <= set(r["dev"])
+    assert "R@1" in proc.stdout and "rsum" in proc.stdout and "i2t" in proc.stdout
+    test = json.loads((run / "test.json").read_text())
+    assert 0 <= test["i2t"]["r1"] <= 100 and test["rsum"] > 0
+    config = json.loads((run / "config.json").read_text())
+    assert config["variant"] == "jwae-mh" and config["epochs"] == 2 and config["embed_size"] == 16
+
+
+def test_resume_continues_exactly(tmp_path):
+    train(tmp_path, "--epochs", "2", "--name", "straight")
+    train(tmp_path, "--epochs", "1", "--name", "resumed")
+    # Resumed runs keep their saved configuration; only the explicit --epochs changes.
+    train(tmp_path, "--resume", "--epochs", "2", "--name", "resumed")
+    straight, resumed = (_weights(tmp_path / n / "last.pt") for n in ("straight", "resumed"))
+    assert straight.keys() == resumed.keys()
+    for name in straight:
+        assert torch.equal(straight[name], resumed[name]), name
+    lines = [
+        [json.loads(line) for line in (tmp_path / n / "metrics.jsonl").read_text().splitlines()]
+        for n in ("straight", "resumed")
+    ]
+    assert [r["train"] for r in lines[0]] == [r["train"] for r in lines[1]]
+
+
+@pytest.mark.parametrize("variant", ["vse++", "vse0", "jwae-mse"])
+def test_baseline_variants_train(tmp_path, variant):
+    proc = train(tmp_path, "--epochs", "1", "--variant", variant, "--name", "v")
+    record = json.loads((tmp_path / "v" / "metrics.jsonl").read_text().splitlines()[0])
+    assert ("recon" in record["train"]) == (variant == "jwae-mse")
+    assert "rsum" in proc.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--epochs", "0"], "--epochs must be >= 1"),
+        (["--variant", "clip"], "invalid choice"),
+        (["--data", "/nonexistent/folder"], "neither an embedded dataset"),
+        (["--resume", "--name", "never-ran"], "no config.json"),
+    ],
+)
+def test_bad_arguments_fail_with_a_message(tmp_path, args, message):
+    proc = train(tmp_path, *args, check=False)
+    assert proc.returncode == 2
+    assert message in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_refuses_to_overwrite_a_run(tmp_path):
+    train(tmp_path, "--epochs", "1", "--name", "once")
+    proc = train(tmp_path, "--epochs", "1", "--name", "once", check=False)
+    assert proc.returncode == 2 and "--resume" in proc.stderr
