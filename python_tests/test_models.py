@@ -121,33 +121,36 @@ def test_discriminator_step_leaves_autoencoder_untouched_and_vice_versa():
 
 
 def test_training_on_one_batch_lowers_every_term():
-    """Encoders/decoders against a fixed discriminator: matching, reconstruction, caption NLL and
-    both adversarial terms fall; the discriminator alone against fixed codes: its loss falls."""
+    """The discriminator alone against fixed codes: its loss falls. Then encoders/decoders against
+    that (now informed, fixed) discriminator: matching, reconstruction, caption NLL and both
+    adversarial terms fall."""
     model = _model()
     model.txt_dec.word_dropout = 0.0
     batch = _batch(b=12)
     loss_cfg = LossConfig(weights=(1.0, 1.0, 1.0, 1.0))
-    opt = torch.optim.Adam(model.autoencoder_parameters(), lr=3e-3)
-    first = None
-    for _ in range(150):
-        total, terms, (z_img, z_txt) = model.autoencoder_loss(*batch, loss_cfg)
-        first = first or {k: float(v) for k, v in terms.items()}
-        opt.zero_grad()
-        total.backward()
-        opt.step()
-    last = {k: float(v) for k, v in terms.items()}
-    for name in ("match", "recon", "nll", "adv_img", "adv_txt"):
-        assert last[name] < 0.7 * first[name], (name, first[name], last[name])
+    _, _, (z_img, z_txt) = model.autoencoder_loss(*batch, loss_cfg)
 
     d_opt = torch.optim.Adam(model.disc.parameters(), lr=3e-3)
-    losses = []
-    for _ in range(100):
+    d_losses = []
+    for _ in range(60):
         d_loss = model.discriminator_loss(z_img, z_txt)
         d_opt.zero_grad()
         d_loss.backward()
         d_opt.step()
-        losses.append(float(d_loss))
-    assert losses[-1] < 0.7 * losses[0]
+        d_losses.append(float(d_loss.detach()))
+    assert d_losses[-1] < 0.5 * d_losses[0]
+
+    opt = torch.optim.Adam(model.autoencoder_parameters(), lr=3e-3)
+    first = last = None
+    for _ in range(120):
+        total, terms, _ = model.autoencoder_loss(*batch, loss_cfg)
+        last = {k: float(v) for k, v in terms.items()}
+        first = first or last
+        opt.zero_grad()
+        total.backward()
+        opt.step()
+    for name in ("match", "recon", "nll", "adv_img", "adv_txt"):
+        assert last[name] < 0.7 * first[name], (name, first[name], last[name])
 
 
 def test_model_config_rejects_bad_values():
