@@ -228,7 +228,7 @@ class Trainer:
             self.disc_optimizer.zero_grad(set_to_none=True)
             d_loss.backward()
             self.disc_optimizer.step()
-            values["disc"] = float(d_loss)
+            values["disc"] = float(d_loss.detach())
         return values
 
     # -- the loop ------------------------------------------------------------------------------
