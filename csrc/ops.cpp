@@ -9,6 +9,15 @@
 
 TORCH_LIBRARY(jwae_ext, m) {
   // Schemas are grouped by operator family; each family's kernels live in the file of its name.
+
+  // ranking (csrc/ranking.cpp, csrc/cuda/ranking.cu): exact retrieval ranks and top-k search.
+  m.def("retrieval_ranks(Tensor img_emb, Tensor cap_emb, Tensor cap_to_img) -> (Tensor, Tensor)");
+  m.def("retrieval_thresholds(Tensor img_emb, Tensor cap_emb, Tensor cap_to_img) -> (Tensor, Tensor)");
+  m.def(
+      "retrieval_count_above(Tensor img_emb, Tensor cap_emb, Tensor cap_to_img, "
+      "Tensor img_thresholds, Tensor cap_thresholds) -> (Tensor, Tensor)");
+  m.def("topk_search(Tensor queries, Tensor gallery, int k) -> (Tensor, Tensor)");
+  // end ranking
 }
 
 namespace {
