@@ -254,3 +254,11 @@ TORCH_LIBRARY_IMPL(jwae_ext, CPU, m) {
   m.impl("retrieval_count_above", &jwae::ranking::retrieval_count_above_cpu);
   m.impl("topk_search", &jwae::ranking::topk_search_cpu);
 }
+
+// Ranks, counts and thresholds are not differentiated: their outputs do not require grad, even
+// for inputs that do (e.g. evaluation inside a training step).
+TORCH_LIBRARY_IMPL(jwae_ext, Autograd, m) {
+  m.impl("retrieval_ranks", torch::CppFunction::makeFallthrough());
+  m.impl("retrieval_thresholds", torch::CppFunction::makeFallthrough());
+  m.impl("retrieval_count_above", torch::CppFunction::makeFallthrough());
+}

@@ -61,6 +61,9 @@ ScoreTile<scalar_t> compute_score_tile(at::Tensor& buffer, const at::Tensor& a, 
   const int64_t rows = std::min(grid.tile_rows, grid.rows - row0);
   const int64_t cols = std::min(grid.tile_cols, grid.cols - col0);
   at::Tensor out = buffer.view({-1}).narrow(0, 0, rows * cols).view({rows, cols});
+  // Kernels register their backward separately; below autograd, inputs that require grad do not
+  // make mm_out refuse to run (the guard is per thread, and this runs on worker threads).
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
   at::mm_out(out, a.narrow(0, row0, rows), b.narrow(0, col0, cols).t());
   return {out.const_data_ptr<scalar_t>(), cols, row0, rows, row_block, col0, cols, col_block};
 }

@@ -8,3 +8,14 @@ in ``csrc/cuda/``; its pure-PyTorch reference lives under the same name in
 from jwae_ext import _C  # noqa: F401  (loading the library registers torch.ops.jwae_ext)
 
 __all__: list[str] = []
+
+# ranking: exact retrieval ranks and top-k search
+from jwae_ext.ops.ranking import (
+    retrieval_count_above,
+    retrieval_ranks,
+    retrieval_thresholds,
+    topk_search,
+)
+
+__all__ += ["retrieval_count_above", "retrieval_ranks", "retrieval_thresholds", "topk_search"]
+# end ranking

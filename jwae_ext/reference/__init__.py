@@ -5,3 +5,9 @@ the benchmarks compare the kernels against.
 """
 
 __all__: list[str] = []
+
+# ranking: the full score matrix, sorted per query (VSE++)
+from jwae_ext.reference import ranking
+
+__all__ += ["ranking"]
+# end ranking
