@@ -33,10 +33,13 @@ def recall_table(ranks: torch.Tensor) -> dict[str, float]:
         )
     if ranks.dtype.is_floating_point or ranks.dtype.is_complex or ranks.dtype == torch.bool:
         raise TypeError(f"jwae_ext: argument 'ranks' must be an integer tensor, got {ranks.dtype}")
-    values = ranks.detach().to("cpu", torch.float64)
-    table = {f"r{k}": 100.0 * (values < k).double().mean().item() for k in _RECALL_KS}
-    table["medr"] = math.floor(values.quantile(0.5).item()) + 1.0
-    table["meanr"] = values.mean().item() + 1.0
+    values = ranks.detach().to("cpu", torch.int64)
+    n = values.numel()
+    # Integer counts and sums divided once, as VSE++ computes them, so the floats match exactly.
+    table = {f"r{k}": 100.0 * int((values < k).sum()) / n for k in _RECALL_KS}
+    middle = values.sort().values[(n - 1) // 2 : n // 2 + 1]  # numpy's median: mean of the middle
+    table["medr"] = math.floor(int(middle.sum()) / len(middle)) + 1.0
+    table["meanr"] = int(values.sum()) / n + 1.0
     return table
 
 
@@ -48,8 +51,8 @@ def _tables(img_emb: torch.Tensor, cap_emb: torch.Tensor, cap_to_img: torch.Tens
 
 
 def _check_image_ids(cap_emb: torch.Tensor, cap_to_img: torch.Tensor, n_images: int) -> None:
-    """What the kernel checks on the whole set, before it is split into folds (where an id out of
-    range would silently fall out of every fold)."""
+    """What the kernel checks, on the whole set before it is split into folds (where an id out of
+    range would silently fall out of every fold, and image ids are fold-local)."""
     if cap_to_img.dtype != torch.int64 or cap_to_img.dim() != 1:
         raise TypeError(
             f"jwae_ext: argument 'cap_to_img' must be a 1-D int64 tensor, got a "
@@ -64,6 +67,13 @@ def _check_image_ids(cap_emb: torch.Tensor, cap_to_img: torch.Tensor, n_images: 
         raise ValueError(
             f"jwae_ext: argument 'cap_to_img' must hold image ids in [0, {n_images}), got values "
             f"from {cap_to_img.min().item()} to {cap_to_img.max().item()}"
+        )
+    uncaptioned = (torch.bincount(cap_to_img, minlength=n_images) == 0).nonzero()
+    if len(uncaptioned):
+        raise ValueError(
+            f"jwae_ext: every image needs at least one caption in 'cap_to_img', but "
+            f"{len(uncaptioned)} of {n_images} images have none, the first is image "
+            f"{uncaptioned[0].item()}"
         )
 
 
