@@ -28,7 +28,8 @@ trap 'rm -rf "$work"' EXIT
 "$venv/bin/pip" install -q --no-build-isolation --no-deps --target "$work/site" "$work" 2>&1 \
   | grep -v "^WARNING: Location" || true
 
-cd "$work"
+# From inside site/: the source tree in $work (without the built _C) must not shadow it.
+cd "$work/site"
 PYTHONPATH="$work/site" "$venv/bin/python" - <<'PY'
 import jwae_ext
 from jwae_ext.ops import registry

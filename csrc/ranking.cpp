@@ -177,7 +177,8 @@ std::tuple<at::Tensor, at::Tensor> topk_search_cpu(const at::Tensor& queries_in,
     scalar_t* score_out = scores.mutable_data_ptr<scalar_t>();
     int64_t* index_out = indices.mutable_data_ptr<int64_t>();
     at::parallel_for(0, row_blocks * parts, 1, [&](int64_t first, int64_t last) {
-      at::Tensor buffer = score_tile_buffer(queries, grid);
+      at::Tensor buffer = at::empty({grid.tile_rows, grid.tile_cols}, queries.options());
+      at::Tensor tile_view;
       for (int64_t item = first; item < last; ++item) {
         const int64_t row_block = item / parts;
         const int64_t part = item % parts;
@@ -187,8 +188,8 @@ std::tuple<at::Tensor, at::Tensor> topk_search_cpu(const at::Tensor& queries_in,
         best.reserve(rows);
         for (int64_t r = 0; r < rows; ++r) best.emplace_back(k);
         for (int64_t cb = part * col_blocks / parts; cb < (part + 1) * col_blocks / parts; ++cb) {
-          const ScoreTile<scalar_t> tile = compute_score_tile<scalar_t>(
-              buffer, queries, gallery, grid, row_block * col_blocks + cb);
+          const ScoreTile<scalar_t> tile = detail::compute_tile<scalar_t>(
+              queries, gallery, grid, row_block, cb, buffer, tile_view);
           for (int64_t r = 0; r < rows; ++r) best[r].offer(tile.row(r), tile.cols, tile.col0);
         }
         for (int64_t r = 0; r < rows; ++r) {

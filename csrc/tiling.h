@@ -41,45 +41,50 @@ struct ScoreTile {
   const scalar_t* row(int64_t i) const { return data + i * ld; }
 };
 
-// A buffer that holds any tile of `grid` (one per thread).
-inline at::Tensor score_tile_buffer(const at::Tensor& a, const TileGrid& grid) {
-  return at::empty({grid.tile_rows, grid.tile_cols}, a.options());
-}
+namespace detail {
 
-// Computes tile `tile_id` (row_block * col_blocks + col_block) of S = a·bᵀ into `buffer`. Every
-// loop computes a tile through this one call (the same single-threaded GEMM on the same operands,
-// which BLAS libraries compute deterministically), so a tile holds the same bits whichever loop
-// computed it.
-template <typename scalar_t>
-ScoreTile<scalar_t> compute_score_tile(at::Tensor& buffer, const at::Tensor& a, const at::Tensor& b,
-                                       const TileGrid& grid, int64_t tile_id) {
-  const int64_t n_col_blocks = grid.col_blocks();
-  const int64_t row_block = tile_id / n_col_blocks;
-  const int64_t col_block = tile_id % n_col_blocks;
+struct TileBounds {
+  int64_t row0, rows, col0, cols;
+};
+
+inline TileBounds tile_bounds(const TileGrid& grid, int64_t row_block, int64_t col_block) {
   const int64_t row0 = row_block * grid.tile_rows;
   const int64_t col0 = col_block * grid.tile_cols;
-  const int64_t rows = std::min(grid.tile_rows, grid.rows - row0);
-  const int64_t cols = std::min(grid.tile_cols, grid.cols - col0);
-  at::Tensor out = buffer.view({-1}).narrow(0, 0, rows * cols).view({rows, cols});
+  return {row0, std::min(grid.tile_rows, grid.rows - row0), col0,
+          std::min(grid.tile_cols, grid.cols - col0)};
+}
+
+// Computes tile (row_block, col_block) of S = a·bᵀ into `buffer` (at least tile_rows×tile_cols
+// elements) and describes it. Every traversal below goes through here, so a tile has the same
+// bits whichever traversal computed it (same GEMM shape, same operands).
+template <typename scalar_t>
+ScoreTile<scalar_t> compute_tile(const at::Tensor& a, const at::Tensor& b, const TileGrid& grid,
+                                 int64_t row_block, int64_t col_block, at::Tensor& buffer,
+                                 at::Tensor& out) {
+  const TileBounds t = tile_bounds(grid, row_block, col_block);
+  out = buffer.view({-1}).narrow(0, 0, t.rows * t.cols).view({t.rows, t.cols});
   // Kernels register their backward separately; below autograd, inputs that require grad do not
   // make mm_out refuse to run (the guard is per thread, and this runs on worker threads).
   at::AutoDispatchBelowADInplaceOrView below_autograd;
-  at::mm_out(out, a.narrow(0, row0, rows), b.narrow(0, col0, cols).t());
-  return {out.const_data_ptr<scalar_t>(), cols, row0, rows, row_block, col0, cols, col_block};
+  at::mm_out(out, a.narrow(0, t.row0, t.rows), b.narrow(0, t.col0, t.cols).t());
+  return {out.const_data_ptr<scalar_t>(), t.cols, t.row0, t.rows, row_block, t.col0, t.cols,
+          col_block};
 }
 
-namespace detail {
-
-// Runs tiles tile_id(0) .. tile_id(count - 1), spread over threads in contiguous runs.
+// Runs tiles tile_id(0) .. tile_id(count - 1) (ids row_block * col_blocks + col_block), spread
+// over threads in contiguous runs.
 template <typename scalar_t, typename TileId, typename Epilogue>
-void run_score_tiles(const at::Tensor& a, const at::Tensor& b, const TileGrid& grid, int64_t count,
-                     TileId&& tile_id, Epilogue&& epilogue) {
+void run_tiles(const at::Tensor& a, const at::Tensor& b, const TileGrid& grid, int64_t count,
+               TileId&& tile_id, Epilogue&& epilogue) {
   if (count == 0) return;
+  const int64_t n_col_blocks = grid.col_blocks();
   at::parallel_for(0, count, 1, [&](int64_t first, int64_t last) {
     // One buffer per thread; the BLAS call inside a parallel region runs single-threaded.
-    at::Tensor buffer = score_tile_buffer(a, grid);
+    at::Tensor buffer = at::empty({grid.tile_rows, grid.tile_cols}, a.options());
+    at::Tensor out;
     for (int64_t k = first; k < last; ++k) {
-      epilogue(compute_score_tile<scalar_t>(buffer, a, b, grid, tile_id(k)));
+      const int64_t t = tile_id(k);
+      epilogue(compute_tile<scalar_t>(a, b, grid, t / n_col_blocks, t % n_col_blocks, buffer, out));
     }
   });
 }
@@ -95,21 +100,72 @@ void run_score_tiles(const at::Tensor& a, const at::Tensor& b, const TileGrid& g
 template <typename scalar_t, typename Epilogue>
 void for_each_score_tile(const at::Tensor& a, const at::Tensor& b, const TileGrid& grid,
                          Epilogue&& epilogue) {
-  detail::run_score_tiles<scalar_t>(
+  detail::run_tiles<scalar_t>(
       a, b, grid, grid.row_blocks() * grid.col_blocks(), [](int64_t k) { return k; }, epilogue);
 }
 
-// The same for a subset of the tiles: `tile_ids` (row_block * col_blocks + col_block, in the
-// order to run them). A tile computed here holds bit for bit the values the full loop computes
-// for it (see compute_score_tile), so a pre-pass over a few tiles can derive
-// per-row or per-column values (e.g. thresholds) that a later full pass compares against
-// consistently.
+// The same for a subset of the tiles: `tile_ids` (row_block * col_blocks + col_block). A tile
+// computed here has the same bits as in the full loop, so a pre-pass over a few tiles can derive
+// per-row or per-column values (thresholds, say) that a later full pass compares its tiles
+// against consistently.
 template <typename scalar_t, typename Epilogue>
 void for_each_score_tile(const at::Tensor& a, const at::Tensor& b, const TileGrid& grid,
                          const std::vector<int64_t>& tile_ids, Epilogue&& epilogue) {
-  detail::run_score_tiles<scalar_t>(
-      a, b, grid, static_cast<int64_t>(tile_ids.size()),
-      [&](int64_t k) { return tile_ids[k]; }, epilogue);
+  detail::run_tiles<scalar_t>(
+      a, b, grid, static_cast<int64_t>(tile_ids.size()), [&](int64_t k) { return tile_ids[k]; },
+      epilogue);
+}
+
+// Which blocks of S one thread owns in for_each_score_tile_in_order.
+enum class Sweep { by_row_block, by_col_block };
+
+// Like for_each_score_tile, but one thread handles every tile of a row block (visited left to
+// right) or of a column block (top to bottom), and the epilogue also gets the tile as a writable
+// rows×cols tensor (the thread's buffer) to transform in place:
+// `epilogue(const ScoreTile<scalar_t>&, at::Tensor& tile)`. Floating-point accumulation into
+// state owned by the block (a gradient slice, say) is then race-free and in a fixed order, so
+// deterministic. Each tile is the same GEMM as in for_each_score_tile, so it has the same bits.
+template <typename scalar_t, typename Epilogue>
+void for_each_score_tile_in_order(const at::Tensor& a, const at::Tensor& b, const TileGrid& grid,
+                                  Sweep sweep, Epilogue&& epilogue) {
+  const bool by_rows = sweep == Sweep::by_row_block;
+  const int64_t n_owned = by_rows ? grid.row_blocks() : grid.col_blocks();
+  const int64_t n_inner = by_rows ? grid.col_blocks() : grid.row_blocks();
+  if (n_owned == 0 || n_inner == 0) return;
+  at::parallel_for(0, n_owned, 1, [&](int64_t first, int64_t last) {
+    at::Tensor buffer = at::empty({grid.tile_rows, grid.tile_cols}, a.options());
+    at::Tensor out;
+    for (int64_t owned = first; owned < last; ++owned) {
+      for (int64_t inner = 0; inner < n_inner; ++inner) {
+        const int64_t row_block = by_rows ? owned : inner;
+        const int64_t col_block = by_rows ? inner : owned;
+        const auto tile =
+            detail::compute_tile<scalar_t>(a, b, grid, row_block, col_block, buffer, out);
+        epilogue(tile, out);
+      }
+    }
+  });
+}
+
+// Hands the tiles of an already computed matrix (rows×cols, rows contiguous) to the same kind of
+// epilogue as for_each_score_tile, with the same concurrency rules, so one epilogue serves both
+// fused and precomputed scores.
+template <typename scalar_t, typename Epilogue>
+void for_each_tile_of(const at::Tensor& scores, const TileGrid& grid, Epilogue&& epilogue) {
+  const int64_t n_col_blocks = grid.col_blocks();
+  const int64_t n_tiles = grid.row_blocks() * n_col_blocks;
+  if (n_tiles == 0) return;
+  const int64_t ld = scores.stride(0);
+  const scalar_t* data = scores.const_data_ptr<scalar_t>();
+  at::parallel_for(0, n_tiles, 1, [&](int64_t first, int64_t last) {
+    for (int64_t t = first; t < last; ++t) {
+      const int64_t row_block = t / n_col_blocks;
+      const int64_t col_block = t % n_col_blocks;
+      const detail::TileBounds b = detail::tile_bounds(grid, row_block, col_block);
+      epilogue(ScoreTile<scalar_t>{data + b.row0 * ld + b.col0, ld, b.row0, b.rows, row_block,
+                                   b.col0, b.cols, col_block});
+    }
+  });
 }
 
 }  // namespace jwae
