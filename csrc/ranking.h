@@ -26,9 +26,12 @@ inline at::ScalarType score_dtype(at::ScalarType embedding_dtype) {
   return half ? at::kFloat : embedding_dtype;
 }
 
+// Through the extremes (NaN propagates into them): one read, no input-sized temporaries
+// (at::isfinite would allocate |t| and two masks).
 inline void check_finite(const at::Tensor& t, const char* name) {
-  TORCH_CHECK_VALUE(at::isfinite(t).all().item<bool>(), "jwae_ext: argument '", name,
-                    "' must hold finite values only, got NaN or infinity");
+  const auto [lo, hi] = at::aminmax(t);
+  TORCH_CHECK_VALUE(at::isfinite(at::stack({lo, hi})).all().item<bool>(), "jwae_ext: argument '",
+                    name, "' must hold finite values only, got NaN or infinity");
 }
 
 // Two embedding matrices scored against each other: 2-D, non-empty, same width, dtype and device.

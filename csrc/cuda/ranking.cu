@@ -47,8 +47,8 @@ void score_mm(at::Tensor& out, const at::Tensor& a, const at::Tensor& b) {
 template <typename Fn>
 void for_each_cuda_tile(const at::Tensor& a, const at::Tensor& b, const TileGrid& grid,
                         const std::vector<int64_t>& tile_ids, Fn&& fn) {
-  at::Tensor buffer = at::empty({grid.tile_rows * grid.tile_cols},
-                                a.options().dtype(score_dtype(a.scalar_type())));
+  const int64_t capacity = std::min(grid.tile_rows, grid.rows) * std::min(grid.tile_cols, grid.cols);
+  at::Tensor buffer = at::empty({capacity}, a.options().dtype(score_dtype(a.scalar_type())));
   for (const int64_t t : tile_ids) {
     const int64_t row0 = (t / grid.col_blocks()) * grid.tile_rows;
     const int64_t col0 = (t % grid.col_blocks()) * grid.tile_cols;

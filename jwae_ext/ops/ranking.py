@@ -8,6 +8,8 @@ accumulated (and returned) in fp32. Shapes, dtypes, devices, ids and ``k`` are c
 
 from __future__ import annotations
 
+import numbers
+
 import torch
 
 from jwae_ext.ops._checks import check_tensor
@@ -106,9 +108,9 @@ def topk_search(
     """
     check_tensor("queries", queries)
     check_tensor("gallery", gallery)
-    if isinstance(k, bool) or not isinstance(k, int):
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral):
         raise TypeError(f"jwae_ext: argument 'k' must be an int, got {type(k).__name__}")
-    return _ops.topk_search(queries, gallery, k)
+    return _ops.topk_search(queries, gallery, int(k))
 
 
 # ---- fake kernels: shapes and dtypes only, for torch.compile and meta tensors ----------------
