@@ -62,7 +62,7 @@ def _extension():
         )
 
     sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")))
-    cxx_flags = ["-O3", "-std=c++20", "-fopenmp"]
+    cxx_flags = ["-O3", "-std=c++20", "-fopenmp"]  # torch >= 2.14 headers need C++20
     if os.environ.get("JWAE_NATIVE", "0") == "1":
         cxx_flags.append("-march=native")
     extra = {"cxx": cxx_flags}
@@ -76,6 +76,8 @@ def _extension():
             sources,
             define_macros=macros,
             extra_compile_args=extra,
+            # GEMMs go through ATen (at::mm_out), which brings its own cuBLAS: pip's CUDA wheels
+            # ship only libcublas.so.13, so "-lcublas" would not link.
             extra_link_args=["-fopenmp"],
         )
     return CppExtension(

@@ -29,6 +29,15 @@ TORCH_LIBRARY(jwae_ext, m) {
       "mh_loss_from_scores_backward(Tensor grad_i2t, Tensor grad_t2i, Tensor scores, "
       "float margin, bool max_violation, Tensor? img_ids, Tensor? txt_ids, Tensor support_i2t, "
       "Tensor support_t2i) -> Tensor grad_scores");
+
+  // ranking (csrc/ranking.cpp, csrc/cuda/ranking.cu): exact retrieval ranks and top-k search.
+  m.def("retrieval_ranks(Tensor img_emb, Tensor cap_emb, Tensor cap_to_img) -> (Tensor, Tensor)");
+  m.def("retrieval_thresholds(Tensor img_emb, Tensor cap_emb, Tensor cap_to_img) -> (Tensor, Tensor)");
+  m.def(
+      "retrieval_count_above(Tensor img_emb, Tensor cap_emb, Tensor cap_to_img, "
+      "Tensor img_thresholds, Tensor cap_thresholds) -> (Tensor, Tensor)");
+  m.def("topk_search(Tensor queries, Tensor gallery, int k) -> (Tensor, Tensor)");
+  // end ranking
 }
 
 namespace {

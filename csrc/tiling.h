@@ -14,6 +14,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <vector>
 
 namespace jwae {
 
@@ -62,9 +63,30 @@ ScoreTile<scalar_t> compute_tile(const at::Tensor& a, const at::Tensor& b, const
                                  at::Tensor& out) {
   const TileBounds t = tile_bounds(grid, row_block, col_block);
   out = buffer.view({-1}).narrow(0, 0, t.rows * t.cols).view({t.rows, t.cols});
+  // Kernels register their backward separately; below autograd, inputs that require grad do not
+  // make mm_out refuse to run (the guard is per thread, and this runs on worker threads).
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
   at::mm_out(out, a.narrow(0, t.row0, t.rows), b.narrow(0, t.col0, t.cols).t());
   return {out.const_data_ptr<scalar_t>(), t.cols, t.row0, t.rows, row_block, t.col0, t.cols,
           col_block};
+}
+
+// Runs tiles tile_id(0) .. tile_id(count - 1) (ids row_block * col_blocks + col_block), spread
+// over threads in contiguous runs.
+template <typename scalar_t, typename TileId, typename Epilogue>
+void run_tiles(const at::Tensor& a, const at::Tensor& b, const TileGrid& grid, int64_t count,
+               TileId&& tile_id, Epilogue&& epilogue) {
+  if (count == 0) return;
+  const int64_t n_col_blocks = grid.col_blocks();
+  at::parallel_for(0, count, 1, [&](int64_t first, int64_t last) {
+    // One buffer per thread; the BLAS call inside a parallel region runs single-threaded.
+    at::Tensor buffer = at::empty({grid.tile_rows, grid.tile_cols}, a.options());
+    at::Tensor out;
+    for (int64_t k = first; k < last; ++k) {
+      const int64_t t = tile_id(k);
+      epilogue(compute_tile<scalar_t>(a, b, grid, t / n_col_blocks, t % n_col_blocks, buffer, out));
+    }
+  });
 }
 
 }  // namespace detail
@@ -78,18 +100,20 @@ ScoreTile<scalar_t> compute_tile(const at::Tensor& a, const at::Tensor& b, const
 template <typename scalar_t, typename Epilogue>
 void for_each_score_tile(const at::Tensor& a, const at::Tensor& b, const TileGrid& grid,
                          Epilogue&& epilogue) {
-  const int64_t n_col_blocks = grid.col_blocks();
-  const int64_t n_tiles = grid.row_blocks() * n_col_blocks;
-  if (n_tiles == 0) return;
-  at::parallel_for(0, n_tiles, 1, [&](int64_t first, int64_t last) {
-    // One buffer per thread; the BLAS call inside a parallel region runs single-threaded.
-    at::Tensor buffer = at::empty({grid.tile_rows, grid.tile_cols}, a.options());
-    at::Tensor out;
-    for (int64_t t = first; t < last; ++t) {
-      epilogue(detail::compute_tile<scalar_t>(a, b, grid, t / n_col_blocks, t % n_col_blocks,
-                                              buffer, out));
-    }
-  });
+  detail::run_tiles<scalar_t>(
+      a, b, grid, grid.row_blocks() * grid.col_blocks(), [](int64_t k) { return k; }, epilogue);
+}
+
+// The same for a subset of the tiles: `tile_ids` (row_block * col_blocks + col_block). A tile
+// computed here has the same bits as in the full loop, so a pre-pass over a few tiles can derive
+// per-row or per-column values (thresholds, say) that a later full pass compares its tiles
+// against consistently.
+template <typename scalar_t, typename Epilogue>
+void for_each_score_tile(const at::Tensor& a, const at::Tensor& b, const TileGrid& grid,
+                         const std::vector<int64_t>& tile_ids, Epilogue&& epilogue) {
+  detail::run_tiles<scalar_t>(
+      a, b, grid, static_cast<int64_t>(tile_ids.size()), [&](int64_t k) { return tile_ids[k]; },
+      epilogue);
 }
 
 // Which blocks of S one thread owns in for_each_score_tile_in_order.

@@ -7,8 +7,18 @@ in ``csrc/cuda/``; its pure-PyTorch reference lives under the same name in
 
 from jwae_ext import _C  # noqa: F401  (loading the library registers torch.ops.jwae_ext)
 from jwae_ext.ops.hinge import mh_loss, mh_loss_from_scores
+from jwae_ext.ops.ranking import (
+    retrieval_count_above,
+    retrieval_ranks,
+    retrieval_thresholds,
+    topk_search,
+)
 
-__all__: list[str] = [
-    "mh_loss",  # hinge
-    "mh_loss_from_scores",  # hinge
+__all__ = [
+    "mh_loss",
+    "mh_loss_from_scores",
+    "retrieval_count_above",
+    "retrieval_ranks",
+    "retrieval_thresholds",
+    "topk_search",
 ]

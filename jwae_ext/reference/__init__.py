@@ -5,8 +5,18 @@ the benchmarks compare the kernels against.
 """
 
 from jwae_ext.reference.hinge import mh_loss, mh_loss_from_scores
+from jwae_ext.reference.ranking import (
+    retrieval_count_above,
+    retrieval_ranks,
+    retrieval_thresholds,
+    topk_search,
+)
 
-__all__: list[str] = [
-    "mh_loss",  # hinge
-    "mh_loss_from_scores",  # hinge
+__all__ = [
+    "mh_loss",
+    "mh_loss_from_scores",
+    "retrieval_count_above",
+    "retrieval_ranks",
+    "retrieval_thresholds",
+    "topk_search",
 ]

@@ -1,0 +1,129 @@
+"""Retrieval metrics from exact ranks: R@K tables and the standard COCO / Flickr30k protocols.
+
+Ranks come from :func:`jwae_ext.ops.retrieval_ranks` (0 = the ground truth is first). The metrics
+are VSE++'s: R@1/5/10 in percent, ``medr = floor(median) + 1`` (the median of an even count being
+the mean of the two middle ranks, as numpy takes it), ``meanr = mean + 1``, and ``rsum`` the sum of
+the six recalls. With no tied scores every number equals VSE++'s ``i2t``/``t2i`` exactly.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from jwae_ext import ops
+from jwae_ext.ops._checks import check_choice, check_tensor
+
+__all__ = ["PROTOCOLS", "evaluate", "recall_table"]
+
+PROTOCOLS = ("full", "1k", "5k")
+_COCO_TEST_IMAGES = 5000
+_COCO_FOLDS = 5
+_RECALL_KS = (1, 5, 10)
+
+
+def recall_table(ranks: torch.Tensor) -> dict[str, float]:
+    """R@1, R@5, R@10 (percent), medr and meanr of a 1-D tensor of 0-based ranks."""
+    check_tensor("ranks", ranks)
+    if ranks.dim() != 1 or ranks.numel() == 0:
+        raise ValueError(
+            f"jwae_ext: argument 'ranks' must be a non-empty 1-D tensor, got shape "
+            f"{tuple(ranks.shape)}"
+        )
+    if ranks.dtype.is_floating_point or ranks.dtype.is_complex or ranks.dtype == torch.bool:
+        raise TypeError(f"jwae_ext: argument 'ranks' must be an integer tensor, got {ranks.dtype}")
+    values = ranks.detach().to("cpu", torch.int64)
+    n = values.numel()
+    # Integer counts and sums divided once, as VSE++ computes them, so the floats match exactly.
+    table = {f"r{k}": 100.0 * int((values < k).sum()) / n for k in _RECALL_KS}
+    middle = values.sort().values[(n - 1) // 2 : n // 2 + 1]  # numpy's median: mean of the middle
+    table["medr"] = math.floor(int(middle.sum()) / len(middle)) + 1.0
+    table["meanr"] = int(values.sum()) / n + 1.0
+    return table
+
+
+def _tables(img_emb: torch.Tensor, cap_emb: torch.Tensor, cap_to_img: torch.Tensor) -> dict:
+    i2t, t2i = ops.retrieval_ranks(img_emb, cap_emb, cap_to_img)
+    result = {"i2t": recall_table(i2t), "t2i": recall_table(t2i)}
+    result["rsum"] = sum(result[d][f"r{k}"] for d in ("i2t", "t2i") for k in _RECALL_KS)
+    return result
+
+
+def _check_image_ids(cap_emb: torch.Tensor, cap_to_img: torch.Tensor, n_images: int) -> None:
+    """What the kernel checks, on the whole set before it is split into folds (where an id out of
+    range would silently fall out of every fold, and image ids are fold-local)."""
+    if cap_to_img.dtype != torch.int64 or cap_to_img.dim() != 1:
+        raise TypeError(
+            f"jwae_ext: argument 'cap_to_img' must be a 1-D int64 tensor, got a "
+            f"{cap_to_img.dim()}-D {cap_to_img.dtype} tensor"
+        )
+    if cap_emb.dim() != 2 or cap_to_img.shape[0] != cap_emb.shape[0]:
+        raise ValueError(
+            f"jwae_ext: argument 'cap_to_img' must have one entry per row of 'cap_emb' "
+            f"(shape {tuple(cap_emb.shape)}), got {cap_to_img.shape[0]}"
+        )
+    if cap_to_img.numel() and (cap_to_img.min() < 0 or cap_to_img.max() >= n_images):
+        raise ValueError(
+            f"jwae_ext: argument 'cap_to_img' must hold image ids in [0, {n_images}), got values "
+            f"from {cap_to_img.min().item()} to {cap_to_img.max().item()}"
+        )
+    uncaptioned = (torch.bincount(cap_to_img, minlength=n_images) == 0).nonzero()
+    if len(uncaptioned):
+        raise ValueError(
+            f"jwae_ext: every image needs at least one caption in 'cap_to_img', but "
+            f"{len(uncaptioned)} of {n_images} images have none, the first is image "
+            f"{uncaptioned[0].item()}"
+        )
+
+
+def _fold(img_emb, cap_emb, cap_to_img, first: int, count: int) -> dict:
+    """The images [first, first + count) and their captions, wherever they are."""
+    captions = ((cap_to_img >= first) & (cap_to_img < first + count)).nonzero().squeeze(1)
+    return _tables(img_emb[first : first + count], cap_emb[captions], cap_to_img[captions] - first)
+
+
+def _mean_of(tables: list[dict]) -> dict:
+    mean = {
+        d: {key: sum(t[d][key] for t in tables) / len(tables) for key in tables[0][d]}
+        for d in ("i2t", "t2i")
+    }
+    mean["rsum"] = sum(t["rsum"] for t in tables) / len(tables)
+    return mean
+
+
+def evaluate(
+    img_emb: torch.Tensor,
+    cap_emb: torch.Tensor,
+    cap_to_img: torch.Tensor,
+    protocol: str = "full",
+) -> dict:
+    """Image-to-text and text-to-image retrieval metrics under a standard protocol.
+
+    Args:
+        img_emb: (N, d) image embeddings; cap_emb: (M, d) caption embeddings; cap_to_img: int64
+            (M,) image of each caption (any number per image, any order).
+        protocol: ``"full"`` ranks against everything given; ``"5k"`` is COCO 5K (requires
+            N = 5000, same as full); ``"1k"`` is COCO 1K: the mean over 5 folds of 1000
+            consecutive images and their captions (requires N = 5000), each metric averaged
+            over the folds as VSE++ does (medr may then be fractional).
+
+    Returns:
+        ``{"i2t": table, "t2i": table, "rsum": float}`` with tables from :func:`recall_table`.
+    """
+    check_choice("protocol", protocol, PROTOCOLS)
+    for name, value in (("img_emb", img_emb), ("cap_emb", cap_emb), ("cap_to_img", cap_to_img)):
+        check_tensor(name, value)
+    if protocol != "full" and (img_emb.dim() != 2 or img_emb.shape[0] != _COCO_TEST_IMAGES):
+        raise ValueError(
+            f"jwae_ext: protocol {protocol!r} is defined on the {_COCO_TEST_IMAGES} COCO test "
+            f"images, so 'img_emb' must have {_COCO_TEST_IMAGES} rows, got shape "
+            f"{tuple(img_emb.shape)}"
+        )
+    if protocol != "1k":
+        return _tables(img_emb, cap_emb, cap_to_img)
+    _check_image_ids(cap_emb, cap_to_img, _COCO_TEST_IMAGES)
+    fold = _COCO_TEST_IMAGES // _COCO_FOLDS
+    return _mean_of(
+        [_fold(img_emb, cap_emb, cap_to_img, f * fold, fold) for f in range(_COCO_FOLDS)]
+    )
