@@ -45,6 +45,21 @@ def _import_torch():
     return torch
 
 
+def _cublas_link_args(torch, cuda_home: str) -> list[str]:
+    """Linker flags for cuBLAS: the toolkit's, or else the pip wheel's that torch itself loads.
+
+    pip-installed CUDA builds of torch ship ``nvidia/cu*/lib/libcublas.so.<major>`` without the
+    unversioned ``libcublas.so`` that ``-lcublas`` looks for (and toolkits may lack cuBLAS).
+    """
+    if glob.glob(os.path.join(cuda_home, "lib64", "libcublas.so")):
+        return ["-lcublas"]
+    site = os.path.dirname(os.path.dirname(torch.__file__))
+    wheels = sorted(glob.glob(os.path.join(site, "nvidia", "*", "lib", "libcublas.so.*")))
+    if not wheels:
+        sys.exit(f"cuBLAS not found in {cuda_home}/lib64 nor in the nvidia wheels under {site}")
+    return [f"-L{os.path.dirname(wheels[0])}", f"-l:{os.path.basename(wheels[0])}"]
+
+
 def _extension():
     torch = _import_torch()
     from torch.utils.cpp_extension import CUDA_HOME, CppExtension, CUDAExtension
@@ -62,22 +77,21 @@ def _extension():
         )
 
     sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")))
-    cxx_flags = ["-O3", "-std=c++17", "-fopenmp"]
+    cxx_flags = ["-O3", "-std=c++20", "-fopenmp"]
     if os.environ.get("JWAE_NATIVE", "0") == "1":
         cxx_flags.append("-march=native")
     extra = {"cxx": cxx_flags}
     macros = [("JWAE_TORCH_VERSION", f'"{torch.__version__}"')]
     if with_cuda:
         sources += sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
-        extra["nvcc"] = ["-O3", "-std=c++17", "-lineinfo"]
+        extra["nvcc"] = ["-O3", "-std=c++20", "-lineinfo"]
         macros.append(("WITH_CUDA", None))
         return CUDAExtension(
             "jwae_ext._C",
             sources,
             define_macros=macros,
             extra_compile_args=extra,
-            extra_link_args=["-fopenmp"],
-            libraries=["cublas"],
+            extra_link_args=["-fopenmp", *_cublas_link_args(torch, CUDA_HOME)],
         )
     return CppExtension(
         "jwae_ext._C",
