@@ -26,7 +26,7 @@ TORCH_LIBRARY(jwae_ext, m) {
   // gradients of it selected by grad_mask; wae_loss's caption term runs through linear_xent.
   m.def(
       "wae_loss(Tensor img_feat, Tensor img_rec, Tensor dec_hidden, Tensor vocab_weight, "
-      "Tensor targets, Tensor d_logits_img, Tensor d_logits_txt, Tensor? vocab_bias, "
+      "Tensor targets, Tensor? d_logits_img, Tensor? d_logits_txt, Tensor? vocab_bias, "
       "int batch_size, float[4] weights, str recon, int ignore_index, bool[6] grad_mask) -> "
       "(Tensor total, Tensor terms, Tensor grad_img_rec, Tensor grad_dec_hidden, "
       "Tensor grad_vocab_weight, Tensor grad_vocab_bias, Tensor grad_d_logits_img, "

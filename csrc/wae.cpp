@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cmath>
 #include <string>
+#include <vector>
 
 #include "checks.h"
 #include "ordered_sum.h"
@@ -17,7 +18,7 @@ namespace jwae {
 namespace {
 
 // The dtype of returned loss values: float64 when any input is float64, float32 otherwise.
-at::ScalarType result_dtype(std::initializer_list<at::Tensor> inputs) {
+at::ScalarType result_dtype(const std::vector<at::Tensor>& inputs) {
   const bool any_double = std::any_of(inputs.begin(), inputs.end(), [](const at::Tensor& t) {
     return t.scalar_type() == at::kDouble;
   });
@@ -40,8 +41,9 @@ at::Tensor grad_buffer(bool wanted, const at::Tensor& t) {
 
 WaeLossOutputs wae_loss_op(const at::Tensor& img_feat, const at::Tensor& img_rec,
                            const at::Tensor& dec_hidden, const at::Tensor& vocab_weight,
-                           const at::Tensor& targets, const at::Tensor& d_logits_img,
-                           const at::Tensor& d_logits_txt,
+                           const at::Tensor& targets,
+                           const std::optional<at::Tensor>& d_logits_img,
+                           const std::optional<at::Tensor>& d_logits_txt,
                            const std::optional<at::Tensor>& vocab_bias, int64_t batch_size,
                            std::array<double, 4> weights, std::string_view recon,
                            int64_t ignore_index, std::array<bool, 6> grad_mask,
@@ -67,8 +69,16 @@ WaeLossOutputs wae_loss_op(const at::Tensor& img_feat, const at::Tensor& img_rec
   TORCH_CHECK_VALUE(targets.sizes() == token_shape, "jwae_ext: argument 'targets' must have ",
                     "shape ", token_shape, " (dec_hidden's without the hidden size), got ",
                     targets.sizes());
-  check_floats_on(d_logits_img, "d_logits_img", dec_hidden, "dec_hidden");
-  check_floats_on(d_logits_txt, "d_logits_txt", dec_hidden, "dec_hidden");
+  const std::array<const std::optional<at::Tensor>*, 2> logits{&d_logits_img, &d_logits_txt};
+  const std::array<const char*, 2> logit_names{"d_logits_img", "d_logits_txt"};
+  for (size_t k = 0; k < 2; ++k) {
+    if (logits[k]->has_value()) {
+      check_floats_on(**logits[k], logit_names[k], dec_hidden, "dec_hidden");
+    } else {
+      TORCH_CHECK_VALUE(!grad_mask[4 + k], "jwae_ext: grad_mask asks for the gradient of '",
+                        logit_names[k], "', which was not given");
+    }
+  }
 
   const double B = static_cast<double>(batch_size);
   const auto feat = img_feat.contiguous(), rec = img_rec.contiguous();
@@ -81,14 +91,22 @@ WaeLossOutputs wae_loss_op(const at::Tensor& img_feat, const at::Tensor& img_rec
       Reduction::Sum, {grad_mask[1], grad_mask[2], grad_mask[3]}, weights[1] / B, *backend.xent,
       XentNames{"dec_hidden", "vocab_weight", "targets", "vocab_bias"});
 
-  const auto img = d_logits_img.contiguous(), txt = d_logits_txt.contiguous();
-  const auto grad_img = grad_buffer(grad_mask[4], img), grad_txt = grad_buffer(grad_mask[5], txt);
-  const auto adv_img = backend.softplus_mean(img, -1.0, weights[2], grad_img);
-  const auto adv_txt = backend.softplus_mean(txt, -1.0, weights[3], grad_txt);
+  std::vector<at::Tensor> dtype_sources{img_feat, dec_hidden};
+  std::array<at::Tensor, 2> adv, adv_grad;  // mean softplus(-logit); 0 without logits
+  for (size_t k = 0; k < 2; ++k) {
+    if (!logits[k]->has_value()) continue;
+    const auto l = (*logits[k])->contiguous();
+    adv_grad[k] = grad_buffer(grad_mask[4 + k], l);
+    adv[k] = backend.softplus_mean(l, -1.0, weights[2 + k], adv_grad[k]);
+    dtype_sources.push_back(l);
+  }
 
-  const auto dtype = result_dtype({img_feat, dec_hidden, d_logits_img, d_logits_txt});
+  const auto dtype = result_dtype(dtype_sources);
+  const auto as_term = [&](const at::Tensor& t) {
+    return t.defined() ? t.to(dtype) : at::zeros({}, dec_hidden.options().dtype(dtype));
+  };
   const auto terms = at::stack({recon_sum.to(dtype) / B, xent.loss.to(dtype) / B,
-                                adv_img.to(dtype), adv_txt.to(dtype)});
+                                as_term(adv[0]), as_term(adv[1])});
   const auto total = terms[0] * weights[0] + terms[1] * weights[1] + terms[2] * weights[2] +
                      terms[3] * weights[3];
   const auto hidden_grad = xent.grads.hidden.defined()
@@ -100,8 +118,8 @@ WaeLossOutputs wae_loss_op(const at::Tensor& img_feat, const at::Tensor& img_rec
           or_empty(hidden_grad, dec_hidden.options()),
           or_empty(xent.grads.weight, vocab_weight.options()),
           or_empty(xent.grads.bias, vocab_weight.options()),
-          or_empty(grad_img, d_logits_img.options()),
-          or_empty(grad_txt, d_logits_txt.options())};
+          or_empty(adv_grad[0], dec_hidden.options()),
+          or_empty(adv_grad[1], dec_hidden.options())};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> discriminator_loss_op(
@@ -269,8 +287,9 @@ void imq_pairs_cpu(const at::Tensor& gram, const at::Tensor& sq_norms_a,
 
 WaeLossOutputs wae_loss_cpu(const at::Tensor& img_feat, const at::Tensor& img_rec,
                             const at::Tensor& dec_hidden, const at::Tensor& vocab_weight,
-                            const at::Tensor& targets, const at::Tensor& d_logits_img,
-                            const at::Tensor& d_logits_txt,
+                            const at::Tensor& targets,
+                            const std::optional<at::Tensor>& d_logits_img,
+                            const std::optional<at::Tensor>& d_logits_txt,
                             const std::optional<at::Tensor>& vocab_bias, int64_t batch_size,
                             std::array<double, 4> weights, std::string_view recon,
                             int64_t ignore_index, std::array<bool, 6> grad_mask) {

@@ -33,7 +33,8 @@ __global__ void partial_sums_kernel(Term term, int64_t n, acc_t* __restrict__ pa
 template <typename acc_t, typename Term>
 at::Tensor sum_terms_cuda(const Term& term, int64_t n, const at::TensorOptions& options) {
   const int64_t blocks = std::min(kMaxBlocks, (n + kThreads - 1) / kThreads);
-  auto partial = at::empty({blocks}, options.dtype(c10::CppTypeToScalarType<acc_t>::value));
+  const auto dtype = c10::CppTypeToScalarType<acc_t>::value;
+  const at::Tensor partial = at::empty({blocks}, options.dtype(dtype));
   partial_sums_kernel<acc_t><<<blocks, kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
       term, n, partial.mutable_data_ptr<acc_t>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -111,8 +112,9 @@ void imq_pairs_cuda(const at::Tensor& gram, const at::Tensor& sq_norms_a,
 
 WaeLossOutputs wae_loss_cuda(const at::Tensor& img_feat, const at::Tensor& img_rec,
                              const at::Tensor& dec_hidden, const at::Tensor& vocab_weight,
-                             const at::Tensor& targets, const at::Tensor& d_logits_img,
-                             const at::Tensor& d_logits_txt,
+                             const at::Tensor& targets,
+                             const std::optional<at::Tensor>& d_logits_img,
+                             const std::optional<at::Tensor>& d_logits_txt,
                              const std::optional<at::Tensor>& vocab_bias, int64_t batch_size,
                              std::array<double, 4> weights, std::string_view recon,
                              int64_t ignore_index, std::array<bool, 6> grad_mask) {

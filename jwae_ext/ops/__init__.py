@@ -10,7 +10,7 @@ from jwae_ext import _C  # noqa: F401  (loading the library registers torch.ops.
 __all__: list[str] = []
 
 # linear_xent and wae: the jWAE regularizer (csrc/linear_xent.cpp, csrc/wae.cpp)
-from jwae_ext.ops.linear_xent import linear_cross_entropy  # noqa: E402
-from jwae_ext.ops.wae import discriminator_loss, mmd_imq, wae_loss  # noqa: E402
+from jwae_ext.ops.linear_xent import linear_cross_entropy
+from jwae_ext.ops.wae import discriminator_loss, mmd_imq, wae_loss
 
 __all__ += ["discriminator_loss", "linear_cross_entropy", "mmd_imq", "wae_loss"]

@@ -84,7 +84,9 @@ def _linear_xent_fake(hidden, weight, target, bias, ignore_index, reduction, gra
     loss = hidden.new_empty((tokens,) if reduction == "none" else (), dtype=acc)
     lse = hidden.new_empty((tokens,), dtype=acc)
     shapes = ((tokens, width), (vocab, width), (vocab,))
-    grads = [hidden.new_empty(s if wanted else (0,)) for s, wanted in zip(shapes, grad_mask)]
+    grads = [
+        hidden.new_empty(s if wanted else (0,)) for s, wanted in zip(shapes, grad_mask, strict=True)
+    ]
     return (loss, lse, *grads)
 
 
@@ -93,12 +95,14 @@ def _linear_xent_backward_fake(grad_loss, hidden, weight, target, bias, lse, ign
     tokens, width = hidden.shape
     vocab = weight.shape[0]
     shapes = ((tokens, width), (vocab, width), (vocab,))
-    return tuple(hidden.new_empty(s if wanted else (0,)) for s, wanted in zip(shapes, mask))
+    return tuple(
+        hidden.new_empty(s if wanted else (0,)) for s, wanted in zip(shapes, mask, strict=True)
+    )
 
 
 def _setup_context(ctx, inputs, output):
     hidden, weight, target, bias, ignore_index, reduction, grad_mask = inputs
-    loss, lse, *grads = output
+    _loss, lse, *grads = output
     ctx.mark_non_differentiable(lse, *grads)
     ctx.reduction = reduction
     if reduction == "none":
@@ -122,10 +126,8 @@ def _backward(ctx, grad_loss, *_unused):
         computed = torch.ops.jwae_ext.linear_xent_backward(
             grad_loss, hidden, weight, target, bias, lse, ctx.ignore_index, mask
         )
-        grads = [g if wanted else None for g, wanted in zip(computed, mask)]
+        grads = [g if wanted else None for g, wanted in zip(computed, mask, strict=True)]
     return grads[0], grads[1], None, grads[2], None, None, None
 
 
-torch.library.register_autograd(
-    "jwae_ext::linear_xent", _backward, setup_context=_setup_context
-)
+torch.library.register_autograd("jwae_ext::linear_xent", _backward, setup_context=_setup_context)

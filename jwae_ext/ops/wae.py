@@ -17,6 +17,7 @@ from jwae_ext.ops._checks import check_choice, check_finite_number, check_tensor
 
 RECONSTRUCTIONS = ("l1", "l2")
 DEFAULT_WEIGHTS = (0.05, 0.005, 0.01, 0.01)
+TERM_NAMES = ("recon", "nll", "adv_img", "adv_txt")
 # C = 2 * d * sigma^2 * s for the WAE paper's s in (0.1, 0.2, 0.5, 1, 2, 5, 10), with the
 # shared prior's sigma^2 = 1/d (DESIGN.md section 2), so 2 * d * sigma^2 = 2.
 DEFAULT_IMQ_SCALES = (0.2, 0.4, 1.0, 2.0, 4.0, 10.0, 20.0)
@@ -28,15 +29,15 @@ def wae_loss(
     dec_hidden: torch.Tensor,
     vocab_weight: torch.Tensor,
     targets: torch.Tensor,
-    d_logits_img: torch.Tensor,
-    d_logits_txt: torch.Tensor,
+    d_logits_img: torch.Tensor | None,
+    d_logits_txt: torch.Tensor | None,
     *,
     vocab_bias: torch.Tensor | None = None,
     batch_size: int,
     weights: Sequence[float] = DEFAULT_WEIGHTS,
     recon: str = "l1",
     ignore_index: int = 0,
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The jWAE regularizer in one call with one backward.
 
     ``total = w1 * recon + w2 * nll + w3 * adv_img + w4 * adv_txt`` with
@@ -48,12 +49,13 @@ def wae_loss(
       vocabulary projection (``dec_hidden`` is ``(..., H)``, ``targets`` its leading shape,
       ``ignore_index`` marks padding);
     - ``adv = mean softplus(-logit) = -mean log sigmoid(D(z))``: the non-saturating generator
-      terms for the discriminator logits of the image and caption codes.
+      terms for the discriminator logits of the image and caption codes (any shapes); ``None``
+      (WAE-MMD training, no discriminator) makes the term 0.
 
     Returns:
-        ``(total, terms)``: the scalar loss and the four unweighted terms
-        ``(recon, nll, adv_img, adv_txt)``, detached, for logging. float32, or float64 when an
-        input is float64.
+        ``(total, terms)``: the scalar loss and a dict of the four unweighted terms
+        ``recon, nll, adv_img, adv_txt`` (0-d, detached, for logging). float32, or float64 when
+        an input is float64.
     """
     tensors = {
         "img_feat": img_feat,
@@ -61,13 +63,17 @@ def wae_loss(
         "dec_hidden": dec_hidden,
         "vocab_weight": vocab_weight,
         "targets": targets,
+    }
+    optional = {
         "d_logits_img": d_logits_img,
         "d_logits_txt": d_logits_txt,
+        "vocab_bias": vocab_bias,
     }
     for name, value in tensors.items():
         check_tensor(name, value)
-    if vocab_bias is not None:
-        check_tensor("vocab_bias", vocab_bias)
+    for name, value in optional.items():
+        if value is not None:
+            check_tensor(name, value)
     check_choice("recon", recon, RECONSTRUCTIONS)
     _check_int("batch_size", batch_size)
     _check_int("ignore_index", ignore_index)
@@ -79,14 +85,14 @@ def wae_loss(
             dec_hidden.requires_grad,
             vocab_weight.requires_grad,
             vocab_bias is not None and vocab_bias.requires_grad,
-            d_logits_img.requires_grad,
-            d_logits_txt.requires_grad,
+            d_logits_img is not None and d_logits_img.requires_grad,
+            d_logits_txt is not None and d_logits_txt.requires_grad,
         ]
     total, terms, *_ = torch.ops.jwae_ext.wae_loss(
         img_feat, img_rec, dec_hidden, vocab_weight, targets, d_logits_img, d_logits_txt,
         vocab_bias, batch_size, weights, recon, ignore_index, grad_mask,
     )  # fmt: skip
-    return total, terms
+    return total, dict(zip(TERM_NAMES, terms.unbind(), strict=True))
 
 
 def discriminator_loss(d_logits_real: torch.Tensor, d_logits_fake: torch.Tensor) -> torch.Tensor:
@@ -157,28 +163,30 @@ def _wae_loss_fake(
     img_feat, img_rec, dec_hidden, vocab_weight, targets, d_img, d_txt, vocab_bias,
     batch_size, weights, recon, ignore_index, grad_mask,
 ):  # fmt: skip
-    dtype = _loss_dtype(img_feat, dec_hidden, d_img, d_txt)
+    present = [t for t in (img_feat, dec_hidden, d_img, d_txt) if t is not None]
+    dtype = _loss_dtype(*present)
     total = dec_hidden.new_empty((), dtype=dtype)
     terms = dec_hidden.new_empty((4,), dtype=dtype)
-    bias = vocab_bias if vocab_bias is not None else vocab_weight.new_empty((0,))
-    inputs = (img_rec, dec_hidden, vocab_weight, bias, d_img, d_txt)
-    return (total, terms, *_grads_fake(zip(inputs, grad_mask)))
+    absent = dec_hidden.new_empty((0,))
+    inputs = [t if t is not None else absent
+              for t in (img_rec, dec_hidden, vocab_weight, vocab_bias, d_img, d_txt)]  # fmt: skip
+    return (total, terms, *_grads_fake(zip(inputs, grad_mask, strict=True)))
 
 
 @torch.library.register_fake("jwae_ext::discriminator_loss")
 def _discriminator_loss_fake(d_logits_real, d_logits_fake, grad_mask):
     loss = d_logits_real.new_empty((), dtype=_loss_dtype(d_logits_real, d_logits_fake))
-    return (loss, *_grads_fake(zip((d_logits_real, d_logits_fake), grad_mask)))
+    return (loss, *_grads_fake(zip((d_logits_real, d_logits_fake), grad_mask, strict=True)))
 
 
 @torch.library.register_fake("jwae_ext::mmd_imq")
 def _mmd_imq_fake(z, prior_samples, scales, grad_mask):
     mmd = z.new_empty((), dtype=_loss_dtype(z))
-    return (mmd, *_grads_fake(zip((z, prior_samples), grad_mask)))
+    return (mmd, *_grads_fake(zip((z, prior_samples), grad_mask, strict=True)))
 
 
 def _setup_wae_loss(ctx, inputs, output):
-    total, terms, *grads = output
+    _total, terms, *grads = output
     ctx.mark_non_differentiable(terms, *grads)
     _forward_grads.save(ctx, grads, inputs[-1])
 
@@ -190,9 +198,7 @@ def _wae_loss_backward(ctx, grad_total, *_unused):
     g_rec, g_hidden, g_weight, g_bias, g_img, g_txt = _forward_grads.scaled(
         ctx, grad_total, needed, "wae_loss"
     )
-    g_feat = None
-    if feat:
-        g_feat = -g_rec if rec else g_rec.neg_()
+    g_feat = -g_rec if feat else None
     return (
         g_feat, g_rec if rec else None, g_hidden, g_weight, None, g_img, g_txt, g_bias,
         None, None, None, None, None,
@@ -200,7 +206,7 @@ def _wae_loss_backward(ctx, grad_total, *_unused):
 
 
 def _setup_two_input_op(ctx, inputs, output):
-    value, *grads = output
+    _value, *grads = output
     ctx.mark_non_differentiable(*grads)
     _forward_grads.save(ctx, grads, inputs[-1])
 

@@ -7,6 +7,6 @@ the benchmarks compare the kernels against.
 __all__: list[str] = []
 
 # linear_xent and wae: the jWAE regularizer
-from jwae_ext.reference import linear_xent, wae  # noqa: E402
+from jwae_ext.reference import linear_xent, wae
 
 __all__ += ["linear_xent", "wae"]

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from jwae_ext.ops.wae import DEFAULT_IMQ_SCALES, DEFAULT_WEIGHTS
+from jwae_ext.ops.wae import DEFAULT_IMQ_SCALES, DEFAULT_WEIGHTS, TERM_NAMES
 from jwae_ext.reference.linear_xent import linear_cross_entropy
 
 
@@ -21,17 +21,17 @@ def wae_loss(
     dec_hidden: torch.Tensor,
     vocab_weight: torch.Tensor,
     targets: torch.Tensor,
-    d_logits_img: torch.Tensor,
-    d_logits_txt: torch.Tensor,
+    d_logits_img: torch.Tensor | None,
+    d_logits_txt: torch.Tensor | None,
     *,
     vocab_bias: torch.Tensor | None = None,
     batch_size: int,
     weights: Sequence[float] = DEFAULT_WEIGHTS,
     recon: str = "l1",
     ignore_index: int = 0,
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """``F.l1_loss``/``F.mse_loss`` (sum) + ``F.linear`` + ``F.cross_entropy`` (sum) +
-    ``F.binary_cross_entropy_with_logits`` against label 1, weighted and summed."""
+    ``F.binary_cross_entropy_with_logits`` against label 1 (0 without logits), weighted."""
     recon_fn = F.l1_loss if recon == "l1" else F.mse_loss
     hidden = dec_hidden.reshape(-1, dec_hidden.shape[-1])
     nll = linear_cross_entropy(
@@ -41,13 +41,17 @@ def wae_loss(
     terms = [
         recon_fn(img_rec, img_feat, reduction="sum") / batch_size,
         nll / batch_size,
-        F.binary_cross_entropy_with_logits(d_logits_img, torch.ones_like(d_logits_img)),
-        F.binary_cross_entropy_with_logits(d_logits_txt, torch.ones_like(d_logits_txt)),
+        *(
+            F.binary_cross_entropy_with_logits(d, torch.ones_like(d))
+            if d is not None
+            else torch.zeros((), device=hidden.device)
+            for d in (d_logits_img, d_logits_txt)
+        ),
     ]
     dtype = torch.float64 if any(t.dtype == torch.float64 for t in terms) else torch.float32
     terms = [t.to(dtype) for t in terms]
-    total = sum(w * t for w, t in zip(weights, terms))
-    return total, torch.stack(terms).detach()
+    total = sum(w * t for w, t in zip(weights, terms, strict=True))
+    return total, dict(zip(TERM_NAMES, (t.detach() for t in terms), strict=True))
 
 
 def discriminator_loss(d_logits_real: torch.Tensor, d_logits_fake: torch.Tensor) -> torch.Tensor:
