@@ -1,6 +1,6 @@
 // Fused linear cross-entropy: the device-agnostic chunk loop, and the CPU backend.
 //
-// Per chunk of token rows: one GEMM into a reused logits buffer (at most kChunkBytes), a row pass
+// Per chunk of token rows: one GEMM into a reused logits buffer (see kChunkBytes), a row pass
 // (log-sum-exp in the accumulation dtype, the loss, and when gradients are wanted
 // grad_scale * (softmax - onehot) in place), then the two GEMMs that accumulate the gradients of
 // hidden and weight. With the gradients computed alongside the loss the whole forward+backward
@@ -28,8 +28,11 @@ Reduction parse_reduction(std::string_view reduction) {
 
 namespace {
 
-// The logits of one chunk (rows x V, accumulation dtype) stay within this budget.
+// The logits of one chunk (rows x V, accumulation dtype) stay within this budget, unless that
+// leaves fewer than kMinChunkRows rows: each chunk's GEMMs stream the whole V x H weight, and
+// below a few hundred rows that traffic, not the arithmetic, sets their speed.
 constexpr int64_t kChunkBytes = int64_t{32} << 20;
+constexpr int64_t kMinChunkRows = 512;
 
 struct XentInputs {
   at::Tensor hidden;  // T x H, contiguous
@@ -73,9 +76,9 @@ void check_grad_mask(const XentInputs& in, std::array<bool, 3> grad_mask) {
                     "jwae_ext: grad_mask asks for the gradient of 'bias', but no bias was given");
 }
 
-// Rows per chunk: equal chunks whose logits fit kChunkBytes (at least one row).
+// Rows per chunk: equal chunks of at most max(kChunkBytes of logits, kMinChunkRows) rows.
 int64_t chunk_rows(int64_t T, int64_t V, int64_t element_size) {
-  const int64_t max_rows = std::max<int64_t>(1, kChunkBytes / (V * element_size));
+  const int64_t max_rows = std::max(kMinChunkRows, kChunkBytes / (V * element_size));
   const int64_t chunks = (T + max_rows - 1) / max_rows;
   return (T + chunks - 1) / chunks;
 }

@@ -68,7 +68,7 @@ def test_matches_reference(T, H, V, reduction, bias, ignored, ignore_index, dtyp
 
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 def test_many_chunks(reduction):
-    # float64 logits of 900 x 20000 take 137 MiB: 5 chunks of 180 rows within the 32 MiB budget.
+    # float64 logits of 900 x 20000 take 137 MiB: two chunks of 450 rows (the 512-row minimum).
     inputs = make_inputs(900, 3, 20000, seed=1, bias=True)
     assert_matches_reference(*inputs, reduction=reduction, rtol=1e-9, atol=1e-9)
 

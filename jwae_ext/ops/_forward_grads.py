@@ -30,7 +30,7 @@ def _is_one(grad_output: torch.Tensor) -> bool:
 
 
 def scaled(
-    ctx, grad_output: torch.Tensor, needed: Sequence[bool], op: str
+    ctx, grad_output: torch.Tensor | None, needed: Sequence[bool], op: str
 ) -> list[torch.Tensor | None]:
     """The saved gradients times ``grad_output``, for the inputs in ``needed``.
 
@@ -38,6 +38,8 @@ def scaled(
     operator was called directly with a ``grad_mask`` that left it out).
     """
     grads = ctx.saved_tensors
+    if grad_output is None:  # nothing reached the value (gradients are not materialized)
+        return [None] * len(needed)
     unit = _is_one(grad_output)
     out: list[torch.Tensor | None] = []
     for index, (need, computed) in enumerate(zip(needed, ctx.computed, strict=True)):

@@ -28,7 +28,8 @@ def linear_cross_entropy(
 
     Equal to ``F.cross_entropy(F.linear(hidden, weight, bias), target, ignore_index=...,
     reduction=...)`` but computed over chunks of tokens, so the ``T x V`` logits never exist:
-    extra memory is one chunk of logits (at most 32 MiB) plus the gradients themselves.
+    extra memory is one chunk of logits (32 MiB, or 512 rows when V is so large that 32 MiB
+    hold fewer) plus the gradients themselves.
 
     Args:
         hidden: ``(T, H)`` decoder states (float32/float64; also float16/bfloat16 on CUDA).
@@ -104,6 +105,8 @@ def _setup_context(ctx, inputs, output):
     hidden, weight, target, bias, ignore_index, reduction, grad_mask = inputs
     _loss, lse, *grads = output
     ctx.mark_non_differentiable(lse, *grads)
+    # The gradient outputs get no gradient: no zero-filled V x H tensors for them in backward.
+    ctx.set_materialize_grads(False)
     ctx.reduction = reduction
     if reduction == "none":
         ctx.ignore_index = ignore_index
@@ -120,6 +123,8 @@ def _backward(ctx, grad_loss, *_unused):
         grads = _forward_grads.scaled(
             ctx, grad_loss, (hidden_, weight_, bias_), "linear_cross_entropy"
         )
+    elif grad_loss is None:  # nothing reached the loss (gradients are not materialized)
+        grads = [None, None, None]
     else:
         hidden, weight, target, bias, lse = ctx.saved_tensors
         mask = [hidden_, weight_, ctx.has_bias and bias_]

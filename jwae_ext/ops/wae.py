@@ -188,6 +188,8 @@ def _mmd_imq_fake(z, prior_samples, scales, grad_mask):
 def _setup_wae_loss(ctx, inputs, output):
     _total, terms, *grads = output
     ctx.mark_non_differentiable(terms, *grads)
+    # The gradient outputs get no gradient: no zero-filled V x H tensors for them in backward.
+    ctx.set_materialize_grads(False)
     _forward_grads.save(ctx, grads, inputs[-1])
 
 
@@ -198,7 +200,7 @@ def _wae_loss_backward(ctx, grad_total, *_unused):
     g_rec, g_hidden, g_weight, g_bias, g_img, g_txt = _forward_grads.scaled(
         ctx, grad_total, needed, "wae_loss"
     )
-    g_feat = -g_rec if feat else None
+    g_feat = -g_rec if feat and g_rec is not None else None
     return (
         g_feat, g_rec if rec else None, g_hidden, g_weight, None, g_img, g_txt, g_bias,
         None, None, None, None, None,
@@ -208,6 +210,8 @@ def _wae_loss_backward(ctx, grad_total, *_unused):
 def _setup_two_input_op(ctx, inputs, output):
     _value, *grads = output
     ctx.mark_non_differentiable(*grads)
+    # The gradient outputs get no gradient: no zero-filled V x H tensors for them in backward.
+    ctx.set_materialize_grads(False)
     _forward_grads.save(ctx, grads, inputs[-1])
 
 
