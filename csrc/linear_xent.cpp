@@ -71,9 +71,10 @@ XentInputs checked_inputs(const at::Tensor& hidden, const at::Tensor& weight,
           ignore_index};
 }
 
-void check_grad_mask(const XentInputs& in, std::array<bool, 3> grad_mask) {
-  TORCH_CHECK_VALUE(!grad_mask[2] || in.bias.has_value(),
-                    "jwae_ext: grad_mask asks for the gradient of 'bias', but no bias was given");
+void check_grad_mask(const XentInputs& in, std::array<bool, 3> grad_mask,
+                     const XentNames& names) {
+  TORCH_CHECK_VALUE(!grad_mask[2] || in.bias.has_value(), "jwae_ext: grad_mask asks for the ",
+                    "gradient of '", names.bias, "', which was not given");
 }
 
 // Rows per chunk: equal chunks of at most max(kChunkBytes of logits, kMinChunkRows) rows.
@@ -144,7 +145,7 @@ XentForward linear_xent_forward(const at::Tensor& hidden, const at::Tensor& weig
                                 std::array<bool, 3> grad_mask, double grad_multiplier,
                                 const XentBackend& backend, const XentNames& names) {
   const auto in = checked_inputs(hidden, weight, target, bias, ignore_index, names);
-  check_grad_mask(in, grad_mask);
+  check_grad_mask(in, grad_mask, names);
   const bool any_grad = grad_mask[0] || grad_mask[1] || grad_mask[2];
   TORCH_CHECK_VALUE(!any_grad || reduction != Reduction::None,
                     "jwae_ext: grad_mask must be all false for reduction='none' (its gradients ",
@@ -178,7 +179,7 @@ XentGrads linear_xent_backward(const at::Tensor& grad_loss, const at::Tensor& hi
                                int64_t ignore_index, std::array<bool, 3> grad_mask,
                                const XentBackend& backend) {
   const auto in = checked_inputs(hidden, weight, target, bias, ignore_index, XentNames{});
-  check_grad_mask(in, grad_mask);
+  check_grad_mask(in, grad_mask, XentNames{});
   const int64_t T = in.hidden.size(0);
   const auto acc = accumulation_dtype(in.hidden.scalar_type());
   for (const auto& [t, name] : {std::pair{&grad_loss, "grad_loss"}, std::pair{&lse, "lse"}}) {

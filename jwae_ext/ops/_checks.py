@@ -35,3 +35,10 @@ def check_finite_number(name: str, value: object) -> float:
     if value != value or value in (float("inf"), float("-inf")):
         raise ValueError(f"jwae_ext: argument '{name}' must be finite, got {value}")
     return float(value)
+
+
+def check_int(name: str, value: object) -> int:
+    """Raise ``TypeError`` unless ``value`` is an int (not a bool); return it."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"jwae_ext: argument '{name}' must be an int, got {type(value).__name__}")
+    return value

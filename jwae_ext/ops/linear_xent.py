@@ -10,7 +10,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from jwae_ext.ops import _forward_grads
-from jwae_ext.ops._checks import check_choice, check_tensor
+from jwae_ext.ops._checks import check_choice, check_int, check_tensor
 
 REDUCTIONS = ("sum", "mean", "none")
 
@@ -53,10 +53,7 @@ def linear_cross_entropy(
     if bias is not None:
         check_tensor("bias", bias)
     check_choice("reduction", reduction, REDUCTIONS)
-    if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
-        raise TypeError(
-            f"jwae_ext: argument 'ignore_index' must be an int, got {type(ignore_index).__name__}"
-        )
+    check_int("ignore_index", ignore_index)
     grad_mask = _grad_mask(hidden, weight, bias, reduction)
     loss, *_ = torch.ops.jwae_ext.linear_xent(
         hidden, weight, target, bias, ignore_index, reduction, grad_mask

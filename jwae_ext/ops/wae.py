@@ -13,7 +13,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from jwae_ext.ops import _forward_grads
-from jwae_ext.ops._checks import check_choice, check_finite_number, check_tensor
+from jwae_ext.ops._checks import check_choice, check_finite_number, check_int, check_tensor
 
 RECONSTRUCTIONS = ("l1", "l2")
 DEFAULT_WEIGHTS = (0.05, 0.005, 0.01, 0.01)
@@ -75,8 +75,8 @@ def wae_loss(
         if value is not None:
             check_tensor(name, value)
     check_choice("recon", recon, RECONSTRUCTIONS)
-    _check_int("batch_size", batch_size)
-    _check_int("ignore_index", ignore_index)
+    check_int("batch_size", batch_size)
+    check_int("ignore_index", ignore_index)
     weights = _check_weights(weights)
     grad_mask = [False] * 6
     if torch.is_grad_enabled():
@@ -132,11 +132,6 @@ def mmd_imq(
     mask = [grad and z.requires_grad, grad and prior_samples.requires_grad]
     mmd, *_ = torch.ops.jwae_ext.mmd_imq(z, prior_samples, scales, mask)
     return mmd
-
-
-def _check_int(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"jwae_ext: argument '{name}' must be an int, got {type(value).__name__}")
 
 
 def _check_weights(weights: Sequence[float]) -> list[float]:
