@@ -45,21 +45,6 @@ def _import_torch():
     return torch
 
 
-def _cublas_link_args(torch, cuda_home: str) -> list[str]:
-    """Linker flags for cuBLAS: the toolkit's, or else the pip wheel's that torch itself loads.
-
-    pip-installed CUDA builds of torch ship ``nvidia/cu*/lib/libcublas.so.<major>`` without the
-    unversioned ``libcublas.so`` that ``-lcublas`` looks for (and toolkits may lack cuBLAS).
-    """
-    if glob.glob(os.path.join(cuda_home, "lib64", "libcublas.so")):
-        return ["-lcublas"]
-    site = os.path.dirname(os.path.dirname(torch.__file__))
-    wheels = sorted(glob.glob(os.path.join(site, "nvidia", "*", "lib", "libcublas.so.*")))
-    if not wheels:
-        sys.exit(f"cuBLAS not found in {cuda_home}/lib64 nor in the nvidia wheels under {site}")
-    return [f"-L{os.path.dirname(wheels[0])}", f"-l:{os.path.basename(wheels[0])}"]
-
-
 def _extension():
     torch = _import_torch()
     from torch.utils.cpp_extension import CUDA_HOME, CppExtension, CUDAExtension
@@ -77,7 +62,7 @@ def _extension():
         )
 
     sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")))
-    cxx_flags = ["-O3", "-std=c++20", "-fopenmp"]
+    cxx_flags = ["-O3", "-std=c++20", "-fopenmp"]  # torch >= 2.14 headers need C++20
     if os.environ.get("JWAE_NATIVE", "0") == "1":
         cxx_flags.append("-march=native")
     extra = {"cxx": cxx_flags}
@@ -91,7 +76,9 @@ def _extension():
             sources,
             define_macros=macros,
             extra_compile_args=extra,
-            extra_link_args=["-fopenmp", *_cublas_link_args(torch, CUDA_HOME)],
+            # GEMMs go through ATen (at::mm_out), which brings its own cuBLAS: pip's CUDA wheels
+            # ship only libcublas.so.13, so "-lcublas" would not link.
+            extra_link_args=["-fopenmp"],
         )
     return CppExtension(
         "jwae_ext._C",

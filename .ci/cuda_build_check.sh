@@ -28,7 +28,7 @@ trap 'rm -rf "$work"' EXIT
 "$venv/bin/pip" install -q --no-build-isolation --no-deps --target "$work/site" "$work" 2>&1 \
   | grep -v "^WARNING: Location" || true
 
-cd "$work/site"  # not $work: its source tree (without the built _C) would shadow site/
+cd "$work/site"  # not $work: its jwae_ext/ source folder (no _C) would shadow the build
 PYTHONPATH="$work/site" "$venv/bin/python" - <<'PY'
 import jwae_ext
 from jwae_ext.ops import registry
