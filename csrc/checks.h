@@ -6,6 +6,7 @@
 #include <ATen/ATen.h>
 #include <c10/util/Exception.h>
 
+#include <optional>
 #include <string>
 
 namespace jwae {
@@ -55,6 +56,27 @@ inline void check_index_vector(const at::Tensor& t, int64_t length, const char* 
                    "' must be int64, got ", t.scalar_type());
   TORCH_CHECK_VALUE(t.size(0) == length, "jwae_ext: argument '", name, "' must have ", length,
                     " entries (one per row of ", length_of, "), got ", t.size(0));
+}
+
+// Every id in `ids` lies in [0, upper) or equals `ignore` (when given). Reports the first
+// offending position and value. Costs one device synchronisation on CUDA.
+inline void check_ids_in_range(const at::Tensor& ids, int64_t upper, const char* name,
+                               const char* what, std::optional<int64_t> ignore = std::nullopt) {
+  auto bad = ids.lt(0).logical_or_(ids.ge(upper));
+  if (ignore.has_value()) {
+    bad.logical_and_(ids.ne(*ignore));
+  }
+  if (!bad.any().item<bool>()) {
+    return;
+  }
+  const int64_t pos = bad.flatten().nonzero().select(1, 0)[0].item<int64_t>();
+  const int64_t value = ids.flatten()[pos].item<int64_t>();
+  if (ignore.has_value()) {
+    TORCH_CHECK_VALUE(false, "jwae_ext: argument '", name, "' must hold ", what, " in [0, ", upper,
+                      ") or ignore_index (", *ignore, "), got ", value, " at position ", pos);
+  }
+  TORCH_CHECK_VALUE(false, "jwae_ext: argument '", name, "' must hold ", what, " in [0, ", upper,
+                    "), got ", value, " at position ", pos);
 }
 
 }  // namespace jwae

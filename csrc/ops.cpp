@@ -38,6 +38,34 @@ TORCH_LIBRARY(jwae_ext, m) {
       "Tensor img_thresholds, Tensor cap_thresholds) -> (Tensor, Tensor)");
   m.def("topk_search(Tensor queries, Tensor gallery, int k) -> (Tensor, Tensor)");
   // end ranking
+
+  // linear_xent: vocabulary projection fused with cross-entropy (csrc/linear_xent.cpp,
+  // csrc/cuda/linear_xent.cu). For reduction sum/mean the forward also returns the gradients
+  // selected by grad_mask (hidden, weight, bias); reduction none uses linear_xent_backward.
+  m.def(
+      "linear_xent(Tensor hidden, Tensor weight, Tensor target, Tensor? bias, int ignore_index, "
+      "str reduction, bool[3] grad_mask) -> (Tensor loss, Tensor lse, Tensor grad_hidden, "
+      "Tensor grad_weight, Tensor grad_bias)");
+  m.def(
+      "linear_xent_backward(Tensor grad_loss, Tensor hidden, Tensor weight, Tensor target, "
+      "Tensor? bias, Tensor lse, int ignore_index, bool[3] grad_mask) -> (Tensor grad_hidden, "
+      "Tensor grad_weight, Tensor grad_bias)");
+
+  // wae: the jWAE regularizer (csrc/wae.cpp, csrc/cuda/wae.cu). Each returns its value and the
+  // gradients of it selected by grad_mask; wae_loss's caption term runs through linear_xent.
+  m.def(
+      "wae_loss(Tensor img_feat, Tensor img_rec, Tensor dec_hidden, Tensor vocab_weight, "
+      "Tensor targets, Tensor? d_logits_img, Tensor? d_logits_txt, Tensor? vocab_bias, "
+      "int batch_size, float[4] weights, str recon, int ignore_index, bool[6] grad_mask) -> "
+      "(Tensor total, Tensor terms, Tensor grad_img_rec, Tensor grad_dec_hidden, "
+      "Tensor grad_vocab_weight, Tensor grad_vocab_bias, Tensor grad_d_logits_img, "
+      "Tensor grad_d_logits_txt)");
+  m.def(
+      "discriminator_loss(Tensor d_logits_real, Tensor d_logits_fake, bool[2] grad_mask) -> "
+      "(Tensor loss, Tensor grad_real, Tensor grad_fake)");
+  m.def(
+      "mmd_imq(Tensor z, Tensor prior_samples, float[] scales, bool[2] grad_mask) -> "
+      "(Tensor mmd, Tensor grad_z, Tensor grad_prior_samples)");
 }
 
 namespace {

@@ -42,3 +42,10 @@ def check_bool(name: str, value: object) -> bool:
     if not isinstance(value, bool):
         raise TypeError(f"jwae_ext: argument '{name}' must be a bool, got {type(value).__name__}")
     return value
+
+
+def check_int(name: str, value: object) -> int:
+    """Raise ``TypeError`` unless ``value`` is an int (not a bool); return it."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"jwae_ext: argument '{name}' must be an int, got {type(value).__name__}")
+    return value

@@ -1,0 +1,233 @@
+"""The jWAE regularizer: ``wae_loss``, ``discriminator_loss`` and ``mmd_imq``.
+
+Kernels: ``csrc/wae.cpp`` (CPU) and ``csrc/cuda/wae.cu`` (CUDA); references:
+:mod:`jwae_ext.reference.wae`. Each operator computes the gradients of its scalar output in the
+forward (for the inputs that require grad) and its backward only scales them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch.autograd.function import once_differentiable
+
+from jwae_ext.ops import _forward_grads
+from jwae_ext.ops._checks import check_choice, check_finite_number, check_int, check_tensor
+
+RECONSTRUCTIONS = ("l1", "l2")
+DEFAULT_WEIGHTS = (0.05, 0.005, 0.01, 0.01)
+TERM_NAMES = ("recon", "nll", "adv_img", "adv_txt")
+# C = 2 * d * sigma^2 * s for the WAE paper's s in (0.1, 0.2, 0.5, 1, 2, 5, 10), with the
+# shared prior's sigma^2 = 1/d (DESIGN.md section 2), so 2 * d * sigma^2 = 2.
+DEFAULT_IMQ_SCALES = (0.2, 0.4, 1.0, 2.0, 4.0, 10.0, 20.0)
+
+
+def wae_loss(
+    img_feat: torch.Tensor,
+    img_rec: torch.Tensor,
+    dec_hidden: torch.Tensor,
+    vocab_weight: torch.Tensor,
+    targets: torch.Tensor,
+    d_logits_img: torch.Tensor | None,
+    d_logits_txt: torch.Tensor | None,
+    *,
+    vocab_bias: torch.Tensor | None = None,
+    batch_size: int,
+    weights: Sequence[float] = DEFAULT_WEIGHTS,
+    recon: str = "l1",
+    ignore_index: int = 0,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The jWAE regularizer in one call with one backward.
+
+    ``total = w1 * recon + w2 * nll + w3 * adv_img + w4 * adv_txt`` with
+
+    - ``recon = sum |img_feat - img_rec| / batch_size`` (``recon="l1"``) or the summed squared
+      error (``"l2"``), over all elements;
+    - ``nll = linear_cross_entropy(dec_hidden, vocab_weight, targets, vocab_bias,
+      reduction="sum") / batch_size``: the caption negative log-likelihood through the fused
+      vocabulary projection (``dec_hidden`` is ``(..., H)``, ``targets`` its leading shape,
+      ``ignore_index`` marks padding);
+    - ``adv = mean softplus(-logit) = -mean log sigmoid(D(z))``: the non-saturating generator
+      terms for the discriminator logits of the image and caption codes (any shapes); ``None``
+      (WAE-MMD training, no discriminator) makes the term 0.
+
+    Returns:
+        ``(total, terms)``: the scalar loss and a dict of the four unweighted terms
+        ``recon, nll, adv_img, adv_txt`` (0-d, detached, for logging). float32, or float64 when
+        an input is float64.
+    """
+    tensors = {
+        "img_feat": img_feat,
+        "img_rec": img_rec,
+        "dec_hidden": dec_hidden,
+        "vocab_weight": vocab_weight,
+        "targets": targets,
+    }
+    optional = {
+        "d_logits_img": d_logits_img,
+        "d_logits_txt": d_logits_txt,
+        "vocab_bias": vocab_bias,
+    }
+    for name, value in tensors.items():
+        check_tensor(name, value)
+    for name, value in optional.items():
+        if value is not None:
+            check_tensor(name, value)
+    check_choice("recon", recon, RECONSTRUCTIONS)
+    check_int("batch_size", batch_size)
+    check_int("ignore_index", ignore_index)
+    weights = _check_weights(weights)
+    grad_mask = [False] * 6
+    if torch.is_grad_enabled():
+        grad_mask = [
+            img_feat.requires_grad or img_rec.requires_grad,
+            dec_hidden.requires_grad,
+            vocab_weight.requires_grad,
+            vocab_bias is not None and vocab_bias.requires_grad,
+            d_logits_img is not None and d_logits_img.requires_grad,
+            d_logits_txt is not None and d_logits_txt.requires_grad,
+        ]
+    total, terms, *_ = torch.ops.jwae_ext.wae_loss(
+        img_feat, img_rec, dec_hidden, vocab_weight, targets, d_logits_img, d_logits_txt,
+        vocab_bias, batch_size, weights, recon, ignore_index, grad_mask,
+    )  # fmt: skip
+    return total, dict(zip(TERM_NAMES, terms.unbind(), strict=True))
+
+
+def discriminator_loss(d_logits_real: torch.Tensor, d_logits_fake: torch.Tensor) -> torch.Tensor:
+    """The discriminator's BCE-with-logits loss: prior samples labelled 1, codes labelled 0.
+
+    ``mean softplus(-d_logits_real) + mean softplus(d_logits_fake)``: the mean over the real
+    logits plus the mean over the fake ones (each side weighs the same whatever its count), i.e.
+    ``F.binary_cross_entropy_with_logits(real, ones) + F.binary_cross_entropy_with_logits(fake,
+    zeros)``. Any shapes; float32 (float64 when an input is float64).
+    """
+    check_tensor("d_logits_real", d_logits_real)
+    check_tensor("d_logits_fake", d_logits_fake)
+    grad = torch.is_grad_enabled()
+    mask = [grad and d_logits_real.requires_grad, grad and d_logits_fake.requires_grad]
+    loss, *_ = torch.ops.jwae_ext.discriminator_loss(d_logits_real, d_logits_fake, mask)
+    return loss
+
+
+def mmd_imq(
+    z: torch.Tensor,
+    prior_samples: torch.Tensor,
+    scales: Sequence[float] = DEFAULT_IMQ_SCALES,
+) -> torch.Tensor:
+    """Unbiased MMD^2 between codes ``z`` (n x d) and ``prior_samples`` (m x d), IMQ kernel.
+
+    ``k(x, y) = sum_C C / (C + |x - y|^2)`` over ``scales``; the within-sample averages run over
+    distinct pairs only (``i != j``), so n, m >= 2 (they may differ). The default scales are
+    ``C = 2 * d * sigma^2 * s`` for the WAE paper's ``s`` in (0.1, 0.2, 0.5, 1, 2, 5, 10) with the
+    shared prior ``N(0, I/d)``: ``(0.2, 0.4, 1, 2, 4, 10, 20)``. Pairwise distances come from the
+    squared norms and one GEMM per block (no n x m x d temporary); the gradient is analytic. The
+    result is float32 (float64 for float64 inputs); computation is in that precision.
+    """
+    check_tensor("z", z)
+    check_tensor("prior_samples", prior_samples)
+    scales = [check_finite_number("scales", s) for s in scales]
+    grad = torch.is_grad_enabled()
+    mask = [grad and z.requires_grad, grad and prior_samples.requires_grad]
+    mmd, *_ = torch.ops.jwae_ext.mmd_imq(z, prior_samples, scales, mask)
+    return mmd
+
+
+def _check_weights(weights: Sequence[float]) -> list[float]:
+    values = list(weights)
+    if len(values) != 4:
+        raise ValueError(
+            "jwae_ext: argument 'weights' must hold 4 numbers (recon, nll, adv_img, adv_txt), "
+            f"got {len(values)}"
+        )
+    return [check_finite_number("weights", w) for w in values]
+
+
+def _loss_dtype(*tensors: torch.Tensor) -> torch.dtype:
+    return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
+
+
+def _grads_fake(pairs):
+    """Gradient outputs of a fake kernel: like the input when asked for, else empty."""
+    return tuple(t.new_empty(t.shape if wanted else (0,)) for t, wanted in pairs)
+
+
+@torch.library.register_fake("jwae_ext::wae_loss")
+def _wae_loss_fake(
+    img_feat, img_rec, dec_hidden, vocab_weight, targets, d_img, d_txt, vocab_bias,
+    batch_size, weights, recon, ignore_index, grad_mask,
+):  # fmt: skip
+    present = [t for t in (img_feat, dec_hidden, d_img, d_txt) if t is not None]
+    dtype = _loss_dtype(*present)
+    total = dec_hidden.new_empty((), dtype=dtype)
+    terms = dec_hidden.new_empty((4,), dtype=dtype)
+    absent = dec_hidden.new_empty((0,))
+    inputs = [t if t is not None else absent
+              for t in (img_rec, dec_hidden, vocab_weight, vocab_bias, d_img, d_txt)]  # fmt: skip
+    return (total, terms, *_grads_fake(zip(inputs, grad_mask, strict=True)))
+
+
+@torch.library.register_fake("jwae_ext::discriminator_loss")
+def _discriminator_loss_fake(d_logits_real, d_logits_fake, grad_mask):
+    loss = d_logits_real.new_empty((), dtype=_loss_dtype(d_logits_real, d_logits_fake))
+    return (loss, *_grads_fake(zip((d_logits_real, d_logits_fake), grad_mask, strict=True)))
+
+
+@torch.library.register_fake("jwae_ext::mmd_imq")
+def _mmd_imq_fake(z, prior_samples, scales, grad_mask):
+    mmd = z.new_empty((), dtype=_loss_dtype(z))
+    return (mmd, *_grads_fake(zip((z, prior_samples), grad_mask, strict=True)))
+
+
+def _setup_wae_loss(ctx, inputs, output):
+    _total, terms, *grads = output
+    ctx.mark_non_differentiable(terms, *grads)
+    # The gradient outputs get no gradient: no zero-filled V x H tensors for them in backward.
+    ctx.set_materialize_grads(False)
+    _forward_grads.save(ctx, grads, inputs[-1])
+
+
+@once_differentiable
+def _wae_loss_backward(ctx, grad_total, *_unused):
+    feat, rec, hidden, weight, _, d_img, d_txt, bias = ctx.needs_input_grad[:8]
+    needed = (feat or rec, hidden, weight, bias, d_img, d_txt)
+    g_rec, g_hidden, g_weight, g_bias, g_img, g_txt = _forward_grads.scaled(
+        ctx, grad_total, needed, "wae_loss"
+    )
+    g_feat = -g_rec if feat and g_rec is not None else None
+    return (
+        g_feat, g_rec if rec else None, g_hidden, g_weight, None, g_img, g_txt, g_bias,
+        None, None, None, None, None,
+    )  # fmt: skip
+
+
+def _setup_two_input_op(ctx, inputs, output):
+    _value, *grads = output
+    ctx.mark_non_differentiable(*grads)
+    # The gradient outputs get no gradient: no zero-filled V x H tensors for them in backward.
+    ctx.set_materialize_grads(False)
+    _forward_grads.save(ctx, grads, inputs[-1])
+
+
+def _two_input_backward(op: str):
+    @once_differentiable
+    def backward(ctx, grad_value, *_unused):
+        needed = ctx.needs_input_grad[:2]
+        first, second = _forward_grads.scaled(ctx, grad_value, needed, op)
+        return first, second, *([None] * (len(ctx.needs_input_grad) - 2))
+
+    return backward
+
+
+torch.library.register_autograd(
+    "jwae_ext::wae_loss", _wae_loss_backward, setup_context=_setup_wae_loss
+)
+torch.library.register_autograd(
+    "jwae_ext::discriminator_loss",
+    _two_input_backward("discriminator_loss"),
+    setup_context=_setup_two_input_op,
+)
+torch.library.register_autograd(
+    "jwae_ext::mmd_imq", _two_input_backward("mmd_imq"), setup_context=_setup_two_input_op
+)
