@@ -20,8 +20,8 @@ from jwae_ext.losses import PRIORS, RECONS, VARIANTS
 # (embedded), and the published recipe (precomp).
 PRESETS = {
     "embedded": {
-        "epochs": 12,
-        "lr_update": 8,
+        "epochs": 10,
+        "lr_update": 7,
         "embed_size": 256,
         "img_hidden": 512,
         "warmup_epochs": 2,
