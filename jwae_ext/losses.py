@@ -9,6 +9,7 @@ inverse-multiquadratic kernel (``prior="mmd"``).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -51,17 +52,23 @@ class LossConfig:
 
 
 def matching_loss(
-    cfg: LossConfig, z_img: torch.Tensor, z_txt: torch.Tensor, img_ids: torch.Tensor
+    cfg: LossConfig,
+    z_img: torch.Tensor,
+    z_txt: torch.Tensor,
+    img_ids: torch.Tensor,
+    hinge: Callable[..., torch.Tensor] = ops.mh_loss,
 ) -> torch.Tensor:
     """The supervised term tying paired codes: max- or sum-of-hinges, or the pair MSE.
 
     ``img_ids`` names each pair's image, so two captions of one image in a batch are never each
-    other's negatives.
+    other's negatives. ``hinge`` computes the hinge losses with the keywords of
+    :func:`jwae_ext.ops.mh_loss`; distributed training passes
+    :func:`jwae_ext.distributed.global_mh_loss` (negatives from every rank's batch).
     """
     if cfg.variant == "jwae-mse":
         diff = F.normalize(z_img, dim=1) - F.normalize(z_txt, dim=1)
         return diff.pow(2).sum(dim=1).mean()
-    return ops.mh_loss(
+    return hinge(
         z_img,
         z_txt,
         margin=cfg.margin,

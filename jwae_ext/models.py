@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -212,16 +213,18 @@ class JWAE(nn.Module):
         lengths: torch.Tensor,
         img_ids: torch.Tensor,
         cfg: LossConfig,
+        hinge: Callable[..., torch.Tensor] = ops.mh_loss,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
         """The loss of encoders and decoders on one batch of pairs (images[i], tokens[i]).
 
         Returns the total, its unweighted terms (detached, for logging) and the codes
         (z_img, z_txt) for the discriminator step. The discriminator is only evaluated here:
-        its weights get no gradient from this loss.
+        its weights get no gradient from this loss. ``hinge``: see
+        :func:`jwae_ext.losses.matching_loss`.
         """
         z_img = self.encode_images(images)
         z_txt = self.encode_captions(tokens, lengths)
-        match = matching_loss(cfg, z_img, z_txt, img_ids)
+        match = matching_loss(cfg, z_img, z_txt, img_ids, hinge)
         terms = {"match": match.detach()}
         if not cfg.uses_wae:
             return match, terms, (z_img, z_txt)

@@ -9,18 +9,22 @@ the six recalls. With no tied scores every number equals VSE++'s ``i2t``/``t2i``
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 
 from jwae_ext import ops
 from jwae_ext.ops._checks import check_choice, check_tensor
 
-__all__ = ["PROTOCOLS", "evaluate", "recall_table"]
+__all__ = ["PROTOCOLS", "RanksFn", "check_protocol", "evaluate", "protocol_tables", "recall_table"]
 
 PROTOCOLS = ("full", "1k", "5k")
 _COCO_TEST_IMAGES = 5000
 _COCO_FOLDS = 5
 _RECALL_KS = (1, 5, 10)
+
+# (img_emb, cap_emb, cap_to_img) -> (i2t ranks, t2i ranks), e.g. jwae_ext.ops.retrieval_ranks.
+RanksFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
 def recall_table(ranks: torch.Tensor) -> dict[str, float]:
@@ -43,8 +47,8 @@ def recall_table(ranks: torch.Tensor) -> dict[str, float]:
     return table
 
 
-def _tables(img_emb: torch.Tensor, cap_emb: torch.Tensor, cap_to_img: torch.Tensor) -> dict:
-    i2t, t2i = ops.retrieval_ranks(img_emb, cap_emb, cap_to_img)
+def _tables(ranks: tuple[torch.Tensor, torch.Tensor]) -> dict:
+    i2t, t2i = ranks
     result = {"i2t": recall_table(i2t), "t2i": recall_table(t2i)}
     result["rsum"] = sum(result[d][f"r{k}"] for d in ("i2t", "t2i") for k in _RECALL_KS)
     return result
@@ -77,10 +81,10 @@ def _check_image_ids(cap_emb: torch.Tensor, cap_to_img: torch.Tensor, n_images: 
         )
 
 
-def _fold(img_emb, cap_emb, cap_to_img, first: int, count: int) -> dict:
+def _fold(img_emb, cap_emb, cap_to_img, first: int, count: int):
     """The images [first, first + count) and their captions, wherever they are."""
     captions = ((cap_to_img >= first) & (cap_to_img < first + count)).nonzero().squeeze(1)
-    return _tables(img_emb[first : first + count], cap_emb[captions], cap_to_img[captions] - first)
+    return img_emb[first : first + count], cap_emb[captions], cap_to_img[captions] - first
 
 
 def _mean_of(tables: list[dict]) -> dict:
@@ -111,19 +115,44 @@ def evaluate(
     Returns:
         ``{"i2t": table, "t2i": table, "rsum": float}`` with tables from :func:`recall_table`.
     """
-    check_choice("protocol", protocol, PROTOCOLS)
     for name, value in (("img_emb", img_emb), ("cap_emb", cap_emb), ("cap_to_img", cap_to_img)):
         check_tensor(name, value)
+    check_protocol(protocol, img_emb)
+    if protocol == "1k":
+        _check_image_ids(cap_emb, cap_to_img, _COCO_TEST_IMAGES)
+    return protocol_tables(img_emb, cap_emb, cap_to_img, protocol)
+
+
+def check_protocol(protocol: str, img_emb: torch.Tensor) -> None:
+    """Raise unless ``protocol`` is known and applies to the images ``img_emb``."""
+    check_choice("protocol", protocol, PROTOCOLS)
     if protocol != "full" and (img_emb.dim() != 2 or img_emb.shape[0] != _COCO_TEST_IMAGES):
         raise ValueError(
             f"jwae_ext: protocol {protocol!r} is defined on the {_COCO_TEST_IMAGES} COCO test "
             f"images, so 'img_emb' must have {_COCO_TEST_IMAGES} rows, got shape "
             f"{tuple(img_emb.shape)}"
         )
+
+
+def protocol_tables(
+    img_emb: torch.Tensor,
+    cap_emb: torch.Tensor,
+    cap_to_img: torch.Tensor,
+    protocol: str,
+    ranks: RanksFn = ops.retrieval_ranks,
+) -> dict:
+    """The tables of :func:`evaluate` with the ranks of each image set computed by ``ranks``.
+
+    ``ranks(img_emb, cap_emb, cap_to_img)`` returns the i2t ranks of the images and the t2i ranks
+    of the captions (in any order: a table does not depend on it), like
+    :func:`jwae_ext.ops.retrieval_ranks`; a sharded evaluation passes one that holds only a part
+    of the captions (:func:`jwae_ext.distributed.evaluate_sharded`). Arguments are checked by the
+    caller.
+    """
     if protocol != "1k":
-        return _tables(img_emb, cap_emb, cap_to_img)
-    _check_image_ids(cap_emb, cap_to_img, _COCO_TEST_IMAGES)
+        return _tables(ranks(img_emb, cap_emb, cap_to_img))
     fold = _COCO_TEST_IMAGES // _COCO_FOLDS
     return _mean_of(
-        [_fold(img_emb, cap_emb, cap_to_img, f * fold, fold) for f in range(_COCO_FOLDS)]
-    )
+        [_tables(ranks(*_fold(img_emb, cap_emb, cap_to_img, f * fold, fold)))
+         for f in range(_COCO_FOLDS)]
+    )  # fmt: skip

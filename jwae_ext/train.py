@@ -4,6 +4,11 @@ With no flags it trains ``jwae-mh`` on the embedded dataset in a few CPU minutes
 ``runs/NAME/``: ``config.json``, ``vocab.json``, ``metrics.jsonl`` (one JSON object per epoch),
 ``last.pt`` and ``best.pt`` (written atomically; ``--resume`` continues exactly from ``last.pt``)
 and ``test.json``.
+
+Under ``torchrun --nproc_per_node N -m jwae_ext.train ...`` the same run is data-parallel over N
+processes (docs/distributed.md): ``--batch-size`` stays the global batch, rank 0 writes the files
+and prints, and the result is that of one process up to floating-point summation order and the
+random streams of word dropout and prior samples, which are per rank.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import random
 import signal
 import sys
@@ -21,10 +27,10 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from jwae_ext import checkpoint
+from jwae_ext import checkpoint, distributed
 from jwae_ext.config import TrainConfig, from_args, resolve
-from jwae_ext.data import PairBatch, PairDataset, Vocabulary, collate, load_split
-from jwae_ext.evaluate import evaluate_split, format_table
+from jwae_ext.data import CaptionSplit, PairBatch, PairDataset, Vocabulary, collate, load_split
+from jwae_ext.evaluate import format_table
 from jwae_ext.losses import LossConfig
 from jwae_ext.models import JWAE, ModelConfig
 
@@ -88,18 +94,28 @@ def loss_config(cfg: TrainConfig) -> LossConfig:
     )
 
 
-def _rng_state() -> dict:
+def _rng_state(device: torch.device) -> dict:
     state = {"torch": torch.get_rng_state(), "python": random.getstate()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if device.type == "cuda":
+        # This process's device only: reading every GPU's state would open a CUDA context on
+        # each of them from every rank.
+        state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def _set_rng_state(state: dict) -> None:
+def _set_rng_state(state: dict, device: torch.device) -> None:
     torch.set_rng_state(state["torch"])
     random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if "cuda" in state and device.type == "cuda":
+        if isinstance(state["cuda"], list):  # every GPU's state, as written before distributed runs
+            torch.cuda.set_rng_state_all(state["cuda"])
+        else:
+            torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def _seed(seed: int) -> None:
+    torch.manual_seed(seed)
+    random.seed(seed)
 
 
 def epoch_batches(num_pairs: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
@@ -114,9 +130,17 @@ def epoch_batches(num_pairs: int, batch_size: int, seed: int, epoch: int) -> lis
 class Trainer:
     """One training run: data, model, both optimizers, and the state a checkpoint restores."""
 
-    def __init__(self, cfg: TrainConfig) -> None:
+    def __init__(self, cfg: TrainConfig, ctx: distributed.Context | None = None) -> None:
         self.cfg = cfg
-        self.device = resolve_device(cfg.device)
+        self.ctx = (
+            ctx if ctx is not None else distributed.Context(device=resolve_device(cfg.device))
+        )
+        self.device = self.ctx.device
+        if cfg.batch_size % self.ctx.world_size:
+            raise ValueError(
+                f"--batch-size {cfg.batch_size} is the global batch and must be divisible by the "
+                f"{self.ctx.world_size} processes"
+            )
         self.dir = Path(cfg.run_dir) / cfg.run_name
         self.epoch = 0  # epochs completed
         self.step_in_epoch = 0  # steps completed in the current epoch
@@ -132,8 +156,7 @@ class Trainer:
                 "--name to start another run"
             )
 
-        torch.manual_seed(cfg.seed)
-        random.seed(cfg.seed)
+        _seed(cfg.seed)  # the same on every rank: identical initial weights
         self.train_split = load_split(cfg.data, "train", seed=cfg.seed, num_images=cfg.train_images)
         self.dev_split = load_split(cfg.data, "dev", seed=cfg.seed, num_images=cfg.eval_images)
         if cfg.resume:
@@ -151,9 +174,15 @@ class Trainer:
         if cfg.resume:
             self._restore(checkpoint.load(last))
         else:
-            self.dir.mkdir(parents=True, exist_ok=True)
-            (self.dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
-            self.vocab.save(self.dir / "vocab.json")
+            if self.ctx.is_main:
+                self.dir.mkdir(parents=True, exist_ok=True)
+                (self.dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
+                self.vocab.save(self.dir / "vocab.json")
+            if self.ctx.enabled:
+                _seed(distributed.rank_seed(cfg.seed, self.ctx.rank))
+        self.autoencoder_loss = distributed.AutoencoderLoss(
+            self.model, self.loss_cfg, self.ctx
+        ).wrapped(self.ctx)
 
     # -- checkpoints -------------------------------------------------------------------------
 
@@ -170,7 +199,7 @@ class Trainer:
             "step_in_epoch": self.step_in_epoch,
             "global_step": self.global_step,
             "best_rsum": self.best_rsum,
-            "rng": _rng_state(),
+            "rng": self.ctx.gather_objects(_rng_state(self.device)),  # per rank
         }
 
     def _restore(self, state: dict) -> None:
@@ -181,10 +210,28 @@ class Trainer:
         self.step_in_epoch = state["step_in_epoch"]
         self.global_step = state["global_step"]
         self.best_rsum = state["best_rsum"]
-        _set_rng_state(state["rng"])
+        rng = state["rng"] if isinstance(state["rng"], list) else [state["rng"]]
+        if len(rng) == self.ctx.world_size:
+            _set_rng_state(rng[self.ctx.rank], self.device)
+            return
+        if self.ctx.is_main:
+            print(
+                f"warning: the checkpoint was written by {len(rng)} processes, this run has "
+                f"{self.ctx.world_size}: random streams (word dropout, prior samples) are "
+                "re-derived, so the continuation is not the one the original run would have made",
+                file=sys.stderr,
+            )
+        _seed(distributed.rank_seed(self.cfg.seed, self.ctx.rank, self.global_step))
 
     def save(self, name: str) -> Path:
-        return checkpoint.save_atomic(self._state(), self.dir / name)
+        """Write a checkpoint (rank 0) once every rank's state is in it. Collective: every rank
+        calls it, and returns once the file is in place."""
+        state = self._state()
+        path = self.dir / name
+        if self.ctx.is_main:
+            checkpoint.save_atomic(state, path)
+        self.ctx.barrier()
+        return path
 
     # -- one step ------------------------------------------------------------------------------
 
@@ -199,12 +246,13 @@ class Trainer:
         model, cfg = self.model, self.cfg
         images, tokens = batch.images.to(self.device), batch.captions.to(self.device)
         lengths, img_ids = batch.lengths.to(self.device), batch.image_ids.to(self.device)
-        loss_cfg = dataclasses.replace(self.loss_cfg, warmup=self.epoch < cfg.warmup_epochs)
-        total, terms, (z_img, z_txt) = model.autoencoder_loss(
-            images, tokens, lengths, img_ids, loss_cfg
+        total, terms, (z_img, z_txt) = self.autoencoder_loss(
+            images, tokens, lengths, img_ids, self.epoch < cfg.warmup_epochs
         )
-        values = {name: float(v) for name, v in terms.items()}
-        values["total"] = float(total.detach())
+        # Means over ranks (the loss of the global batch): every rank takes the same decision.
+        logged = torch.stack([*terms.values(), total.detach()])
+        distributed.average_([logged], self.ctx)
+        values = dict(zip([*terms, "total"], logged.tolist(), strict=True))
         bad = [name for name, v in values.items() if not math.isfinite(v)]
         if bad:
             message = (
@@ -214,7 +262,8 @@ class Trainer:
             )
             if cfg.on_nonfinite == "stop":
                 raise NonFiniteLoss(message + "; weights left as they were before this step")
-            tqdm.write(f"skipping step: {message}", file=sys.stderr)
+            if self.ctx.is_main:
+                tqdm.write(f"skipping step: {message}", file=sys.stderr)
             return None
 
         self.optimizer.zero_grad(set_to_none=True)
@@ -227,24 +276,33 @@ class Trainer:
             d_loss = model.discriminator_loss(z_img, z_txt)
             self.disc_optimizer.zero_grad(set_to_none=True)
             d_loss.backward()
+            d_value = d_loss.detach().clone()
+            distributed.average_([p.grad for p in model.disc.parameters()] + [d_value], self.ctx)
             self.disc_optimizer.step()
-            values["disc"] = float(d_loss.detach())
+            values["disc"] = float(d_value)
         return values
 
     # -- the loop ------------------------------------------------------------------------------
 
     def _log(self, record: dict) -> None:
-        with open(self.dir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
+        if self.ctx.is_main:
+            with open(self.dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def _evaluate(self, split: CaptionSplit, protocol: str = "full") -> dict:
+        """The retrieval table of the current model, with captions sharded over the ranks; the
+        same on every rank, and the same as one process's."""
+        return distributed.evaluate_split_sharded(
+            self.model,
+            split,
+            self.vocab,
+            self.ctx,
+            batch_size=self.cfg.eval_batch_size,
+            protocol=protocol,
+        )
 
     def validate(self) -> dict:
-        return evaluate_split(
-            self.model,
-            self.dev_split,
-            self.vocab,
-            device=self.device,
-            batch_size=self.cfg.eval_batch_size,
-        )
+        return self._evaluate(self.dev_split)
 
     def fit(self) -> None:
         cfg = self.cfg
@@ -253,7 +311,10 @@ class Trainer:
                 lr = self._lr(self.epoch)
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr
-                batches = epoch_batches(len(self.dataset), cfg.batch_size, cfg.seed, self.epoch)
+                batches = distributed.local_batches(
+                    epoch_batches(len(self.dataset), cfg.batch_size, cfg.seed, self.epoch),
+                    self.ctx,
+                )
                 loader = DataLoader(
                     self.dataset,
                     batch_sampler=batches[self.step_in_epoch :],
@@ -269,7 +330,7 @@ class Trainer:
                     total=len(batches),
                     initial=self.step_in_epoch,
                     desc=f"epoch {self.epoch + 1}/{cfg.epochs}",
-                    disable=not cfg.progress,
+                    disable=not (cfg.progress and self.ctx.is_main),
                     leave=False,
                     dynamic_ncols=True,
                 )
@@ -282,16 +343,19 @@ class Trainer:
                         for k, v in values.items():
                             sums[k] = sums.get(k, 0.0) + v
                         bar.set_postfix(loss=f"{values['total']:.4f}", refresh=False)
-                    if stop.signal is not None:
+                    # All ranks stop after the same step, whichever of them got the signal.
+                    signum = self.ctx.max_int(stop.signal or 0)
+                    if signum:
                         path = self.save("last.pt")
                         bar.close()
-                        print(
-                            f"\nstopped by {signal.Signals(stop.signal).name} at epoch "
-                            f"{self.epoch + 1}, step {self.step_in_epoch}; checkpoint saved to "
-                            f"{path}. Continue with --resume.",
-                            file=sys.stderr,
-                        )
-                        raise SystemExit(128 + stop.signal)
+                        if self.ctx.is_main:
+                            print(
+                                f"\nstopped by {signal.Signals(signum).name} at epoch "
+                                f"{self.epoch + 1}, step {self.step_in_epoch}; checkpoint saved "
+                                f"to {path}. Continue with --resume.",
+                                file=sys.stderr,
+                            )
+                        raise SystemExit(128 + signum)
                 bar.close()
                 self.epoch += 1
                 self.step_in_epoch = 0
@@ -312,13 +376,14 @@ class Trainer:
                 if is_best:
                     self.save("best.pt")
                 self.save("last.pt")
-                print(
-                    f"epoch {self.epoch}/{cfg.epochs}  "
-                    f"loss {record['train'].get('total', math.nan):.4f}  "
-                    f"dev rsum {dev['rsum']:.1f}  i2t R@1 {dev['i2t']['r1']:.1f}  "
-                    f"t2i R@1 {dev['t2i']['r1']:.1f}{'  (best)' if is_best else ''}",
-                    flush=True,
-                )
+                if self.ctx.is_main:
+                    print(
+                        f"epoch {self.epoch}/{cfg.epochs}  "
+                        f"loss {record['train'].get('total', math.nan):.4f}  "
+                        f"dev rsum {dev['rsum']:.1f}  i2t R@1 {dev['i2t']['r1']:.1f}  "
+                        f"t2i R@1 {dev['t2i']['r1']:.1f}{'  (best)' if is_best else ''}",
+                        flush=True,
+                    )
 
     def test(self) -> dict | None:
         """Evaluate the best checkpoint on the test split (when the data has one)."""
@@ -330,44 +395,58 @@ class Trainer:
             return None
         best = checkpoint.load(self.dir / "best.pt", map_location=self.device)
         self.model.load_state_dict(best["model"])
-        result = evaluate_split(
-            self.model,
-            split,
-            self.vocab,
-            device=self.device,
-            batch_size=self.cfg.eval_batch_size,
-            protocol=self.cfg.protocol,
-        )
-        (self.dir / "test.json").write_text(json.dumps(result, indent=1))
+        result = self._evaluate(split, self.cfg.protocol)
+        if self.ctx.is_main:
+            (self.dir / "test.json").write_text(json.dumps(result, indent=1))
         return result
 
 
 def main(argv: list[str] | None = None) -> int:
     prog = "python -m jwae_ext.train"
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        prog += f" [rank {os.environ.get('RANK', '?')}]"
+    ctx = None
     try:
-        cfg = resolve(from_args(argv))
-        trainer = Trainer(cfg)
-    except (ValueError, OSError, checkpoint.CheckpointError) as err:
-        print(f"{prog}: error: {err}", file=sys.stderr)
-        return 2
-    print(
-        f"run {trainer.dir}: {cfg.variant} on {cfg.data}, {len(trainer.dataset)} training pairs, "
-        f"vocabulary {len(trainer.vocab)}, device {trainer.device}",
-        flush=True,
-    )
-    try:
-        trainer.fit()
-    except NonFiniteLoss as err:
-        print(f"{prog}: error: {err}", file=sys.stderr)
-        return 3
-    except checkpoint.CheckpointError as err:
-        print(f"{prog}: error: {err}", file=sys.stderr)
-        return 2
+        try:
+            cfg = resolve(from_args(argv))
+            ctx = distributed.setup(resolve_device(cfg.device))
+            trainer = Trainer(cfg, ctx)
+        except (ValueError, OSError, checkpoint.CheckpointError) as err:
+            print(f"{prog}: error: {err}", file=sys.stderr)
+            return 2
+        try:
+            _run(trainer)
+        except NonFiniteLoss as err:
+            print(f"{prog}: error: {err}", file=sys.stderr)
+            return 3
+        except checkpoint.CheckpointError as err:
+            print(f"{prog}: error: {err}", file=sys.stderr)
+            return 2
+        return 0
+    finally:
+        if ctx is not None:
+            ctx.teardown()
+
+
+def _run(trainer: Trainer) -> None:
+    """Train, then test the best checkpoint; rank 0 prints."""
+    cfg, ctx = trainer.cfg, trainer.ctx
+    if ctx.is_main:
+        processes = (
+            f", {ctx.world_size} processes of {cfg.batch_size // ctx.world_size} pairs per step"
+            if ctx.enabled
+            else ""
+        )
+        print(
+            f"run {trainer.dir}: {cfg.variant} on {cfg.data}, {len(trainer.dataset)} training "
+            f"pairs, vocabulary {len(trainer.vocab)}, device {trainer.device}{processes}",
+            flush=True,
+        )
+    trainer.fit()
     result = trainer.test()
-    if result is not None:
+    if result is not None and ctx.is_main:
         print(f"\ntest ({cfg.protocol}), best dev epoch:")
         print(format_table(result))
-    return 0
 
 
 if __name__ == "__main__":

@@ -110,6 +110,54 @@ def test_mh_loss_from_scores_matches_reference(problem):
     torch.testing.assert_close(grad, ref_grad, rtol=1e-12, atol=1e-12)
 
 
+@given(problems(), st.booleans())
+def test_per_query_costs_match_reference(problem, normalize):
+    # reduction="none" returns the costs (2, B) or (B,); a random weight per query stands for any
+    # downstream use of them (a rank summing only its own queries), so the gradient is checked
+    # for arbitrary per-query weights, not only for the all-ones of reduction="sum".
+    img, txt, kwargs = problem
+    kwargs["reduction"] = "none"
+    scores = reference_scores(img, txt, normalize)
+    assume(_off_hinge_edges(scores, kwargs["margin"], kwargs["img_ids"], kwargs["txt_ids"]))
+    costs = ops.mh_loss(img, txt, normalize=normalize, **kwargs)
+    ref_costs = reference.mh_loss(img, txt, normalize=normalize, **kwargs)
+    want_shape = (2, len(img)) if kwargs["direction"] == "both" else (len(img),)
+    assert costs.shape == ref_costs.shape == want_shape
+    torch.testing.assert_close(costs, ref_costs, rtol=1e-10, atol=1e-10)
+    summed = dict(kwargs, reduction="sum")
+    torch.testing.assert_close(costs.sum(), ops.mh_loss(img, txt, normalize=normalize, **summed))
+    weights = torch.rand(want_shape, dtype=img.dtype, generator=torch.Generator().manual_seed(1))
+
+    def weighted(fn):
+        return lambda a, b, **kw: (fn(a, b, **kw) * weights).sum()
+
+    _, grads = _loss_and_grads(weighted(ops.mh_loss), (img, txt), normalize=normalize, **kwargs)
+    _, ref_grads = _loss_and_grads(
+        weighted(reference.mh_loss), (img, txt), normalize=normalize, **kwargs
+    )
+    for g, r in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(g, r, rtol=1e-10, atol=1e-10)
+
+
+@given(problems())
+def test_per_query_costs_from_scores_match_reference(problem):
+    img, txt, kwargs = problem
+    kwargs["reduction"] = "none"
+    scores = img @ txt.t()
+    assume(_off_hinge_edges(scores, kwargs["margin"], kwargs["img_ids"], kwargs["txt_ids"]))
+    costs = ops.mh_loss_from_scores(scores, **kwargs)
+    weights = torch.rand(costs.shape, dtype=costs.dtype, generator=torch.Generator().manual_seed(2))
+    ref_costs = reference.mh_loss_from_scores(scores, **kwargs)
+    torch.testing.assert_close(costs, ref_costs, rtol=1e-10, atol=1e-10)
+    _, (grad,) = _loss_and_grads(
+        lambda s: (ops.mh_loss_from_scores(s, **kwargs) * weights).sum(), (scores,)
+    )
+    _, (ref_grad,) = _loss_and_grads(
+        lambda s: (reference.mh_loss_from_scores(s, **kwargs) * weights).sum(), (scores,)
+    )
+    torch.testing.assert_close(grad, ref_grad, rtol=1e-12, atol=1e-12)
+
+
 def reference_scores(img, txt, normalize):
     if normalize:
         img, txt = F.normalize(img, dim=1), F.normalize(txt, dim=1)

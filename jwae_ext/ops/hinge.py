@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from jwae_ext.ops._checks import check_bool, check_choice, check_finite_number, check_tensor
 
-REDUCTIONS = ("sum", "mean")
+REDUCTIONS = ("sum", "mean", "none")
 DIRECTIONS = ("both", "i2t", "t2i")
 
 
@@ -45,8 +45,11 @@ def mh_loss(
         max_violation: hardest negative per query (VSE++); ``False`` sums the hinges over all
             negatives (VSE0, the two-branch embedding network loss).
         img_ids, txt_ids: optional int64 ``(B,)`` ids, both or neither; equal ids mark positives.
-        reduction: ``"sum"`` over queries (VSE++ convention) or ``"mean"`` (each direction averaged
-            over its ``B`` queries, then the directions added).
+        reduction: ``"sum"`` over queries (VSE++ convention), ``"mean"`` (each direction averaged
+            over its ``B`` queries, then the directions added) or ``"none"``: the per-query costs,
+            ``(2, B)`` for ``direction="both"`` (row 0 i2t, i.e. per image; row 1 t2i, per
+            caption) and ``(B,)`` for one direction. Their gradient may weight every query
+            differently (e.g. only a rank's own queries in distributed training).
         direction: ``"both"`` (i2t + t2i), ``"i2t"`` or ``"t2i"``.
         normalize: l2-normalize both embeddings first (cosine similarity), with its gradient.
 
@@ -109,12 +112,16 @@ def _check_options(margin, max_violation, img_ids, txt_ids, reduction, direction
 
 
 def _reduce(cost_i2t: torch.Tensor, cost_t2i: torch.Tensor, reduction: str, direction: str):
-    reduce = torch.sum if reduction == "sum" else torch.mean
     if direction == "i2t":
-        return reduce(cost_i2t)
-    if direction == "t2i":
-        return reduce(cost_t2i)
-    return reduce(cost_i2t) + reduce(cost_t2i)
+        costs = (cost_i2t,)
+    elif direction == "t2i":
+        costs = (cost_t2i,)
+    else:
+        costs = (cost_i2t, cost_t2i)
+    if reduction == "none":
+        return costs[0] if len(costs) == 1 else torch.stack(costs)
+    reduce = torch.sum if reduction == "sum" else torch.mean
+    return sum(reduce(c) for c in costs)
 
 
 # ---- autograd ----------------------------------------------------------------------------------

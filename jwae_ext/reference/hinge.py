@@ -31,8 +31,10 @@ def mh_loss_from_scores(
         cost_i2t, cost_t2i = cost_caption.max(1)[0], cost_image.max(0)[0]
     else:
         cost_i2t, cost_t2i = cost_caption.sum(1), cost_image.sum(0)
-    reduce = torch.sum if reduction == "sum" else torch.mean
     terms = {"both": (cost_i2t, cost_t2i), "i2t": (cost_i2t,), "t2i": (cost_t2i,)}[direction]
+    if reduction == "none":  # per-query costs: (2, B) for both directions, (B,) for one
+        return terms[0] if len(terms) == 1 else torch.stack(terms)
+    reduce = torch.sum if reduction == "sum" else torch.mean
     return sum(reduce(t) for t in terms)
 
 
