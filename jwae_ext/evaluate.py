@@ -139,12 +139,13 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> LoadedMo
         model = JWAE(ModelConfig(**state["model_config"]))
         model.load_state_dict(state["model"])
         vocab = Vocabulary(words[len(SPECIAL_TOKENS) :])
+        config = dict(state["config"])
     except (TypeError, ValueError, RuntimeError) as err:
         first = str(err).splitlines()[0]
         raise CheckpointError(
             f"checkpoint {path} does not describe a valid model: {first}"
         ) from err
-    return LoadedModel(path, model.to(device), vocab, dict(state["config"]))
+    return LoadedModel(path, model.to(device), vocab, config)
 
 
 @dataclass

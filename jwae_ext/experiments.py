@@ -35,23 +35,10 @@ from jwae_ext.evaluate import evaluate_loaded, load_model
 VARIANTS = ("vse0", "vse++", "jwae-mse", "jwae-mh")
 IN_DOMAIN, CROSS_DOMAIN = "synthetic-a", "synthetic-b"
 # The trainer's tiny test settings: every code path in seconds, numbers meaningless.
-QUICK_FLAGS = (
-    "--train-images",
-    "48",
-    "--eval-images",
-    "24",
-    "--batch-size",
-    "16",
-    "--embed-size",
-    "16",
-    "--img-hidden",
-    "16",
-    "--word-dim",
-    "8",
-    "--warmup-epochs",
-    "1",
-    "--epochs",
-    "1",
+QUICK_EVAL_IMAGES = 24
+QUICK_FLAGS = tuple(
+    f"--train-images 48 --eval-images {QUICK_EVAL_IMAGES} --batch-size 16 --embed-size 16 "
+    "--img-hidden 16 --word-dim 8 --warmup-epochs 1 --epochs 1".split()
 )
 LATENT_PAIR = ("vse++", "jwae-mh")  # the poster's supervised-vs-jWAE comparison
 
@@ -295,9 +282,10 @@ def _chance(baselines: dict[int, dict]) -> dict:
 # ---- figures -----------------------------------------------------------------------------------
 
 
-def draw_figures(out: Path, seed: int, splits: Splits, device: str) -> list[Path]:
-    """Latent space of ``vse++`` vs ``jwae-mh`` on both test sets, their cross-domain retrieval
-    examples, and every run's training curves."""
+def draw_figures(out: Path, seeds: list[int], splits: Splits, device: str) -> list[Path]:
+    """Latent space of ``vse++`` vs ``jwae-mh`` (first seed) on both test sets, their
+    cross-domain retrieval examples, and every run's training curves."""
+    seed = seeds[0]
     fig_dir = out / "figures"
     written = []
     names = SceneAttributes.class_names("shape")
@@ -324,10 +312,9 @@ def draw_figures(out: Path, seed: int, splits: Splits, device: str) -> list[Path
                     fig_dir, ev.img_codes, ev.cap_codes, split, prefix=f"{variant}-{data}-"
                 )
         written.append(figures.latent_space(fig_dir / f"latent-{data}.png", panels, names))
-    for metrics in sorted((out / "runs").glob("*/metrics.jsonl")):
-        written.append(
-            figures.training_curves(metrics, fig_dir / f"curves-{metrics.parent.name}.png")
-        )
+    for name in (run_name(v, s) for v in VARIANTS for s in seeds):
+        metrics = out / "runs" / name / "metrics.jsonl"
+        written.append(figures.training_curves(metrics, fig_dir / f"curves-{name}.png"))
     return written
 
 
@@ -338,7 +325,7 @@ def poster(out: Path, settings: Settings, command: str) -> dict:
     """Run (or resume) the whole experiment; returns ``results.json``'s content."""
     _check_settings(out, settings)
     seeds = list(settings.seeds)
-    splits = Splits(num_images=24 if settings.quick else None)
+    splits = Splits(num_images=QUICK_EVAL_IMAGES if settings.quick else None)
     evaluations: dict[str, dict[int, dict]] = {v: {} for v in VARIANTS}
     for seed in seeds:
         for variant in VARIANTS:
@@ -369,7 +356,7 @@ def poster(out: Path, settings: Settings, command: str) -> dict:
     any_run = evaluations[VARIANTS[0]][seeds[0]]
     sizes = {data: (any_run[data]["images"], any_run[data]["captions"]) for data in any_run}
     (out / "results.md").write_text(markdown(summary, chance, sizes, seeds, command))
-    written = draw_figures(out, seeds[0], splits, settings.device)
+    written = draw_figures(out, seeds, splits, settings.device)
     log(f"wrote {out / 'results.md'}, {out / 'results.json'} and {len(written)} figures")
     return results
 

@@ -247,7 +247,7 @@ def _draw_t2i(split: CaptionSplit, queries: np.ndarray, ranked: np.ndarray) -> F
     for row, (q, hits) in enumerate(zip(queries, ranked, strict=True)):
         text = fig.add_subplot(grid[row, 0])
         text.axis("off")
-        text.text(0, 0.5, textwrap.fill(split.captions[q], 36), va="center", fontsize=9)
+        text.text(0, 0.5, textwrap.fill(split.captions[q], 44), va="center", fontsize=9)
         truth = split.cap_to_img[q]
         for col, image in enumerate(hits):
             ax = fig.add_subplot(grid[row, col + 1])

@@ -95,12 +95,15 @@ def test_cross_dataset_from_a_run_folder(run, tmp_path):
 
 def test_precomp_folder_gives_the_embedded_table(run, tmp_path):
     folder = export_precomp(tmp_path / "precomp", "a", seed=0, sizes={"test": 24})
-    proc = evaluate(str(run / "best.pt"), "--data", str(folder))
+    fig_dir = tmp_path / "figs"
+    proc = evaluate(str(run / "best.pt"), "--data", str(folder), "--figures", str(fig_dir))
     assert proc.returncode == 0, proc.stderr
     result = json.loads((run / "eval-precomp-test.json").read_text())
     check_schema(result)
     assert result["continuity"] is None  # a precomp folder does not know what images show
     assert tables(result) == tables(json.loads((run / "test.json").read_text()))
+    # Codes can be drawn (by modality), pictures cannot.
+    assert sorted(p.name for p in fig_dir.iterdir()) == ["curves.png", "latent.png"]
 
 
 def test_missing_checkpoint_exits_cleanly(tmp_path):
@@ -109,11 +112,19 @@ def test_missing_checkpoint_exits_cleanly(tmp_path):
     assert "does not exist" in proc.stderr and "Traceback" not in proc.stderr
 
 
-def bad_files(tmp_path) -> dict[str, str]:
+def bad_files(tmp_path, run) -> dict[str, str]:
     (tmp_path / "garbage.pt").write_bytes(b"\x00not a checkpoint")
     torch.save({"format": 1, "model": {}}, tmp_path / "partial.pt")
+    state = torch.load(run / "best.pt", weights_only=True)
+    state["model_config"]["embed_size"] += 1
+    torch.save(state, tmp_path / "resized.pt")
     write_precomp(tmp_path / "narrow", "test", np.ones((4, 7), np.float32), ["a b"] * 4)
-    return {"garbage": "garbage.pt", "partial": "partial.pt", "narrow": "narrow"}
+    return {
+        "garbage": "garbage.pt",
+        "partial": "partial.pt",
+        "resized": "resized.pt",
+        "narrow": "narrow",
+    }
 
 
 @pytest.mark.parametrize(
@@ -121,6 +132,7 @@ def bad_files(tmp_path) -> dict[str, str]:
     [
         (["{garbage}"], "refusing to load checkpoint"),
         (["{partial}"], "lacks config, model_config, vocab"),
+        (["{resized}"], "does not describe a valid model: Error(s) in loading state_dict"),
         (["{run}", "--data", "/no/such/folder"], "neither an embedded dataset"),
         (["{run}", "--split", "train2"], "splits ('train', 'dev', 'test')"),
         (["{run}", "--data", "{narrow}", "--split", "dev"], "no split 'dev'"),
@@ -131,7 +143,7 @@ def bad_files(tmp_path) -> dict[str, str]:
     ],
 )
 def test_bad_input_gives_a_message_and_exit_2(run, tmp_path, capsys, args, message):
-    names = {k: str(tmp_path / v) for k, v in bad_files(tmp_path).items()}
+    names = {k: str(tmp_path / v) for k, v in bad_files(tmp_path, run).items()}
     (tmp_path / "empty").mkdir()
     names.update(run=str(run / "best.pt"), empty=str(tmp_path / "empty"))
     assert main([a.format(**names) for a in args]) == 2

@@ -130,3 +130,9 @@ def test_markdown_of_hand_made_results():
     assert "| vse++ | 13.0 ± 2.0 | 13.0 ± 2.0 | 72.0 ± 12.0 |" in text  # R@5 columns
     assert "| image features | 50.0 ± 0.0 | 25.0 ± 0.0 | 30.0 ± 0.0 |" in text
     assert "| chance | 16.7 | 14.3 | 5.0 | 16.7 | 14.3 | 5.0 |" in text
+
+
+def test_one_seed_shows_no_spread():
+    stats = experiments._stats([42.0])
+    assert experiments._cell(stats) == "42.0"
+    assert experiments._cell(experiments._stats([1.0, 2.0])) == "1.5 ± 0.7"
