@@ -191,7 +191,7 @@ def write_precomp_splits(
     for split, (features, captions) in splits.items():
         features = _checked_split(split, features, captions)
         text = "".join(f"{c.strip()}\n" for c in captions).encode("utf-8")
-        files[folder / _IMS.format(split)] = partial(np.save, arr=features, allow_pickle=False)
+        files[folder / _IMS.format(split)] = partial(_write_array, array=features)
         files[folder / _CAPS.format(split)] = partial(_write_bytes, data=text)
     created = [d for d in (folder, *folder.parents) if not d.exists()]  # innermost first
     folder.mkdir(parents=True, exist_ok=True)
@@ -199,10 +199,13 @@ def write_precomp_splits(
     try:
         for path, write in files.items():
             temporaries.append(path.with_name(f".{path.name}.tmp{os.getpid()}"))
-            with open(temporaries[-1], "wb") as f:
-                write(f)
-                f.flush()
-                os.fsync(f.fileno())
+            try:
+                with open(temporaries[-1], "wb") as f:
+                    write(f)
+                    f.flush()
+                    os.fsync(f.fileno())
+            except OSError as err:
+                raise OSError(err.errno, f"jwae_ext: cannot write {path}: {err.strerror}") from err
         for tmp, path in zip(temporaries, files, strict=True):
             os.replace(tmp, path)
     except BaseException:
@@ -215,6 +218,18 @@ def write_precomp_splits(
 
 def _write_bytes(f, data: bytes) -> None:
     f.write(data)
+
+
+class _Writes:
+    """Only the ``write`` of a file: ``np.save`` then writes through it in chunks, so a failed
+    write raises the system's error (a full disk), not ``tofile``'s count of bytes written."""
+
+    def __init__(self, f) -> None:
+        self.write = f.write
+
+
+def _write_array(f, array: np.ndarray) -> None:
+    np.save(_Writes(f), array, allow_pickle=False)
 
 
 def _checked_split(split: str, features: np.ndarray, captions: Sequence[str]) -> np.ndarray:
