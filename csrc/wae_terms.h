@@ -81,10 +81,12 @@ C10_HOST_DEVICE inline ImqValue<T> imq(T d2, const T* scales, int64_t num_scales
 }
 
 // Squared distance from squared norms and a dot product; rounding can make it slightly negative.
+// The comparison is written so that a NaN (from a NaN or infinite input) passes through instead of
+// being clamped to 0, which would report the closest possible pair.
 template <typename T>
 C10_HOST_DEVICE inline T squared_distance(T norm_a, T norm_b, T dot) {
   const T d2 = norm_a + norm_b - T(2) * dot;
-  return d2 > T(0) ? d2 : T(0);
+  return d2 < T(0) ? T(0) : d2;
 }
 
 }  // namespace jwae

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -147,6 +148,12 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
     for name in ("lr", "disc_lr"):
         if not getattr(filled, name) > 0:
             raise ValueError(f"--{name.replace('_', '-')} must be > 0, got {getattr(filled, name)}")
+    for f in fields(filled):
+        value, flag = getattr(filled, f.name), "--" + f.name.replace("_", "-")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"{flag} must be finite, got {value}")
+        if "choices" in f.metadata and value not in f.metadata["choices"]:
+            raise ValueError(f"{flag} must be one of {f.metadata['choices']}, got {value!r}")
     if filled.warmup_epochs < 0:
         raise ValueError(f"--warmup-epochs must be >= 0, got {filled.warmup_epochs}")
     if filled.batch_size < 2 and filled.variant != "jwae-mse":
@@ -194,8 +201,31 @@ def from_args(argv: list[str] | None = None) -> TrainConfig:
     if not saved_path.is_file():
         raise FileNotFoundError(f"--resume: run {saved_path.parent} has no config.json")
     try:
-        saved = json.loads(saved_path.read_text())
-        known = {f.name for f in fields(TrainConfig)}
-        return TrainConfig(**{**{k: v for k, v in saved.items() if k in known}, **given})
-    except (json.JSONDecodeError, TypeError) as err:
+        saved = _saved_fields(json.loads(saved_path.read_text()))
+        resolve(TrainConfig(**saved))
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError, ValueError) as err:
         raise ValueError(f"--resume: {saved_path} is not a valid run configuration: {err}") from err
+    return TrainConfig(**{**saved, **given})
+
+
+_JSON_TYPES = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,)}
+
+
+def _saved_fields(saved: object) -> dict:
+    """The known fields of a saved ``config.json``, each of its field's type (their values are
+    checked by :func:`resolve`)."""
+    if not isinstance(saved, dict):
+        raise ValueError(f"expected a JSON object, got {type(saved).__name__}")
+    values = {}
+    for f in fields(TrainConfig):
+        if f.name not in saved:
+            continue
+        value = saved[f.name]
+        base, *optional = str(f.type).split(" | ")
+        if value is None and optional:
+            values[f.name] = value
+            continue
+        if isinstance(value, bool) != (base == "bool") or not isinstance(value, _JSON_TYPES[base]):
+            raise ValueError(f"'{f.name}' must be of type {f.type}, got {value!r}")
+        values[f.name] = value
+    return values

@@ -28,7 +28,7 @@ RanksFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tenso
 
 
 def recall_table(ranks: torch.Tensor) -> dict[str, float]:
-    """R@1, R@5, R@10 (percent), medr and meanr of a 1-D tensor of 0-based ranks."""
+    """R@1, R@5, R@10 (percent), medr and meanr of a 1-D integer tensor of 0-based ranks."""
     check_tensor("ranks", ranks)
     if ranks.dim() != 1 or ranks.numel() == 0:
         raise ValueError(
@@ -37,7 +37,15 @@ def recall_table(ranks: torch.Tensor) -> dict[str, float]:
         )
     if ranks.dtype.is_floating_point or ranks.dtype.is_complex or ranks.dtype == torch.bool:
         raise TypeError(f"jwae_ext: argument 'ranks' must be an integer tensor, got {ranks.dtype}")
+    if ranks.is_meta:
+        raise ValueError("jwae_ext: argument 'ranks' must hold values, got a meta tensor")
     values = ranks.detach().to("cpu", torch.int64)
+    if values.min() < 0:
+        # A rank counts gallery items; a negative one (e.g. a -1 placeholder) would count as a hit.
+        raise ValueError(
+            f"jwae_ext: argument 'ranks' must hold ranks >= 0, got {values.min().item()} at "
+            f"position {values.argmin().item()}"
+        )
     n = values.numel()
     # Integer counts and sums divided once, as VSE++ computes them, so the floats match exactly.
     table = {f"r{k}": 100.0 * int((values < k).sum()) / n for k in _RECALL_KS}

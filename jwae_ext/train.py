@@ -127,6 +127,14 @@ def epoch_batches(num_pairs: int, batch_size: int, seed: int, epoch: int) -> lis
     return [order[i : i + batch_size].tolist() for i in range(0, num_pairs, batch_size)]
 
 
+def _logged_epoch(line: str) -> float:
+    """The epoch of a metrics.jsonl line (infinite for a torn line of a killed run)."""
+    try:
+        return json.loads(line)["epoch"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return math.inf
+
+
 class Trainer:
     """One training run: data, model, both optimizers, and the state a checkpoint restores."""
 
@@ -146,6 +154,9 @@ class Trainer:
         self.step_in_epoch = 0  # steps completed in the current epoch
         self.global_step = 0
         self.best_rsum = -math.inf
+        # The current epoch's summed loss terms and counted steps, for its metrics record.
+        self.epoch_sums: dict[str, float] = {}
+        self.epoch_counted = 0
 
         last = self.dir / "last.pt"
         if cfg.resume and not last.exists():
@@ -199,6 +210,8 @@ class Trainer:
             "step_in_epoch": self.step_in_epoch,
             "global_step": self.global_step,
             "best_rsum": self.best_rsum,
+            "epoch_sums": self.epoch_sums,
+            "epoch_counted": self.epoch_counted,
             "rng": self.ctx.gather_objects(_rng_state(self.device)),  # per rank
         }
 
@@ -210,6 +223,8 @@ class Trainer:
         self.step_in_epoch = state["step_in_epoch"]
         self.global_step = state["global_step"]
         self.best_rsum = state["best_rsum"]
+        self.epoch_sums = dict(state.get("epoch_sums", {}))
+        self.epoch_counted = state.get("epoch_counted", 0)
         rng = state["rng"] if isinstance(state["rng"], list) else [state["rng"]]
         if len(rng) == self.ctx.world_size:
             _set_rng_state(rng[self.ctx.rank], self.device)
@@ -285,9 +300,14 @@ class Trainer:
     # -- the loop ------------------------------------------------------------------------------
 
     def _log(self, record: dict) -> None:
-        if self.ctx.is_main:
-            with open(self.dir / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(record) + "\n")
+        """Add the epoch's record, replacing any of this epoch or later: those were written by a
+        run that died before its checkpoint (the resumed run repeats those epochs)."""
+        if not self.ctx.is_main:
+            return
+        path = self.dir / "metrics.jsonl"
+        lines = path.read_text().splitlines() if path.exists() else []
+        kept = [line for line in lines if _logged_epoch(line) < record["epoch"]]
+        checkpoint.write_text_atomic(path, "".join(f"{x}\n" for x in [*kept, json.dumps(record)]))
 
     def _evaluate(self, split: CaptionSplit, protocol: str = "full") -> dict:
         """The retrieval table of the current model, with captions sharded over the ranks; the
@@ -320,9 +340,11 @@ class Trainer:
                     batch_sampler=batches[self.step_in_epoch :],
                     collate_fn=collate,
                     num_workers=cfg.workers,
+                    # Its own generator: seeding the loader from the global stream would make a
+                    # run resumed mid-epoch (a new loader) draw once more than an uninterrupted one.
+                    generator=torch.Generator(),
                 )
-                sums: dict[str, float] = {}
-                counted = 0
+                sums = self.epoch_sums
                 started = time.perf_counter()
                 self.model.train()
                 bar = tqdm(
@@ -339,7 +361,7 @@ class Trainer:
                     self.step_in_epoch += 1
                     self.global_step += 1
                     if values is not None:
-                        counted += 1
+                        self.epoch_counted += 1
                         for k, v in values.items():
                             sums[k] = sums.get(k, 0.0) + v
                         bar.set_postfix(loss=f"{values['total']:.4f}", refresh=False)
@@ -357,8 +379,10 @@ class Trainer:
                             )
                         raise SystemExit(128 + signum)
                 bar.close()
+                train = {k: v / max(self.epoch_counted, 1) for k, v in sums.items()}
                 self.epoch += 1
                 self.step_in_epoch = 0
+                self.epoch_sums, self.epoch_counted = {}, 0
                 dev = self.validate()
                 is_best = dev["rsum"] > self.best_rsum
                 if is_best:
@@ -368,7 +392,7 @@ class Trainer:
                     "global_step": self.global_step,
                     "lr": lr,
                     "seconds": round(time.perf_counter() - started, 2),
-                    "train": {k: v / max(counted, 1) for k, v in sums.items()},
+                    "train": train,
                     "dev": dev,
                     "best": is_best,
                 }
@@ -450,4 +474,8 @@ def _run(trainer: Trainer) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:  # outside the training loop, which saves and exits by itself
+        print("\ninterrupted; the checkpoints written so far are intact", file=sys.stderr)
+        sys.exit(128 + signal.SIGINT)

@@ -9,7 +9,12 @@ Typical use::
 """
 
 from jwae_ext.data.dataset import PairBatch, PairDataset, collate, pad_captions
-from jwae_ext.data.precomp import available_splits, load_precomp, write_precomp
+from jwae_ext.data.precomp import (
+    available_splits,
+    load_precomp,
+    write_precomp,
+    write_precomp_splits,
+)
 from jwae_ext.data.scenes import SceneAttributes
 from jwae_ext.data.sources import EMBEDDED, load_split
 from jwae_ext.data.split import CaptionSplit, PooledRegions
@@ -38,4 +43,5 @@ __all__ = [
     "synthetic_split",
     "tokenize",
     "write_precomp",
+    "write_precomp_splits",
 ]

@@ -8,8 +8,10 @@ file (and, for captions, the line).
 
 from __future__ import annotations
 
+import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -53,7 +55,8 @@ def read_features(path: str | os.PathLike) -> FeatureArray:
         raise ValueError(
             f"jwae_ext: {path} has shape {shape}, expected non-empty (N, D) or (N, R, D) features"
         )
-    expected = offset + int(np.prod(shape)) * dtype.itemsize
+    # Python integers: a forged header's shape cannot overflow the size computed from it.
+    expected = offset + math.prod(shape) * dtype.itemsize
     actual = path.stat().st_size
     if actual != expected:
         what = "truncated" if actual < expected else "has trailing bytes"
@@ -170,8 +173,66 @@ def write_precomp(
     folder: str | os.PathLike, split: str, features: np.ndarray, captions: Sequence[str]
 ) -> None:
     """Write ``{split}_ims.npy`` (float32 ``(N, D)`` or ``(N, R, D)``) and ``{split}_caps.txt``
-    (``len(captions)`` must be a multiple of ``N``; captions must be non-empty single lines).
-    Each file is written to a temporary name and renamed, so no partial file is left behind."""
+    (``len(captions)`` must be a multiple of ``N``; captions must be non-empty single lines), both
+    or neither (see :func:`write_precomp_splits`)."""
+    write_precomp_splits(folder, {split: (features, captions)})
+
+
+def write_precomp_splits(
+    folder: str | os.PathLike, splits: Mapping[str, tuple[np.ndarray, Sequence[str]]]
+) -> None:
+    """Write several splits (``{split: (features, captions)}``, as :func:`write_precomp`) as one
+    transaction: every argument is checked first, every file is written to a temporary name, and
+    only when all are complete are they renamed into place. A failure (a bad argument, a full
+    disk) leaves the folder as it was, with no partial file, and removes the folders this call
+    created."""
+    folder = Path(folder)
+    files = {}
+    for split, (features, captions) in splits.items():
+        features = _checked_split(split, features, captions)
+        text = "".join(f"{c.strip()}\n" for c in captions).encode("utf-8")
+        files[folder / _IMS.format(split)] = partial(_write_array, array=features)
+        files[folder / _CAPS.format(split)] = partial(_write_bytes, data=text)
+    created = [d for d in (folder, *folder.parents) if not d.exists()]  # innermost first
+    folder.mkdir(parents=True, exist_ok=True)
+    temporaries: list[Path] = []
+    try:
+        for path, write in files.items():
+            temporaries.append(path.with_name(f".{path.name}.tmp{os.getpid()}"))
+            try:
+                with open(temporaries[-1], "wb") as f:
+                    write(f)
+                    f.flush()
+                    os.fsync(f.fileno())
+            except OSError as err:
+                raise OSError(err.errno, f"jwae_ext: cannot write {path}: {err.strerror}") from err
+        for tmp, path in zip(temporaries, files, strict=True):
+            os.replace(tmp, path)
+    except BaseException:
+        for tmp in temporaries:
+            tmp.unlink(missing_ok=True)
+        for empty in created:
+            empty.rmdir()
+        raise
+
+
+def _write_bytes(f, data: bytes) -> None:
+    f.write(data)
+
+
+class _Writes:
+    """Only the ``write`` of a file: ``np.save`` then writes through it in chunks, so a failed
+    write raises the system's error (a full disk), not ``tofile``'s count of bytes written."""
+
+    def __init__(self, f) -> None:
+        self.write = f.write
+
+
+def _write_array(f, array: np.ndarray) -> None:
+    np.save(_Writes(f), array, allow_pickle=False)
+
+
+def _checked_split(split: str, features: np.ndarray, captions: Sequence[str]) -> np.ndarray:
     _check_split_name(split)
     features = np.asarray(features)
     if features.dtype != np.float32 or features.ndim not in (2, 3) or 0 in features.shape:
@@ -192,20 +253,4 @@ def write_precomp(
             or "\r" in caption
         ):
             raise ValueError(f"jwae_ext: caption {j} must be a non-empty single line: {caption!r}")
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    _write_atomic(folder / _IMS.format(split), lambda f: np.save(f, features, allow_pickle=False))
-    text = "".join(f"{c.strip()}\n" for c in captions).encode("utf-8")
-    _write_atomic(folder / _CAPS.format(split), lambda f: f.write(text))
-
-
-def _write_atomic(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    return features

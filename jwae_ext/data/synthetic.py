@@ -15,7 +15,7 @@ import numpy as np
 
 from jwae_ext.data.captions import CAPTIONS_PER_IMAGE, write_captions
 from jwae_ext.data.features import extract_features
-from jwae_ext.data.precomp import write_precomp
+from jwae_ext.data.precomp import write_precomp_splits
 from jwae_ext.data.render import IMAGE_SIZE, STYLES, render_scene
 from jwae_ext.data.scenes import Draws, SceneObject, sample_scene, scene_attributes
 from jwae_ext.data.split import CaptionSplit
@@ -97,9 +97,12 @@ def export_precomp(
     """Write the embedded dataset's splits (``sizes``, default :data:`DEFAULT_SIZES`) as a
     precomp folder (``{split}_ims.npy``, ``{split}_caps.txt``); returns the folder."""
     folder = Path(folder)
+    splits = {}
     for split, n in (sizes or DEFAULT_SIZES).items():
         data = synthetic_split(style, split, seed=seed, num_images=n)
-        write_precomp(folder, split, np.asarray(data.images), data.captions)
+        splits[split] = (np.asarray(data.images), data.captions)
+    # All splits or none: a bad size or a full disk leaves no partial folder behind.
+    write_precomp_splits(folder, splits)
     return folder
 
 

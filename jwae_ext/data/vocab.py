@@ -118,7 +118,8 @@ class Vocabulary:
         path = Path(path)
         try:
             data = json.loads(path.read_bytes().decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+            # RecursionError: nesting deeper than the parser's stack.
             raise ValueError(f"jwae_ext: vocabulary file {path} is not valid JSON: {e}") from None
         try:
             return cls._from_json(data)

@@ -12,7 +12,13 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from jwae_ext.ops._checks import check_bool, check_choice, check_finite_number, check_tensor
+from jwae_ext.ops._checks import (
+    check_bool,
+    check_choice,
+    check_finite_number,
+    check_same_device,
+    check_tensor,
+)
 
 REDUCTIONS = ("sum", "mean", "none")
 DIRECTIONS = ("both", "i2t", "t2i")
@@ -177,6 +183,9 @@ def _per_query(like: torch.Tensor):
 
 @torch.library.register_fake("jwae_ext::mh_loss")
 def _fake_mh_loss(img_emb, txt_emb, margin, max_violation, img_ids, txt_ids):
+    check_same_device(
+        ("img_emb", img_emb), ("txt_emb", txt_emb), ("img_ids", img_ids), ("txt_ids", txt_ids)
+    )
     return _per_query(img_emb)
 
 
@@ -187,6 +196,7 @@ def _fake_mh_loss_backward(grad_i2t, grad_t2i, img_emb, txt_emb, *_):
 
 @torch.library.register_fake("jwae_ext::mh_loss_from_scores")
 def _fake_mh_loss_from_scores(scores, margin, max_violation, img_ids, txt_ids):
+    check_same_device(("scores", scores), ("img_ids", img_ids), ("txt_ids", txt_ids))
     return _per_query(scores)
 
 

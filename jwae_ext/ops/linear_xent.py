@@ -10,7 +10,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from jwae_ext.ops import _forward_grads
-from jwae_ext.ops._checks import check_choice, check_int, check_tensor
+from jwae_ext.ops._checks import check_choice, check_int, check_same_device, check_tensor
 
 REDUCTIONS = ("sum", "mean", "none")
 
@@ -53,7 +53,7 @@ def linear_cross_entropy(
     if bias is not None:
         check_tensor("bias", bias)
     check_choice("reduction", reduction, REDUCTIONS)
-    check_int("ignore_index", ignore_index)
+    ignore_index = check_int("ignore_index", ignore_index)
     grad_mask = _grad_mask(hidden, weight, bias, reduction)
     loss, *_ = torch.ops.jwae_ext.linear_xent(
         hidden, weight, target, bias, ignore_index, reduction, grad_mask
@@ -76,6 +76,7 @@ def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
 
 @torch.library.register_fake("jwae_ext::linear_xent")
 def _linear_xent_fake(hidden, weight, target, bias, ignore_index, reduction, grad_mask):
+    check_same_device(("hidden", hidden), ("weight", weight), ("target", target), ("bias", bias))
     tokens, width = hidden.shape
     vocab = weight.shape[0]
     acc = _accumulation_dtype(hidden.dtype)

@@ -8,11 +8,9 @@ accumulated (and returned) in fp32. Shapes, dtypes, devices, ids and ``k`` are c
 
 from __future__ import annotations
 
-import numbers
-
 import torch
 
-from jwae_ext.ops._checks import check_tensor
+from jwae_ext.ops._checks import check_int, check_same_device, check_tensor
 
 __all__ = ["retrieval_count_above", "retrieval_ranks", "retrieval_thresholds", "topk_search"]
 
@@ -108,16 +106,25 @@ def topk_search(
     """
     check_tensor("queries", queries)
     check_tensor("gallery", gallery)
-    if isinstance(k, bool) or not isinstance(k, numbers.Integral):
-        raise TypeError(f"jwae_ext: argument 'k' must be an int, got {type(k).__name__}")
-    return _ops.topk_search(queries, gallery, int(k))
+    return _ops.topk_search(queries, gallery, check_int("k", k))
 
 
 # ---- fake kernels: shapes and dtypes only, for torch.compile and meta tensors ----------------
 
 
+def _check_devices(img_emb, cap_emb, cap_to_img, img_thresholds=None, cap_thresholds=None):
+    check_same_device(
+        ("img_emb", img_emb),
+        ("cap_emb", cap_emb),
+        ("cap_to_img", cap_to_img),
+        ("img_thresholds", img_thresholds),
+        ("cap_thresholds", cap_thresholds),
+    )
+
+
 @torch.library.register_fake("jwae_ext::retrieval_ranks")
 def _(img_emb, cap_emb, cap_to_img):
+    _check_devices(img_emb, cap_emb, cap_to_img)
     return (
         img_emb.new_empty((img_emb.shape[0],), dtype=torch.int64),
         cap_emb.new_empty((cap_emb.shape[0],), dtype=torch.int64),
@@ -126,6 +133,7 @@ def _(img_emb, cap_emb, cap_to_img):
 
 @torch.library.register_fake("jwae_ext::retrieval_thresholds")
 def _(img_emb, cap_emb, cap_to_img):
+    _check_devices(img_emb, cap_emb, cap_to_img)
     dtype = _score_dtype(img_emb)
     return (
         img_emb.new_empty((img_emb.shape[0],), dtype=dtype),
@@ -135,6 +143,7 @@ def _(img_emb, cap_emb, cap_to_img):
 
 @torch.library.register_fake("jwae_ext::retrieval_count_above")
 def _(img_emb, cap_emb, cap_to_img, img_thresholds, cap_thresholds):
+    _check_devices(img_emb, cap_emb, cap_to_img, img_thresholds, cap_thresholds)
     return (
         img_emb.new_empty((img_emb.shape[0],), dtype=torch.int64),
         cap_emb.new_empty((cap_emb.shape[0],), dtype=torch.int64),
@@ -143,6 +152,7 @@ def _(img_emb, cap_emb, cap_to_img, img_thresholds, cap_thresholds):
 
 @torch.library.register_fake("jwae_ext::topk_search")
 def _(queries, gallery, k):
+    check_same_device(("queries", queries), ("gallery", gallery))
     return (
         queries.new_empty((queries.shape[0], k), dtype=_score_dtype(queries)),
         queries.new_empty((queries.shape[0], k), dtype=torch.int64),

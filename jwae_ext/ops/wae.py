@@ -13,7 +13,13 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from jwae_ext.ops import _forward_grads
-from jwae_ext.ops._checks import check_choice, check_finite_number, check_int, check_tensor
+from jwae_ext.ops._checks import (
+    check_choice,
+    check_int,
+    check_numbers,
+    check_same_device,
+    check_tensor,
+)
 
 RECONSTRUCTIONS = ("l1", "l2")
 DEFAULT_WEIGHTS = (0.05, 0.005, 0.01, 0.01)
@@ -75,8 +81,8 @@ def wae_loss(
         if value is not None:
             check_tensor(name, value)
     check_choice("recon", recon, RECONSTRUCTIONS)
-    check_int("batch_size", batch_size)
-    check_int("ignore_index", ignore_index)
+    batch_size = check_int("batch_size", batch_size)
+    ignore_index = check_int("ignore_index", ignore_index)
     weights = _check_weights(weights)
     grad_mask = [False] * 6
     if torch.is_grad_enabled():
@@ -127,7 +133,7 @@ def mmd_imq(
     """
     check_tensor("z", z)
     check_tensor("prior_samples", prior_samples)
-    scales = [check_finite_number("scales", s) for s in scales]
+    scales = check_numbers("scales", scales)
     grad = torch.is_grad_enabled()
     mask = [grad and z.requires_grad, grad and prior_samples.requires_grad]
     mmd, *_ = torch.ops.jwae_ext.mmd_imq(z, prior_samples, scales, mask)
@@ -135,13 +141,13 @@ def mmd_imq(
 
 
 def _check_weights(weights: Sequence[float]) -> list[float]:
-    values = list(weights)
+    values = check_numbers("weights", weights)
     if len(values) != 4:
         raise ValueError(
             "jwae_ext: argument 'weights' must hold 4 numbers (recon, nll, adv_img, adv_txt), "
             f"got {len(values)}"
         )
-    return [check_finite_number("weights", w) for w in values]
+    return values
 
 
 def _loss_dtype(*tensors: torch.Tensor) -> torch.dtype:
@@ -158,6 +164,11 @@ def _wae_loss_fake(
     img_feat, img_rec, dec_hidden, vocab_weight, targets, d_img, d_txt, vocab_bias,
     batch_size, weights, recon, ignore_index, grad_mask,
 ):  # fmt: skip
+    check_same_device(
+        ("dec_hidden", dec_hidden), ("img_feat", img_feat), ("img_rec", img_rec),
+        ("vocab_weight", vocab_weight), ("targets", targets), ("d_logits_img", d_img),
+        ("d_logits_txt", d_txt), ("vocab_bias", vocab_bias),
+    )  # fmt: skip
     present = [t for t in (img_feat, dec_hidden, d_img, d_txt) if t is not None]
     dtype = _loss_dtype(*present)
     total = dec_hidden.new_empty((), dtype=dtype)
@@ -170,12 +181,14 @@ def _wae_loss_fake(
 
 @torch.library.register_fake("jwae_ext::discriminator_loss")
 def _discriminator_loss_fake(d_logits_real, d_logits_fake, grad_mask):
+    check_same_device(("d_logits_real", d_logits_real), ("d_logits_fake", d_logits_fake))
     loss = d_logits_real.new_empty((), dtype=_loss_dtype(d_logits_real, d_logits_fake))
     return (loss, *_grads_fake(zip((d_logits_real, d_logits_fake), grad_mask, strict=True)))
 
 
 @torch.library.register_fake("jwae_ext::mmd_imq")
 def _mmd_imq_fake(z, prior_samples, scales, grad_mask):
+    check_same_device(("z", z), ("prior_samples", prior_samples))
     mmd = z.new_empty((), dtype=_loss_dtype(z))
     return (mmd, *_grads_fake(zip((z, prior_samples), grad_mask, strict=True)))
 

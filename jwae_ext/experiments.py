@@ -1,0 +1,403 @@
+"""``python -m jwae_ext.experiments poster``: the poster's experiments on the embedded data.
+
+For each seed, trains ``vse0``, ``vse++``, ``jwae-mse`` and ``jwae-mh`` on ``synthetic-a`` (with
+``python -m jwae_ext.train``'s defaults), evaluates the best checkpoint in-domain (the test split
+of ``synthetic-a``) and cross-domain (the test split of ``synthetic-b``: other rendering, other
+phrasing, words unknown to the model's vocabulary read as ``<unk>``), and measures the semantic
+continuity of the image codes. Writes ``results.json`` and ``results.md`` (mean +- sample std over
+seeds, in the form of the poster's two tables) and the figures.
+
+The job is resumable: a run with ``test.json`` is done and skipped, a run with ``last.pt`` is
+resumed, an evaluation already written is read back. Interrupt it (Ctrl-C) and start the same
+command again to continue.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from jwae_ext import figures, train
+from jwae_ext.checkpoint import CheckpointError
+from jwae_ext.continuity import continuity
+from jwae_ext.data import CaptionSplit, SceneAttributes, load_split
+from jwae_ext.evaluate import evaluate_loaded, load_model
+
+VARIANTS = ("vse0", "vse++", "jwae-mse", "jwae-mh")
+IN_DOMAIN, CROSS_DOMAIN = "synthetic-a", "synthetic-b"
+# The trainer's tiny test settings: every code path in seconds, numbers meaningless.
+QUICK_EVAL_IMAGES = 24
+QUICK_FLAGS = tuple(
+    f"--train-images 48 --eval-images {QUICK_EVAL_IMAGES} --batch-size 16 --embed-size 16 "
+    "--img-hidden 16 --word-dim 8 --warmup-epochs 1 --epochs 1".split()
+)
+LATENT_PAIR = ("vse++", "jwae-mh")  # the poster's supervised-vs-jWAE comparison
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What the results depend on; an output folder holds results of one setting only."""
+
+    seeds: tuple[int, ...]
+    quick: bool
+    epochs: int | None
+    device: str
+
+    def train_flags(self, variant: str, seed: int) -> list[str]:
+        flags = ["--data", IN_DOMAIN, "--variant", variant, "--seed", str(seed), "--no-progress"]
+        flags += ["--device", self.device]
+        if self.quick:
+            flags += QUICK_FLAGS
+        if self.epochs is not None:
+            flags += ["--epochs", str(self.epochs)]
+        return flags
+
+
+class RunFailed(RuntimeError):
+    """A training run ended with an error (its log says which)."""
+
+
+def run_name(variant: str, seed: int) -> str:
+    return f"{variant}-s{seed}"
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def _check_settings(out: Path, settings: Settings) -> None:
+    """Refuse to mix runs of different settings in one folder (a resumed job must not reuse, say,
+    ``--quick`` runs for the full table). Seeds may be added and the device changed."""
+    path = out / "settings.json"
+    current = asdict(settings)
+    if path.is_file():
+        saved = json.loads(path.read_text())
+        differs = [k for k in ("quick", "epochs") if saved.get(k) != current[k]]
+        if differs:
+            raise ValueError(
+                f"{out} holds runs made with other settings ({', '.join(differs)}: "
+                f"{[saved.get(k) for k in differs]}); use another --out"
+            )
+    out.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(current, indent=1))
+
+
+def train_run(out: Path, settings: Settings, variant: str, seed: int) -> Path:
+    """Train one run unless done; resume it when interrupted. Returns its folder."""
+    runs = out / "runs"
+    name = run_name(variant, seed)
+    folder = runs / name
+    if (folder / "test.json").is_file():
+        log(f"{name}: trained, skipping")
+        return folder
+    flags = ["--run-dir", str(runs), "--name", name, *settings.train_flags(variant, seed)]
+    resume = (folder / "last.pt").is_file()
+    if resume:
+        flags.append("--resume")
+    log(f"{name}: {'resuming' if resume else 'training'} (log: {folder}.log)")
+    started = time.perf_counter()
+    runs.mkdir(parents=True, exist_ok=True)
+    with (
+        open(f"{folder}.log", "a") as logfile,
+        contextlib.redirect_stdout(logfile),
+        contextlib.redirect_stderr(logfile),
+    ):
+        code = train.main(flags)
+    if code != 0:
+        raise RunFailed(f"training {name} failed with exit code {code}; see {folder}.log")
+    log(f"{name}: trained in {time.perf_counter() - started:.0f} s")
+    return folder
+
+
+class Splits:
+    """Test splits by (data, seed), generated once per job (the embedded data is generated from
+    the run's seed, as the trainer does)."""
+
+    def __init__(self, num_images: int | None) -> None:
+        self.num_images = num_images
+        self._cache: dict[tuple[str, int], CaptionSplit] = {}
+
+    def get(self, data: str, seed: int) -> CaptionSplit:
+        key = (data, seed)
+        if key not in self._cache:
+            self._cache[key] = load_split(data, "test", seed=seed, num_images=self.num_images)
+        return self._cache[key]
+
+
+def evaluate_run(folder: Path, seed: int, splits: Splits, device: str) -> dict[str, dict]:
+    """The in-domain and cross-domain evaluations of a run's best checkpoint (read back when
+    already written)."""
+    results, loaded = {}, None
+    for data in (IN_DOMAIN, CROSS_DOMAIN):
+        path = folder / f"eval-{data}-test.json"
+        if not path.is_file():
+            loaded = loaded or load_model(folder, train.resolve_device(device))
+            evaluation = evaluate_loaded(loaded, splits.get(data, seed))
+            evaluation.result["seed"] = seed
+            path.write_text(json.dumps(evaluation.result, indent=1))
+        results[data] = json.loads(path.read_text())
+    return results
+
+
+# ---- the tables ------------------------------------------------------------------------------
+
+
+def _recall(direction: str, k: int):
+    return lambda r: r[direction][f"r{k}"]
+
+
+def _agreement(kind: str):
+    return lambda r: 100 * r["continuity"]["class_agreement"][kind]
+
+
+def _jaccard(r: dict) -> float:
+    return 100 * r["continuity"]["jaccard"]
+
+
+def _rsum(r: dict) -> float:
+    return r["rsum"]
+
+
+# (table, column header, evaluation data, value of one evaluation)
+_COLUMNS = (
+    ("in", "i2t R@1", IN_DOMAIN, _recall("i2t", 1)),
+    ("in", "t2i R@1", IN_DOMAIN, _recall("t2i", 1)),
+    ("in", "rsum", IN_DOMAIN, _rsum),
+    ("cross", "i2t R@5", CROSS_DOMAIN, _recall("i2t", 5)),
+    ("cross", "t2i R@5", CROSS_DOMAIN, _recall("t2i", 5)),
+    ("cross", "rsum", CROSS_DOMAIN, _rsum),
+    *(
+        column
+        for data, tag in ((IN_DOMAIN, "a"), (CROSS_DOMAIN, "b"))
+        for column in (
+            ("cont", f"shape@10 ({tag})", data, _agreement("shape")),
+            ("cont", f"colour@10 ({tag})", data, _agreement("colour")),
+            ("cont", f"Jaccard@10 ({tag})", data, _jaccard),
+        )
+    ),
+)
+_TITLES = {
+    "in": f"In-domain retrieval (train {IN_DOMAIN}, test {IN_DOMAIN})",
+    "cross": f"Cross-domain generalization (train {IN_DOMAIN}, test {CROSS_DOMAIN})",
+    "cont": "Semantic continuity of the image codes",
+}
+_CONTINUITY_NOTE = (
+    "Image codes only, no text: the % of each test image's 10 nearest images (cosine) whose main "
+    "object has the same shape / colour, and the mean Jaccard overlap of their sets of (shape, "
+    "colour) objects, on the test split of (a) synthetic-a and (b) synthetic-b. *image features*: "
+    "the same measure on the encoders' input features; *chance*: neighbours drawn at random."
+)
+
+
+def _stats(values: list[float]) -> dict:
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return {"mean": statistics.fmean(values), "std": std, "values": values}
+
+
+def summarize(evaluations: dict[str, dict[int, dict]], baselines: dict[int, dict]) -> dict:
+    """Mean and std over seeds of every table column, per variant (and for the input features'
+    continuity, the ``"image features"`` row)."""
+    summary = {}
+    rows = {**evaluations, "image features": baselines}
+    for row, by_seed in rows.items():
+        columns = {}
+        for table, header, data, get in _COLUMNS:
+            if row == "image features" and table != "cont":
+                continue
+            columns[f"{table}/{header}"] = _stats([get(by_seed[s][data]) for s in sorted(by_seed)])
+        summary[row] = columns
+    return summary
+
+
+def _cell(stats: dict) -> str:
+    if len(stats["values"]) < 2:
+        return f"{stats['mean']:.1f}"
+    return f"{stats['mean']:.1f} ± {stats['std']:.1f}"
+
+
+def markdown(
+    summary: dict, chance: dict, sizes: dict[str, tuple[int, int]], seeds: list[int], command: str
+) -> str:
+    """``results.md``: the three tables, mean +- std over seeds. ``sizes``: (images, captions)
+    of each test split."""
+    test_sets = "; ".join(
+        f"{data} test: {n} images, {m} captions" for data, (n, m) in sizes.items()
+    )
+    spread = "mean ± sample std over seeds" if len(seeds) > 1 else "one seed: no spread"
+    lines = [
+        "# Poster experiments on the embedded data",
+        "",
+        f"Command: `{command}`  ",
+        f"Seeds: {', '.join(map(str, seeds))} ({spread}; the seed sets the generated data, the "
+        f"initialisation and the batch order).  ",
+        f"Evaluated on {test_sets}. Recalls in %.",
+    ]
+    for table, title in _TITLES.items():
+        headers = [h for t, h, _, _ in _COLUMNS if t == table]
+        lines += ["", f"## {title}", ""]
+        if table == "cont":
+            lines += [_CONTINUITY_NOTE, ""]
+        lines += ["| method | " + " | ".join(headers) + " |", "|---|" + "---:|" * len(headers)]
+        for row, columns in summary.items():
+            if f"{table}/{headers[0]}" in columns:
+                cells = [_cell(columns[f"{table}/{h}"]) for h in headers]
+                lines.append(f"| {row} | " + " | ".join(cells) + " |")
+        if table == "cont":
+            cells = [
+                f"{100 * chance[data][key]:.1f}"
+                for data in (IN_DOMAIN, CROSS_DOMAIN)
+                for key in ("shape", "colour", "jaccard")
+            ]
+            lines.append("| chance | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def continuity_of_features(split: CaptionSplit) -> dict:
+    """Continuity of the input image features themselves: what the encoders start from."""
+    return continuity(torch.from_numpy(np.asarray(split.images)), split.attributes)
+
+
+def _chance(baselines: dict[int, dict]) -> dict:
+    """Mean over seeds of each continuity column's chance level (random neighbours)."""
+    out = {}
+    for data in (IN_DOMAIN, CROSS_DOMAIN):
+        values = [baselines[s][data]["continuity"] for s in sorted(baselines)]
+        out[data] = {
+            "shape": statistics.fmean(v["class_chance"]["shape"] for v in values),
+            "colour": statistics.fmean(v["class_chance"]["colour"] for v in values),
+            "jaccard": statistics.fmean(v["jaccard_chance"] for v in values),
+        }
+    return out
+
+
+# ---- figures -----------------------------------------------------------------------------------
+
+
+def draw_figures(out: Path, seeds: list[int], splits: Splits, device: str) -> list[Path]:
+    """Latent space of ``vse++`` vs ``jwae-mh`` (first seed) on both test sets, their
+    cross-domain retrieval examples, and every run's training curves."""
+    seed = seeds[0]
+    fig_dir = out / "figures"
+    written = []
+    names = SceneAttributes.class_names("shape")
+    loaded = {
+        v: load_model(out / "runs" / run_name(v, seed), train.resolve_device(device))
+        for v in LATENT_PAIR
+    }
+    for data in (IN_DOMAIN, CROSS_DOMAIN):
+        split = splits.get(data, seed)
+        panels = []
+        for variant, model in loaded.items():
+            ev = evaluate_loaded(model, split)
+            panels.append(
+                figures.LatentPanel(
+                    f"{variant} (seed {seed}) on {data} test",
+                    ev.img_codes,
+                    ev.cap_codes,
+                    split.cap_to_img,
+                    split.attributes.semantic_class("shape"),
+                )
+            )
+            if data == CROSS_DOMAIN:
+                written += figures.retrieval_examples(
+                    fig_dir, ev.img_codes, ev.cap_codes, split, prefix=f"{variant}-{data}-"
+                )
+        written.append(figures.latent_space(fig_dir / f"latent-{data}.png", panels, names))
+    for name in (run_name(v, s) for v in VARIANTS for s in seeds):
+        metrics = out / "runs" / name / "metrics.jsonl"
+        written.append(figures.training_curves(metrics, fig_dir / f"curves-{name}.png"))
+    return written
+
+
+# ---- the command -------------------------------------------------------------------------------
+
+
+def poster(out: Path, settings: Settings, command: str) -> dict:
+    """Run (or resume) the whole experiment; returns ``results.json``'s content."""
+    _check_settings(out, settings)
+    seeds = list(settings.seeds)
+    splits = Splits(num_images=QUICK_EVAL_IMAGES if settings.quick else None)
+    evaluations: dict[str, dict[int, dict]] = {v: {} for v in VARIANTS}
+    for seed in seeds:
+        for variant in VARIANTS:
+            folder = train_run(out, settings, variant, seed)
+            evaluations[variant][seed] = evaluate_run(folder, seed, splits, settings.device)
+            result = evaluations[variant][seed][IN_DOMAIN]
+            log(
+                f"{folder.name}: in-domain rsum {result['rsum']:.1f}, cross-domain rsum "
+                f"{evaluations[variant][seed][CROSS_DOMAIN]['rsum']:.1f}"
+            )
+    baselines = {
+        s: {
+            data: {"continuity": continuity_of_features(splits.get(data, s))}
+            for data in (IN_DOMAIN, CROSS_DOMAIN)
+        }
+        for s in seeds
+    }
+    summary = summarize(evaluations, baselines)
+    chance = _chance(baselines)
+    results = {
+        "command": command,
+        "settings": asdict(settings),
+        "summary": summary,
+        "chance": chance,
+        "runs": {run_name(v, s): evaluations[v][s] for v in VARIANTS for s in seeds},
+    }
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+    any_run = evaluations[VARIANTS[0]][seeds[0]]
+    sizes = {data: (any_run[data]["images"], any_run[data]["captions"]) for data in any_run}
+    (out / "results.md").write_text(markdown(summary, chance, sizes, seeds, command))
+    written = draw_figures(out, seeds, splits, settings.device)
+    log(f"wrote {out / 'results.md'}, {out / 'results.json'} and {len(written)} figures")
+    return results
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m jwae_ext.experiments",
+        description="Reproduce the poster's experiments, in form, on the embedded data.",
+    )
+    sub = p.add_subparsers(dest="experiment", required=True)
+    q = sub.add_parser(
+        "poster",
+        help="4 variants x seeds: in-domain R@1, cross-domain R@5, continuity, figures",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    q.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    q.add_argument("--out", default="runs/poster", help="output folder (resumable)")
+    q.add_argument("--quick", action="store_true", help="tiny sizes, 1 epoch: a smoke test")
+    q.add_argument("--epochs", type=int, help="override the trainer's epochs")
+    q.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    prog = "python -m jwae_ext.experiments"
+    args = parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    command = " ".join(["python -m jwae_ext.experiments", *argv])
+    try:
+        if len(set(args.seeds)) != len(args.seeds) or min(args.seeds) < 0:
+            raise ValueError(f"--seeds must be distinct non-negative integers, got {args.seeds}")
+        if args.epochs is not None and args.epochs < 1:
+            raise ValueError(f"--epochs must be >= 1, got {args.epochs}")
+        settings = Settings(tuple(args.seeds), args.quick, args.epochs, args.device)
+        poster(Path(args.out), settings, command)
+    except (ValueError, OSError, RunFailed, CheckpointError) as err:
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        return 2
+    print((Path(args.out) / "results.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
