@@ -103,7 +103,8 @@ def straight(tmp_path_factory) -> Path:
 
 
 def _epoch_seconds(run: Path) -> float:
-    return max(r["seconds"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()))
+    records = map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
+    return max(r["seconds"] for r in records)
 
 
 # ---- kill -9 ------------------------------------------------------------------------------------
