@@ -79,6 +79,10 @@ def _features(*shape: int) -> np.ndarray:
     return np.random.default_rng(0).standard_normal(shape).astype(np.float32)
 
 
+# Files pickled by plain pickle make torch warn about their protocol before it refuses them.
+PICKLE_PROTOCOL_WARNING = pytest.mark.filterwarnings("ignore:Detected pickle protocol:UserWarning")
+
+
 # ---- feature files ------------------------------------------------------------------------------
 
 
@@ -291,6 +295,7 @@ def _damaged(tmp_path: Path) -> dict[str, Path]:
     return paths
 
 
+@PICKLE_PROTOCOL_WARNING
 def test_damaged_checkpoints_are_checkpoint_errors_naming_the_file(tmp_path):
     for name, path in _damaged(tmp_path).items():
         with pytest.raises(checkpoint.CheckpointError) as raised:
@@ -331,6 +336,7 @@ def test_the_exploit_works_when_unpickled(tmp_path):
     assert marker.exists()
 
 
+@PICKLE_PROTOCOL_WARNING
 @pytest.mark.parametrize("as_torch_zip", [True, False])
 def test_crafted_checkpoint_is_refused_without_running_it(tmp_path, as_torch_zip):
     marker = tmp_path / "PWNED"
