@@ -6,7 +6,6 @@
 #include <torch/library.h>
 
 #include <algorithm>
-#include <limits>
 #include <vector>
 
 #include "ranking.h"
@@ -106,15 +105,23 @@ struct Candidate {
   int64_t index;
 };
 
-// The order of the results: higher score first, ties by lower index.
+// Scores in torch.sort's descending order: NaN above every number. Finite embeddings can still
+// overflow to NaN (or ±inf) scores; every one of them must take a defined place in the result.
+template <typename scalar_t>
+bool score_above(scalar_t a, scalar_t b) {
+  return a > b || (a != a && b == b);
+}
+
+// The order of the results: higher score first, ties (NaNs tie with each other) by lower index.
 template <typename scalar_t>
 bool ranks_before(const Candidate<scalar_t>& a, const Candidate<scalar_t>& b) {
-  return a.score > b.score || (a.score == b.score && a.index < b.index);
+  return score_above(a.score, b.score) || (!score_above(b.score, a.score) && a.index < b.index);
 }
 
 // One query's best k of the gallery items offered so far, offered in ascending index order.
-// Holds up to 2k candidates; when full, keeps the best k and from then on admits only scores
-// strictly above the k-th: an equal score comes later, so it has a higher index and loses the tie.
+// Holds up to 2k candidates; once it first fills, keeps the best k and from then on admits only
+// scores above the k-th: an equal score comes later, so it has a higher index and loses the tie.
+// Until then every score is admitted (-inf and NaN included), so k offers always give k results.
 template <typename scalar_t>
 class RunningTopK {
  public:
@@ -122,7 +129,7 @@ class RunningTopK {
 
   void offer(const scalar_t* scores, int64_t count, int64_t first_index) {
     for (int64_t c = 0; c < count; ++c) {
-      if (!(scores[c] > floor_)) continue;
+      if (has_floor_ && !score_above(scores[c], floor_)) continue;
       items_.push_back({scores[c], first_index + c});
       if (static_cast<int64_t>(items_.size()) == 2 * k_) shrink();
     }
@@ -141,10 +148,12 @@ class RunningTopK {
                      ranks_before<scalar_t>);
     items_.resize(k_);
     floor_ = items_[k_ - 1].score;
+    has_floor_ = true;
   }
 
   int64_t k_;
-  scalar_t floor_ = -std::numeric_limits<scalar_t>::infinity();
+  bool has_floor_ = false;
+  scalar_t floor_{};
   std::vector<Candidate<scalar_t>> items_;
 };
 

@@ -365,19 +365,7 @@ class Trainer:
                         for k, v in values.items():
                             sums[k] = sums.get(k, 0.0) + v
                         bar.set_postfix(loss=f"{values['total']:.4f}", refresh=False)
-                    # All ranks stop after the same step, whichever of them got the signal.
-                    signum = self.ctx.max_int(stop.signal or 0)
-                    if signum:
-                        path = self.save("last.pt")
-                        bar.close()
-                        if self.ctx.is_main:
-                            print(
-                                f"\nstopped by {signal.Signals(signum).name} at epoch "
-                                f"{self.epoch + 1}, step {self.step_in_epoch}; checkpoint saved "
-                                f"to {path}. Continue with --resume.",
-                                file=sys.stderr,
-                            )
-                        raise SystemExit(128 + signum)
+                    self._stop_if_requested(stop, bar)
                 bar.close()
                 train = {k: v / max(self.epoch_counted, 1) for k, v in sums.items()}
                 self.epoch += 1
@@ -408,6 +396,28 @@ class Trainer:
                         f"t2i R@1 {dev['t2i']['r1']:.1f}{'  (best)' if is_best else ''}",
                         flush=True,
                     )
+                self._stop_if_requested(stop)  # e.g. Ctrl-C during validation
+
+    def _stop_if_requested(self, stop: _StopRequested, bar: tqdm | None = None) -> None:
+        """Exit with 128 + the signal once any rank got SIGINT/SIGTERM, ``last.pt`` holding this
+        point. All ranks stop at the same place, whichever of them got the signal."""
+        signum = self.ctx.max_int(stop.signal or 0)
+        if not signum:
+            return
+        if bar is not None:  # mid-epoch: the end-of-epoch checkpoint is not this point
+            bar.close()
+            path = self.save("last.pt")
+            where = f"at epoch {self.epoch + 1}, step {self.step_in_epoch}"
+        else:
+            path = self.dir / "last.pt"
+            where = f"at the end of epoch {self.epoch}"
+        if self.ctx.is_main:
+            print(
+                f"\nstopped by {signal.Signals(signum).name} {where}; checkpoint saved to "
+                f"{path}. Continue with --resume.",
+                file=sys.stderr,
+            )
+        raise SystemExit(128 + signum)
 
     def test(self) -> dict | None:
         """Evaluate the best checkpoint on the test split (when the data has one)."""

@@ -280,6 +280,76 @@ def test_topk_breaks_ties_by_lower_index_across_tiles():
     assert scores[0, :715].eq(1).all() and scores[0, 715:].eq(0).all()
 
 
+def _in_torch_sort_order(scores: torch.Tensor, indices: torch.Tensor) -> bool:
+    """Per row: NaN first, then descending, ties by lower index (torch.sort's stable order)."""
+    key = torch.where(scores.isnan(), torch.inf, scores)
+    nan = scores.isnan()
+    for row in range(scores.shape[0]):
+        for a, b in zip(range(scores.shape[1] - 1), range(1, scores.shape[1]), strict=True):
+            if nan[row, b] and not nan[row, a]:
+                return False
+            same = (nan[row, a] and nan[row, b]) or (not nan[row, a] and key[row, a] == key[row, b])
+            if key[row, a] < key[row, b] or (same and indices[row, a] > indices[row, b]):
+                return False
+    return True
+
+
+@pytest.mark.parametrize("k", [1, 5, 40])
+def test_topk_of_overflowing_scores(k):
+    # Finite embeddings whose scores overflow to +inf, -inf or NaN (inf - inf, where the GEMM's
+    # summation order decides: a tile's GEMM and the full one may differ there). Every slot must
+    # still be a distinct gallery item in torch.sort's order, the same for any thread count, and
+    # rows without NaN must equal the reference.
+    g = torch.Generator().manual_seed(3)
+    gallery = torch.randn(3000, 2, generator=g, dtype=torch.float64)
+    gallery[0::4] = torch.tensor([1e300, -1e300], dtype=torch.float64)
+    gallery[1::4] = torch.tensor([1e300, 1e300], dtype=torch.float64)
+    gallery[2::4] = torch.tensor([-1e300, -1e300], dtype=torch.float64)
+    queries = torch.tensor(
+        [[1e10, 1e10], [1e10, -1e10], [-1e10, 0.0], [0.0, 0.0]], dtype=torch.float64
+    )
+    previous = torch.get_num_threads()
+    try:
+        results = []
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            results.append(ops.topk_search(queries, gallery, k))
+    finally:
+        torch.set_num_threads(previous)
+    (scores, indices), (scores2, indices2) = results
+    assert torch.equal(indices, indices2)
+    torch.testing.assert_close(scores, scores2, equal_nan=True, rtol=0, atol=0)
+    assert indices.min() >= 0 and indices.max() < len(gallery)
+    assert all(len(set(row)) == k for row in indices.tolist())
+    assert _in_torch_sort_order(scores, indices)
+    ref_scores, ref_indices = reference.topk_search(queries[2:], gallery, k)
+    assert ref_scores[0].isinf().all()  # query 2 meets +inf and -inf scores, never NaN
+    assert torch.equal(indices[2:], ref_indices)
+    assert torch.equal(scores[2:], ref_scores)
+
+
+@pytest.mark.parametrize("k", [1, 3, 7])
+def test_topk_ranks_nan_scores_first_like_torch_sort(k):
+    big = 1e300
+    gallery = torch.tensor(
+        [[big, -big], [1, 2], [big, big], [-big, -big], [3, 1], [big, -big], [0, 0]],
+        dtype=torch.float64,
+    )
+    queries = torch.tensor([[1e10, 1e10], [1e10, -1e10], [0, 1]], dtype=torch.float64)
+    ref_scores, ref_indices = reference.topk_search(queries, gallery, k)
+    assert ref_scores[:2, 0].isnan().all()  # inf - inf: this is what the NaN case is about
+    scores, indices = ops.topk_search(queries, gallery, k)
+    assert torch.equal(indices, ref_indices)
+    torch.testing.assert_close(scores, ref_scores, equal_nan=True, rtol=0, atol=0)
+
+
+def test_topk_when_every_score_is_minus_infinity():
+    gallery = torch.full((50, 1), -1e300, dtype=torch.float64)
+    scores, indices = ops.topk_search(torch.tensor([[1e300]], dtype=torch.float64), gallery, 50)
+    assert indices.tolist() == [list(range(50))]
+    assert scores.eq(-torch.inf).all()
+
+
 def test_topk_gradients():
     g = torch.Generator().manual_seed(7)
     queries = torch.randn(4, 5, generator=g, dtype=torch.float64, requires_grad=True)

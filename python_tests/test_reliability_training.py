@@ -162,6 +162,29 @@ def test_signal_saves_mid_epoch_and_resume_is_exact(straight, tmp_path, signum):
     assert_same_run(tmp_path / "run", straight)
 
 
+@pytest.mark.parametrize("epochs", [1, 2])
+def test_signal_during_validation_stops_at_the_end_of_the_epoch(tmp_path, epochs):
+    cfg = resolve(TrainConfig(
+        run_dir=str(tmp_path), name="run", train_images=8, eval_images=4, batch_size=8,
+        embed_size=8, img_hidden=8, word_dim=4, epochs=epochs, progress=False,
+    ))  # fmt: skip
+    trainer = Trainer(cfg)
+    validate = trainer.validate
+
+    def validate_while_signalled() -> dict:
+        os.kill(os.getpid(), signal.SIGTERM)  # caught by the trainer's handler, a flag
+        return validate()
+
+    trainer.validate = validate_while_signalled
+    with pytest.raises(SystemExit) as stopped:
+        trainer.fit()
+    assert stopped.value.code == 128 + signal.SIGTERM
+    # Neither the next epoch nor (after the last one) the test ran; last.pt is that epoch's end.
+    state = checkpoint.load(tmp_path / "run" / "last.pt")
+    assert (state["epoch"], state["step_in_epoch"]) == (1, 0)
+    assert not (tmp_path / "run" / "test.json").exists()
+
+
 # ---- non-finite losses --------------------------------------------------------------------------
 
 POISONED_IMAGE = 5  # its captions are pairs 25..29

@@ -59,9 +59,9 @@ def read_features(path: str | os.PathLike) -> FeatureArray:
     expected = offset + math.prod(shape) * dtype.itemsize
     actual = path.stat().st_size
     if actual != expected:
-        what = "truncated" if actual < expected else "has trailing bytes"
+        what = "is truncated" if actual < expected else "has trailing bytes"
         raise ValueError(
-            f"jwae_ext: {path} is {what}: its header announces {shape} float32 "
+            f"jwae_ext: {path} {what}: its header announces {shape} float32 "
             f"({expected} bytes with the header), the file has {actual} bytes"
         )
     array = np.memmap(
