@@ -426,6 +426,9 @@ def test_ctrl_c_while_loading_data_exits_with_a_message(tmp_path):
         [sys.executable, "-m", "jwae_ext.train", "--run-dir", str(tmp_path), *TINY,
          "--data", str(data)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
+        # A shell starts background jobs with SIGINT ignored, and Python keeps an ignored SIGINT
+        # ignored; the trainer must see the Ctrl-C of an interactive terminal.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
     writer = _open_when_read(data / "train_caps.txt", proc)
     proc.send_signal(signal.SIGINT)
