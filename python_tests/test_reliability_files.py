@@ -431,6 +431,7 @@ def test_ctrl_c_while_loading_data_exits_with_a_message(tmp_path):
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
     writer = _open_when_read(data / "train_caps.txt", proc)
+    _wait_until_blocked_reading(proc)
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=60)
     os.close(writer)
@@ -447,3 +448,22 @@ def _open_when_read(fifo: Path, proc: subprocess.Popen) -> int:
             assert proc.poll() is None, proc.communicate()
             time.sleep(0.05)
     raise AssertionError("the trainer never opened the caption file")
+
+
+def _wait_until_blocked_reading(proc: subprocess.Popen, seconds: float = 10.0) -> None:
+    """Wait until ``proc``'s main thread sleeps in a pipe read.
+
+    A SIGINT that lands after the reader's ``open`` returned but before its ``read`` started only
+    trips Python's flag, which nothing checks before ``read`` blocks: the child would wait on the
+    FIFO forever (4 runs in 100 here). Once the thread sleeps in ``read``, the signal interrupts
+    it. Kernels name that sleep ``pipe_read`` or ``anon_pipe_read`` (older ones ``pipe_wait``);
+    where ``wchan`` is hidden, the deadline stands in for it.
+    """
+    wchan = Path(f"/proc/{proc.pid}/wchan")
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError):
+            if any(name in wchan.read_text() for name in ("pipe_read", "pipe_wait")):
+                return
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.005)
