@@ -1,4 +1,8 @@
-"""Checkpoints that survive crashes and never execute what they load.
+"""Checkpoints that survive crashes and never execute what they load, and what they hold.
+
+The layout of a training checkpoint is :class:`TrainingState`: the trainer writes it
+(:meth:`TrainingState.to_checkpoint`) and reads it back for ``--resume``
+(:func:`load_training_state`); evaluation rebuilds the trained model from it (:func:`load_model`).
 
 Writing: to a temporary file in the same folder, flushed and fsynced, then renamed over the
 target (atomic on POSIX) and the folder fsynced, so a reader sees the old checkpoint or the new
@@ -11,10 +15,17 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from jwae_ext.data import Vocabulary
+from jwae_ext.data.vocab import SPECIAL_TOKENS
+from jwae_ext.models import JWAE, ModelConfig
+
+CHECKPOINT_FORMAT = 1
 
 
 class CheckpointError(RuntimeError):
@@ -109,3 +120,102 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> d
 
 def _first_line(err: BaseException) -> str:
     return (str(err).strip().splitlines() or [type(err).__name__])[0]
+
+
+# ---- what a training checkpoint holds -------------------------------------------------------
+
+
+@dataclass
+class TrainingState:
+    """A training checkpoint (``last.pt``, ``best.pt``): plain data and tensors only, so that a
+    ``weights_only`` load reads it. The first four entries describe the trained model (what
+    :func:`load_model` needs); the rest is where the trainer stands."""
+
+    config: dict  # the run's TrainConfig, as dataclasses.asdict gives it
+    model_config: dict  # the ModelConfig
+    vocab: list[str]  # Vocabulary.idx2word: the special tokens, then the words
+    model: dict  # JWAE.state_dict()
+    optimizer: dict
+    disc_optimizer: dict
+    epoch: int  # epochs completed
+    step_in_epoch: int  # steps completed in the current epoch
+    global_step: int
+    best_rsum: float
+    epoch_sums: dict[str, float]  # the current epoch's summed loss terms so far
+    epoch_counted: int  # ... over this many counted steps
+    rng: list | None  # every rank's generator states in rank order (None where not rank 0)
+
+    def to_checkpoint(self) -> dict:
+        """What the checkpoint file holds (write it with :func:`save_atomic`): the entries, with
+        the layout's ``format``."""
+        entries = {f.name: getattr(self, f.name) for f in fields(self)}  # no copy of the tensors
+        return {"format": CHECKPOINT_FORMAT, **entries}
+
+
+# What describes the trained model: all that evaluation reads.
+_MODEL_ENTRIES = ("config", "model_config", "vocab", "model")
+# Entries that older checkpoints lack, and their meaning there: a checkpoint at an epoch's end.
+_DEFAULTS = {"epoch_sums": {}, "epoch_counted": 0}
+
+
+def load_training_state(
+    path: str | os.PathLike, map_location: str | torch.device = "cpu"
+) -> TrainingState:
+    """Read the :class:`TrainingState` of a checkpoint (one written by an earlier version too:
+    missing partial-epoch sums are empty, a single ``rng`` state is one process's)."""
+    entries = {**_DEFAULTS, **load(path, map_location)}
+    names = [f.name for f in fields(TrainingState)]
+    _require(entries, names, path)
+    state = TrainingState(**{name: entries[name] for name in names})
+    state.epoch_sums = dict(state.epoch_sums)
+    if not isinstance(state.rng, list):
+        state.rng = [state.rng]
+    return state
+
+
+def _require(entries: dict, names: list[str] | tuple[str, ...], path: str | os.PathLike) -> None:
+    missing = [name for name in names if name not in entries]
+    if missing:
+        raise CheckpointError(f"checkpoint {path} lacks {', '.join(missing)}")
+
+
+@dataclass
+class LoadedModel:
+    """A trained model rebuilt from a checkpoint, with its vocabulary and training settings."""
+
+    path: Path
+    model: JWAE
+    vocab: Vocabulary
+    config: dict  # the run's TrainConfig as saved
+
+
+def checkpoint_file(path: str | Path) -> Path:
+    """``path`` itself, or for a run folder its ``best.pt`` (``last.pt`` when there is none)."""
+    path = Path(path)
+    if not path.is_dir():
+        return path
+    for name in ("best.pt", "last.pt"):
+        if (path / name).is_file():
+            return path / name
+    raise CheckpointError(f"run folder {path} holds no checkpoint (best.pt or last.pt)")
+
+
+def load_model(path: str | Path, device: torch.device | str = "cpu") -> LoadedModel:
+    """Rebuild the model saved in checkpoint ``path`` (a file or a run folder) on ``device``."""
+    path = checkpoint_file(path)
+    state = load(path, map_location=device)
+    _require(state, _MODEL_ENTRIES, path)
+    words = state["vocab"]
+    if not isinstance(words, list) or tuple(words[:4]) != SPECIAL_TOKENS:
+        raise CheckpointError(f"checkpoint {path}: 'vocab' is not a jwae_ext vocabulary list")
+    try:
+        model = JWAE(ModelConfig(**state["model_config"]))
+        model.load_state_dict(state["model"])
+        vocab = Vocabulary(words[len(SPECIAL_TOKENS) :])
+        config = dict(state["config"])
+    except (TypeError, ValueError, RuntimeError) as err:
+        first = str(err).splitlines()[0]
+        raise CheckpointError(
+            f"checkpoint {path} does not describe a valid model: {first}"
+        ) from err
+    return LoadedModel(path, model.to(device), vocab, config)

@@ -1,9 +1,9 @@
 """Every training hyperparameter, with its default and its command-line flag.
 
-Defaults follow DESIGN.md §2 (the official code's values for precomputed COCO/Flickr30k
-features). Where the embedded dataset needs smaller settings to train in minutes on a laptop CPU,
-the default is ``None`` here and :func:`resolve` fills it from the preset of the data kind, so
-every resolved value is written to the run's ``config.json``.
+Defaults follow docs/design.md, "The jWAE model" (the official code's values for precomputed
+COCO/Flickr30k features). Where the embedded dataset needs smaller settings to train in minutes on
+a laptop CPU, the default is ``None`` here and :func:`resolve` fills it from the preset of the
+data kind, so every resolved value is written to the run's ``config.json``.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ import json
 import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+
+import torch
 
 from jwae_ext.losses import PRIORS, RECONS, VARIANTS
 
@@ -116,6 +118,16 @@ class TrainConfig:
             return self.name
         data = self.data.rstrip("/").rsplit("/", 1)[-1]
         return f"{self.variant}-{data}-s{self.seed}"
+
+
+def resolve_device(name: str) -> torch.device:
+    """The device ``--device NAME`` asks for: ``auto`` is the GPU when one is visible, else CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: no CUDA device is visible")
+    return device
 
 
 def data_kind(data: str) -> str:

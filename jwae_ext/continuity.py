@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from jwae_ext import ops
 from jwae_ext.data import SceneAttributes
 
-__all__ = ["CLASS_KINDS", "JACCARD_KEYS", "continuity", "nearest_neighbours"]
+__all__ = ["CLASS_KINDS", "JACCARD_KEYS", "continuity", "format_continuity", "nearest_neighbours"]
 
 CLASS_KINDS = ("shape", "colour", "shape+colour")
 JACCARD_KEYS = ("shape", "colour")
@@ -102,3 +102,14 @@ def continuity(img_codes: torch.Tensor, attributes: SceneAttributes, k: int = 10
         "jaccard": float(attributes.jaccard(anchors, neighbours, keys=JACCARD_KEYS).mean()),
         "jaccard_chance": _jaccard_chance(attributes),
     }
+
+
+def format_continuity(result: dict) -> str:
+    """One line of a :func:`continuity` result: class agreement of the k nearest image codes and
+    their Jaccard overlap, each with its chance level in brackets."""
+    parts = [
+        f"{kind} {value:.3f} ({result['class_chance'][kind]:.3f})"
+        for kind, value in result["class_agreement"].items()
+    ]
+    parts.append(f"Jaccard {result['jaccard']:.3f} ({result['jaccard_chance']:.3f})")
+    return f"continuity, {result['k']} nearest images (chance): " + ", ".join(parts)

@@ -1,52 +1,35 @@
-"""Data-parallel training and sharded evaluation under ``torchrun`` (DESIGN.md §6).
+"""Process-group plumbing for data-parallel jobs under ``torchrun`` (docs/design.md, "Scale out").
 
 ``torchrun --nproc_per_node N -m jwae_ext.train ...`` runs N copies of the trainer, one process
-group (NCCL on GPUs, Gloo on CPUs). What each piece here guarantees:
+group (NCCL on GPUs, Gloo on CPUs). This module holds what every distributed piece shares: the
+process's place in the job (:class:`Context`, :func:`setup`), its slice of every global batch
+(:func:`local_batches`), its random streams (:func:`rank_seed`) and the collectives
+(:func:`all_gather_rows`, :func:`gather_uneven`, :func:`average_`). The cross-rank training losses
+are in :mod:`jwae_ext.losses_distributed`, the sharded evaluation in
+:mod:`jwae_ext.retrieval_sharded`.
 
-- ``--batch-size`` is the *global* batch: each rank trains on its own slice of every global batch
-  of the single-process run (:func:`local_batches`), so hyperparameters mean what they mean in one
-  process.
-- The max-of-hinges term mines hard negatives in the global batch (:func:`global_mh_loss`) and
-  DDP averages the encoder/decoder gradients; the discriminator's gradients are averaged
-  explicitly (:func:`average_`). One step of N processes has the gradients of one process on the
-  concatenated batch (``python_tests/test_distributed.py``).
-- Evaluation shards the captions over the ranks; every rank ends with the exact ranks of one
-  process (:func:`evaluate_sharded`).
-
-A single process is ``Context()``: every collective here is then the identity, and the trainer
-runs the code it always ran.
+``--batch-size`` is the *global* batch: each rank trains on its own slice of every global batch of
+the single-process run, so hyperparameters mean what they mean in one process. A single process
+is ``Context()``: every collective is then the identity, and the trainer runs the code it always
+ran.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import gc
 import hashlib
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 import torch.distributed as dist
-from torch import nn
-
-from jwae_ext import ops, retrieval
-from jwae_ext.data import CaptionSplit, Vocabulary
-from jwae_ext.evaluate import encode_split
-from jwae_ext.losses import LossConfig
-from jwae_ext.models import JWAE
-from jwae_ext.ops._checks import check_tensor
 
 __all__ = [
-    "AutoencoderLoss",
     "Context",
     "all_gather_rows",
     "average_",
-    "caption_shard",
-    "evaluate_sharded",
-    "evaluate_split_sharded",
-    "global_mh_loss",
+    "gather_uneven",
     "local_batches",
     "rank_seed",
     "setup",
@@ -139,9 +122,6 @@ def rank_seed(seed: int, rank: int, step: int = 0) -> int:
     return int.from_bytes(digest[:8], "little") >> 1
 
 
-# ---- training ------------------------------------------------------------------------------------
-
-
 def local_batches(batches: list[list[int]], ctx: Context) -> list[list[int]]:
     """This rank's part of each global batch: the ``len(batch) // world_size`` pairs at position
     ``rank``. The global batches are the single-process ones (``--batch-size`` is global, and must
@@ -181,91 +161,6 @@ def all_gather_rows(x: torch.Tensor) -> torch.Tensor:
     return _GatherRows.apply(x)
 
 
-def _gather_ids(ids: torch.Tensor) -> torch.Tensor:
-    parts = [torch.empty_like(ids) for _ in range(dist.get_world_size())]
-    dist.all_gather(parts, ids.contiguous())
-    return torch.cat(parts)
-
-
-def global_mh_loss(
-    img_emb: torch.Tensor,
-    txt_emb: torch.Tensor,
-    *,
-    margin: float = 0.2,
-    max_violation: bool = True,
-    img_ids: torch.Tensor | None = None,
-    txt_ids: torch.Tensor | None = None,
-    normalize: bool = False,
-) -> torch.Tensor:
-    """This rank's share of the max-of-hinges loss of the global batch, scaled for DDP.
-
-    Every rank's pairs are gathered (:func:`all_gather_rows`); :func:`jwae_ext.ops.mh_loss` with
-    ``reduction="none"`` scores this rank's images and captions as queries against the whole
-    global batch, so hard negatives come from every rank and their gradients reach the rank that
-    owns them. ``img_ids``/``txt_ids`` must be global (dataset) ids so that pairs of one image on
-    two ranks are not negatives. The sum of this rank's costs is multiplied by the world size:
-    DDP *averages* gradients over ranks while the loss is a *sum* over queries, so the averaged
-    gradient is then that of one process on the concatenated batch (and the mean over ranks of
-    the returned values is that process's loss).
-    """
-    world, rank, rows = dist.get_world_size(), dist.get_rank(), img_emb.shape[0]
-    ids = {}
-    if img_ids is not None and txt_ids is not None:
-        ids = {"img_ids": _gather_ids(img_ids), "txt_ids": _gather_ids(txt_ids)}
-    costs = ops.mh_loss(
-        all_gather_rows(img_emb),
-        all_gather_rows(txt_emb),
-        margin=margin,
-        max_violation=max_violation,
-        normalize=normalize,
-        reduction="none",
-        **ids,
-    )  # (2, world * rows): i2t per image, t2i per caption
-    return costs[:, rank * rows : (rank + 1) * rows].sum() * world
-
-
-class AutoencoderLoss(nn.Module):
-    """``JWAE.autoencoder_loss`` as a module: what DDP wraps, holding only what that loss trains.
-
-    DDP needs a ``forward`` to hook into and expects a gradient for every parameter it holds, so
-    the discriminator (evaluated without gradient in this loss) is not registered here, nor are
-    the decoders of the variants without jWAE terms. In one process the module is called as is.
-    """
-
-    def __init__(self, model: JWAE, loss_cfg: LossConfig, ctx: Context) -> None:
-        super().__init__()
-        self.img_enc, self.txt_enc = model.img_enc, model.txt_enc
-        if loss_cfg.uses_wae:
-            self.img_dec, self.txt_dec = model.img_dec, model.txt_dec
-        self._model = (model,)  # a tuple keeps the whole model (and its discriminator) unregistered
-        self._loss_cfg = loss_cfg
-        self._hinge = global_mh_loss if ctx.enabled else ops.mh_loss
-
-    def forward(
-        self,
-        images: torch.Tensor,
-        tokens: torch.Tensor,
-        lengths: torch.Tensor,
-        img_ids: torch.Tensor,
-        warmup: bool,
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
-        """The loss, terms and codes of :meth:`JWAE.autoencoder_loss`; ``warmup`` selects the sum
-        of hinges of the warm-up epochs."""
-        cfg = dataclasses.replace(self._loss_cfg, warmup=warmup)
-        return self._model[0].autoencoder_loss(images, tokens, lengths, img_ids, cfg, self._hinge)
-
-    def wrapped(self, ctx: Context) -> nn.Module:
-        """This module under DDP when distributed (itself otherwise); the discriminator, outside
-        DDP, is broadcast from rank 0 so that every rank starts from the same one."""
-        if not ctx.enabled:
-            return self
-        for p in self._model[0].disc.parameters():
-            dist.broadcast(p.data, src=0)
-        return nn.parallel.DistributedDataParallel(
-            self, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None
-        )
-
-
 def average_(tensors: Sequence[torch.Tensor], ctx: Context) -> None:
     """Replace every tensor (one dtype and device) by its mean over ranks, in place, with one
     all_reduce. Used for the discriminator's gradients: an explicit average instead of DDP,
@@ -283,49 +178,9 @@ def average_(tensors: Sequence[torch.Tensor], ctx: Context) -> None:
         offset += t.numel()
 
 
-# ---- sharded evaluation --------------------------------------------------------------------------
-
-
-def caption_shard(num_captions: int, chunk: int, ctx: Context) -> range:
-    """This rank's captions: a contiguous run of whole ``chunk``-caption blocks (the last block may
-    be short). Encoding in blocks of ``chunk`` from the shard's start then batches every caption
-    exactly as one process does, so the codes, and the ranks, are bit for bit the same. A rank
-    gets no captions when there are fewer blocks than ranks."""
-    blocks = -(-num_captions // chunk)
-    first = blocks * ctx.rank // ctx.world_size
-    last = blocks * (ctx.rank + 1) // ctx.world_size
-    return range(min(first * chunk, num_captions), min(last * chunk, num_captions))
-
-
-def _score_dtype(emb: torch.Tensor) -> torch.dtype:
-    return torch.float32 if emb.dtype in (torch.float16, torch.bfloat16) else emb.dtype
-
-
-def _sharded_ranks(
-    img_emb: torch.Tensor, cap_emb: torch.Tensor, cap_to_img: torch.Tensor, ctx: Context
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Exact ranks with every image on every rank and the captions sharded: the i2t ranks of all
-    images and the t2i ranks of the captions of all ranks (concatenated in rank order)."""
-    n, here = img_emb.shape[0], cap_emb.shape[0] > 0
-    if here:
-        img_thresholds, cap_thresholds = ops.retrieval_thresholds(img_emb, cap_emb, cap_to_img)
-    else:  # the kernels refuse empty inputs; no captions here means no own score, nothing above
-        img_thresholds = img_emb.new_full((n,), -torch.inf, dtype=_score_dtype(img_emb))
-    # An image's threshold is its best own caption, wherever that caption is.
-    dist.all_reduce(img_thresholds, op=dist.ReduceOp.MAX)
-    if here:
-        img_counts, cap_counts = ops.retrieval_count_above(
-            img_emb, cap_emb, cap_to_img, img_thresholds, cap_thresholds
-        )
-    else:
-        img_counts = torch.zeros(n, dtype=torch.int64, device=img_emb.device)
-        cap_counts = torch.zeros(0, dtype=torch.int64, device=img_emb.device)
-    dist.all_reduce(img_counts)  # captions above the threshold, summed over the shards
-    # A caption's rank is complete here (all images are); the tables need every rank's.
-    return img_counts, _gather_uneven(cap_counts, ctx)
-
-
-def _gather_uneven(x: torch.Tensor, ctx: Context) -> torch.Tensor:
+def gather_uneven(x: torch.Tensor, ctx: Context) -> torch.Tensor:
+    """Every rank's 1-D ``x`` (any length, a rank's may be empty) concatenated in rank order,
+    on every rank."""
     sizes = [torch.zeros(1, dtype=torch.int64, device=x.device) for _ in range(ctx.world_size)]
     dist.all_gather(sizes, torch.tensor([x.shape[0]], device=x.device))
     longest = int(max(s.item() for s in sizes))
@@ -333,90 +188,3 @@ def _gather_uneven(x: torch.Tensor, ctx: Context) -> torch.Tensor:
     parts = [torch.empty_like(padded) for _ in range(ctx.world_size)]
     dist.all_gather(parts, padded)
     return torch.cat([p[: int(s.item())] for p, s in zip(parts, sizes, strict=True)])
-
-
-def _check_shard(
-    img_emb: torch.Tensor, cap_emb: torch.Tensor, cap_to_img: torch.Tensor, ctx: Context
-) -> None:
-    """The single-process checks on the union of the shards. The shape checks fail on the rank
-    that is wrong; the id checks are reduced first so that every rank raises together (a rank
-    raising alone would leave the others waiting in a collective)."""
-    for name, value in (("img_emb", img_emb), ("cap_emb", cap_emb), ("cap_to_img", cap_to_img)):
-        check_tensor(name, value)
-    if img_emb.dim() != 2 or cap_emb.dim() != 2 or cap_emb.shape[1] != img_emb.shape[1]:
-        raise ValueError(
-            f"jwae_ext: 'img_emb' and 'cap_emb' must be 2-D with the same width, got shapes "
-            f"{tuple(img_emb.shape)} and {tuple(cap_emb.shape)}"
-        )
-    if cap_to_img.dtype != torch.int64 or cap_to_img.shape != (cap_emb.shape[0],):
-        raise ValueError(
-            f"jwae_ext: argument 'cap_to_img' must be int64 of shape ({cap_emb.shape[0]},), got "
-            f"{cap_to_img.dtype} {tuple(cap_to_img.shape)}"
-        )
-    n = img_emb.shape[0]
-    valid = (cap_to_img >= 0) & (cap_to_img < n)
-    # Per image its captions on all ranks, and in the last slot the ids out of range.
-    counts = torch.bincount(torch.where(valid, cap_to_img, n), minlength=n + 1)
-    dist.all_reduce(counts)
-    if counts[n]:
-        raise ValueError(
-            f"jwae_ext: argument 'cap_to_img' must hold image ids in [0, {n}); {int(counts[n])} "
-            "captions (over all ranks) do not"
-        )
-    uncaptioned = (counts[:n] == 0).nonzero()
-    if len(uncaptioned):
-        raise ValueError(
-            f"jwae_ext: every image needs at least one caption in 'cap_to_img' (over all ranks), "
-            f"but {len(uncaptioned)} of {n} images have none, the first is image "
-            f"{uncaptioned[0].item()}"
-        )
-
-
-def evaluate_sharded(
-    img_emb: torch.Tensor,
-    cap_emb: torch.Tensor,
-    cap_to_img: torch.Tensor,
-    ctx: Context,
-    protocol: str = "full",
-) -> dict:
-    """:func:`jwae_ext.retrieval.evaluate` with the captions sharded over the ranks.
-
-    Every rank passes all images ``(N, d)`` and its own captions ``(M_r, d)`` with their images
-    ``(M_r,)`` (any split of the captions; a rank may have none). Each rank scores only its
-    ``N x M_r`` block: image thresholds (best own caption) are combined with a max over ranks and
-    counts of higher-scoring captions summed, while a caption's rank is complete on its own rank
-    and the ranks are gathered for the tables. Every rank returns the result of one process on
-    all captions, exactly (same GEMM scores, same integer counts). Collective: call it on all
-    ranks. In one process it is :func:`jwae_ext.retrieval.evaluate`.
-    """
-    if not ctx.enabled:
-        return retrieval.evaluate(img_emb, cap_emb, cap_to_img, protocol)
-    retrieval.check_protocol(protocol, img_emb)
-    _check_shard(img_emb, cap_emb, cap_to_img, ctx)
-    return retrieval.protocol_tables(
-        img_emb,
-        cap_emb,
-        cap_to_img,
-        protocol,
-        ranks=lambda i, c, ids: _sharded_ranks(i, c, ids, ctx),
-    )
-
-
-def evaluate_split_sharded(
-    model: JWAE,
-    split: CaptionSplit,
-    vocab: Vocabulary,
-    ctx: Context,
-    *,
-    batch_size: int = 1024,
-    protocol: str = "full",
-) -> dict:
-    """:func:`jwae_ext.evaluate.evaluate_split` with the caption encoding and the ranking sharded
-    over the ranks (every rank encodes all images: the cheap side). Same result on every rank,
-    identical to one process's."""
-    shard = caption_shard(split.num_captions, batch_size, ctx)
-    img_emb, cap_emb = encode_split(
-        model, split, vocab, device=ctx.device, batch_size=batch_size, captions=shard
-    )
-    cap_to_img = torch.as_tensor(np.asarray(split.cap_to_img)[shard.start : shard.stop])
-    return evaluate_sharded(img_emb, cap_emb, cap_to_img.to(ctx.device), ctx, protocol)

@@ -27,10 +27,11 @@ import numpy as np
 import torch
 
 from jwae_ext import figures, train
-from jwae_ext.checkpoint import CheckpointError
+from jwae_ext.checkpoint import CheckpointError, load_model
+from jwae_ext.config import resolve_device
 from jwae_ext.continuity import continuity
 from jwae_ext.data import CaptionSplit, SceneAttributes, load_split
-from jwae_ext.evaluate import evaluate_loaded, load_model
+from jwae_ext.evaluation import evaluate_loaded
 
 VARIANTS = ("vse0", "vse++", "jwae-mse", "jwae-mh")
 IN_DOMAIN, CROSS_DOMAIN = "synthetic-a", "synthetic-b"
@@ -140,7 +141,7 @@ def evaluate_run(folder: Path, seed: int, splits: Splits, device: str) -> dict[s
     for data in (IN_DOMAIN, CROSS_DOMAIN):
         path = folder / f"eval-{data}-test.json"
         if not path.is_file():
-            loaded = loaded or load_model(folder, train.resolve_device(device))
+            loaded = loaded or load_model(folder, resolve_device(device))
             evaluation = evaluate_loaded(loaded, splits.get(data, seed))
             evaluation.result["seed"] = seed
             path.write_text(json.dumps(evaluation.result, indent=1))
@@ -290,8 +291,7 @@ def draw_figures(out: Path, seeds: list[int], splits: Splits, device: str) -> li
     written = []
     names = SceneAttributes.class_names("shape")
     loaded = {
-        v: load_model(out / "runs" / run_name(v, seed), train.resolve_device(device))
-        for v in LATENT_PAIR
+        v: load_model(out / "runs" / run_name(v, seed), resolve_device(device)) for v in LATENT_PAIR
     }
     for data in (IN_DOMAIN, CROSS_DOMAIN):
         split = splits.get(data, seed)

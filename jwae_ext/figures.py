@@ -13,13 +13,11 @@ functions give it as ``(height, width)``).
 
 from __future__ import annotations
 
-import json
 import math
 import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -28,9 +26,7 @@ from matplotlib.ticker import MaxNLocator
 
 from jwae_ext import ops
 from jwae_ext.data import CaptionSplit, SceneAttributes
-
-if TYPE_CHECKING:
-    from jwae_ext.evaluate import Evaluation
+from jwae_ext.metrics_log import read_metrics
 
 __all__ = [
     "LatentPanel",
@@ -284,25 +280,6 @@ def _draw_i2t(split: CaptionSplit, queries: np.ndarray, ranked: np.ndarray) -> F
 # ---- 3. training curves --------------------------------------------------------------------
 
 
-def read_metrics(path: str | Path) -> list[dict]:
-    """The per-epoch records of a run's ``metrics.jsonl``, one per epoch (the last written wins,
-    in case a run was resumed after a crash between logging and checkpointing)."""
-    records: dict[int, dict] = {}
-    for number, line in enumerate(Path(path).read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-            records[int(record["epoch"])] = record
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
-            raise ValueError(
-                f"jwae_ext: {path}, line {number}: not a metrics record ({err})"
-            ) from None
-    if not records:
-        raise ValueError(f"jwae_ext: {path} holds no epoch records")
-    return [records[e] for e in sorted(records)]
-
-
 def _curve_panels(records: list[dict]) -> list[str]:
     terms: list[str] = []
     for record in records:
@@ -366,23 +343,29 @@ def training_curves(metrics: str | Path, path: str | Path, title: str = "") -> P
 # ---- what ``python -m jwae_ext.evaluate --figures`` draws ----------------------------------
 
 
-def evaluation_figures(out_dir: Path, evaluation: Evaluation, run_dir: Path) -> list[Path]:
-    """The figures one evaluation allows: the latent space (coloured by the main object's shape
-    when the data has attributes), retrieval examples (renderable data only) and the training
-    curves (when ``run_dir`` holds ``metrics.jsonl``)."""
-    split = evaluation.split
-    result = evaluation.result
+def evaluation_figures(
+    out_dir: Path,
+    img_codes: torch.Tensor,
+    cap_codes: torch.Tensor,
+    split: CaptionSplit,
+    *,
+    title: str,
+    run_dir: Path,
+) -> list[Path]:
+    """The figures that one model's codes of ``split`` allow: the latent space titled ``title``
+    (coloured by the main object's shape when the data has attributes), retrieval examples
+    (renderable data only) and the training curves (when ``run_dir`` holds ``metrics.jsonl``)."""
     panel = LatentPanel(
-        title=f"{result['variant']} on {split.name}",
-        img_codes=evaluation.img_codes,
-        cap_codes=evaluation.cap_codes,
+        title=title,
+        img_codes=img_codes,
+        cap_codes=cap_codes,
         cap_to_img=split.cap_to_img,
         classes=None if split.attributes is None else split.attributes.semantic_class("shape"),
     )
     names = None if split.attributes is None else SceneAttributes.class_names("shape")
     written = [latent_space(out_dir / "latent.png", [panel], names)]
     if split.renderer is not None:
-        written += retrieval_examples(out_dir, evaluation.img_codes, evaluation.cap_codes, split)
+        written += retrieval_examples(out_dir, img_codes, cap_codes, split)
     if (run_dir / "metrics.jsonl").is_file():
         written.append(training_curves(run_dir / "metrics.jsonl", out_dir / "curves.png"))
     return written

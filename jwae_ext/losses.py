@@ -24,7 +24,8 @@ RECONS = ("l1", "l2")
 
 @dataclass(frozen=True)
 class LossConfig:
-    """Weights and options of the objective (defaults: DESIGN.md §2, the official code's)."""
+    """Weights and options of the objective (defaults: the official code's, docs/design.md,
+    "The jWAE model")."""
 
     variant: str = "jwae-mh"
     prior: str = "gan"
@@ -63,7 +64,7 @@ def matching_loss(
     ``img_ids`` names each pair's image, so two captions of one image in a batch are never each
     other's negatives. ``hinge`` computes the hinge losses with the keywords of
     :func:`jwae_ext.ops.mh_loss`; distributed training passes
-    :func:`jwae_ext.distributed.global_mh_loss` (negatives from every rank's batch).
+    :func:`jwae_ext.losses_distributed.global_mh_loss` (negatives from every rank's batch).
     """
     if cfg.variant == "jwae-mse":
         diff = F.normalize(z_img, dim=1) - F.normalize(z_txt, dim=1)

@@ -1,5 +1,6 @@
-"""The jWAE networks (DESIGN.md §2): encoders into one latent space, decoders back out of it, and
-the discriminator that matches both code distributions to one shared Gaussian prior.
+"""The jWAE networks (docs/design.md, "The jWAE model"): encoders into one latent space,
+decoders back out of it, and the discriminator that matches both code distributions to one shared
+Gaussian prior.
 
 Everything here is a plain ``nn.Module``; the losses that tie them together live in
 :mod:`jwae_ext.losses`.
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.func import functional_call
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from jwae_ext import ops
@@ -74,26 +76,29 @@ def _mlp(sizes: list[int], activation: type[nn.Module] = nn.ReLU) -> nn.Sequenti
     return nn.Sequential(*layers)
 
 
-class ImageEncoder(nn.Module):
+class _Perceptron(nn.Module):
+    """A ReLU MLP through the layer ``sizes``, held as ``net`` (the checkpoints' names)."""
+
+    def __init__(self, sizes: list[int]) -> None:
+        super().__init__()
+        self.net = _mlp(sizes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class ImageEncoder(_Perceptron):
     """f_v: precomputed image features (B, D) -> codes z_v (B, d), unnormalized."""
 
     def __init__(self, cfg: ModelConfig) -> None:
-        super().__init__()
-        self.net = _mlp([cfg.img_dim, cfg.img_hidden, cfg.embed_size])
-
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.net(features)
+        super().__init__([cfg.img_dim, cfg.img_hidden, cfg.embed_size])
 
 
-class ImageDecoder(nn.Module):
+class ImageDecoder(_Perceptron):
     """g_v: codes (B, d) -> reconstructed image features (B, D)."""
 
     def __init__(self, cfg: ModelConfig) -> None:
-        super().__init__()
-        self.net = _mlp([cfg.embed_size, cfg.img_hidden, cfg.img_dim])
-
-    def forward(self, codes: torch.Tensor) -> torch.Tensor:
-        return self.net(codes)
+        super().__init__([cfg.embed_size, cfg.img_hidden, cfg.img_dim])
 
 
 class TextEncoder(nn.Module):
@@ -218,9 +223,9 @@ class JWAE(nn.Module):
         """The loss of encoders and decoders on one batch of pairs (images[i], tokens[i]).
 
         Returns the total, its unweighted terms (detached, for logging) and the codes
-        (z_img, z_txt) for the discriminator step. The discriminator is only evaluated here:
-        its weights get no gradient from this loss. ``hinge``: see
-        :func:`jwae_ext.losses.matching_loss`.
+        (z_img, z_txt) for the discriminator step. The discriminator is only evaluated here,
+        with its weights detached: they get no gradient from this loss, and their
+        ``requires_grad`` is left alone. ``hinge``: see :func:`jwae_ext.losses.matching_loss`.
         """
         z_img = self.encode_images(images)
         z_txt = self.encode_captions(tokens, lengths)
@@ -233,9 +238,13 @@ class JWAE(nn.Module):
         w_rec, w_nll, w_img, w_txt = cfg.weights
         logits_img = logits_txt = None
         if cfg.prior == "gan":
-            self.disc.requires_grad_(False)
-            logits_img, logits_txt = self.disc(z_img), self.disc(z_txt)
-            self.disc.requires_grad_(True)
+            # The adversarial terms train the encoders only: the discriminator runs on detached
+            # copies of its weights, so this loss never reaches them (the trainer's separate
+            # discriminator step does).
+            frozen = {name: p.detach() for name, p in self.disc.named_parameters()}
+            logits_img, logits_txt = (
+                functional_call(self.disc, frozen, (z,)) for z in (z_img, z_txt)
+            )
         wae, wae_terms = ops.wae_loss(
             images,
             self.img_dec(z_img),

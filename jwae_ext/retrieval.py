@@ -16,7 +16,15 @@ import torch
 from jwae_ext import ops
 from jwae_ext.ops._checks import check_choice, check_tensor
 
-__all__ = ["PROTOCOLS", "RanksFn", "check_protocol", "evaluate", "protocol_tables", "recall_table"]
+__all__ = [
+    "PROTOCOLS",
+    "RanksFn",
+    "check_protocol",
+    "evaluate",
+    "format_table",
+    "protocol_tables",
+    "recall_table",
+]
 
 PROTOCOLS = ("full", "1k", "5k")
 _COCO_TEST_IMAGES = 5000
@@ -154,8 +162,8 @@ def protocol_tables(
     ``ranks(img_emb, cap_emb, cap_to_img)`` returns the i2t ranks of the images and the t2i ranks
     of the captions (in any order: a table does not depend on it), like
     :func:`jwae_ext.ops.retrieval_ranks`; a sharded evaluation passes one that holds only a part
-    of the captions (:func:`jwae_ext.distributed.evaluate_sharded`). Arguments are checked by the
-    caller.
+    of the captions (:func:`jwae_ext.retrieval_sharded.evaluate_sharded`). Arguments are checked
+    by the caller.
     """
     if protocol != "1k":
         return _tables(ranks(img_emb, cap_emb, cap_to_img))
@@ -164,3 +172,16 @@ def protocol_tables(
         [_tables(ranks(*_fold(img_emb, cap_emb, cap_to_img, f * fold, fold)))
          for f in range(_COCO_FOLDS)]
     )  # fmt: skip
+
+
+def format_table(result: dict) -> str:
+    """The standard table of an :func:`evaluate` result: i2t and t2i R@1/5/10, medr, meanr, and
+    rsum."""
+    cols = ("r1", "r5", "r10", "medr", "meanr")
+    header = f"{'':<6}" + "".join(f"{c:>8}" for c in ("R@1", "R@5", "R@10", "medr", "meanr"))
+    lines = [header]
+    for direction in ("i2t", "t2i"):
+        row = result[direction]
+        lines.append(f"{direction:<6}" + "".join(f"{row[c]:>8.1f}" for c in cols))
+    lines.append(f"rsum {result['rsum']:.1f}")
+    return "\n".join(lines)

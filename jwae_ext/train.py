@@ -28,13 +28,15 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from jwae_ext import checkpoint, distributed
-from jwae_ext.config import TrainConfig, from_args, resolve
+from jwae_ext.checkpoint import TrainingState, load_training_state
+from jwae_ext.config import TrainConfig, from_args, resolve, resolve_device
 from jwae_ext.data import CaptionSplit, PairBatch, PairDataset, Vocabulary, collate, load_split
-from jwae_ext.evaluate import format_table
 from jwae_ext.losses import LossConfig
+from jwae_ext.losses_distributed import AutoencoderLoss
+from jwae_ext.metrics_log import log_epoch
 from jwae_ext.models import JWAE, ModelConfig
-
-CHECKPOINT_FORMAT = 1
+from jwae_ext.retrieval import format_table
+from jwae_ext.retrieval_sharded import evaluate_split_sharded
 
 
 class NonFiniteLoss(RuntimeError):
@@ -59,15 +61,6 @@ class _StopRequested:
     def __exit__(self, *exc) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: no CUDA device is visible")
-    return device
 
 
 def model_config(cfg: TrainConfig, img_dim: int, vocab_size: int) -> ModelConfig:
@@ -127,14 +120,6 @@ def epoch_batches(num_pairs: int, batch_size: int, seed: int, epoch: int) -> lis
     return [order[i : i + batch_size].tolist() for i in range(0, num_pairs, batch_size)]
 
 
-def _logged_epoch(line: str) -> float:
-    """The epoch of a metrics.jsonl line (infinite for a torn line of a killed run)."""
-    try:
-        return json.loads(line)["epoch"]
-    except (json.JSONDecodeError, KeyError, TypeError):
-        return math.inf
-
-
 class Trainer:
     """One training run: data, model, both optimizers, and the state a checkpoint restores."""
 
@@ -183,7 +168,7 @@ class Trainer:
             self.model.disc.parameters(), lr=cfg.disc_lr, betas=(cfg.disc_beta1, cfg.disc_beta2)
         )
         if cfg.resume:
-            self._restore(checkpoint.load(last))
+            self._restore(load_training_state(last))
         else:
             if self.ctx.is_main:
                 self.dir.mkdir(parents=True, exist_ok=True)
@@ -191,47 +176,45 @@ class Trainer:
                 self.vocab.save(self.dir / "vocab.json")
             if self.ctx.enabled:
                 _seed(distributed.rank_seed(cfg.seed, self.ctx.rank))
-        self.autoencoder_loss = distributed.AutoencoderLoss(
-            self.model, self.loss_cfg, self.ctx
-        ).wrapped(self.ctx)
+        self.autoencoder_loss = AutoencoderLoss(self.model, self.loss_cfg, self.ctx).wrapped(
+            self.ctx
+        )
 
     # -- checkpoints -------------------------------------------------------------------------
 
     def _state(self) -> dict:
-        return {
-            "format": CHECKPOINT_FORMAT,
-            "config": dataclasses.asdict(self.cfg),
-            "model_config": dataclasses.asdict(self.model_cfg),
-            "vocab": list(self.vocab.idx2word),
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "disc_optimizer": self.disc_optimizer.state_dict(),
-            "epoch": self.epoch,
-            "step_in_epoch": self.step_in_epoch,
-            "global_step": self.global_step,
-            "best_rsum": self.best_rsum,
-            "epoch_sums": self.epoch_sums,
-            "epoch_counted": self.epoch_counted,
-            "rng": self.ctx.gather_objects(_rng_state(self.device)),  # per rank
-        }
+        return TrainingState(
+            config=dataclasses.asdict(self.cfg),
+            model_config=dataclasses.asdict(self.model_cfg),
+            vocab=list(self.vocab.idx2word),
+            model=self.model.state_dict(),
+            optimizer=self.optimizer.state_dict(),
+            disc_optimizer=self.disc_optimizer.state_dict(),
+            epoch=self.epoch,
+            step_in_epoch=self.step_in_epoch,
+            global_step=self.global_step,
+            best_rsum=self.best_rsum,
+            epoch_sums=self.epoch_sums,
+            epoch_counted=self.epoch_counted,
+            rng=self.ctx.gather_objects(_rng_state(self.device)),  # per rank
+        ).to_checkpoint()
 
-    def _restore(self, state: dict) -> None:
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.disc_optimizer.load_state_dict(state["disc_optimizer"])
-        self.epoch = state["epoch"]
-        self.step_in_epoch = state["step_in_epoch"]
-        self.global_step = state["global_step"]
-        self.best_rsum = state["best_rsum"]
-        self.epoch_sums = dict(state.get("epoch_sums", {}))
-        self.epoch_counted = state.get("epoch_counted", 0)
-        rng = state["rng"] if isinstance(state["rng"], list) else [state["rng"]]
-        if len(rng) == self.ctx.world_size:
-            _set_rng_state(rng[self.ctx.rank], self.device)
+    def _restore(self, state: TrainingState) -> None:
+        self.model.load_state_dict(state.model)
+        self.optimizer.load_state_dict(state.optimizer)
+        self.disc_optimizer.load_state_dict(state.disc_optimizer)
+        self.epoch = state.epoch
+        self.step_in_epoch = state.step_in_epoch
+        self.global_step = state.global_step
+        self.best_rsum = state.best_rsum
+        self.epoch_sums = state.epoch_sums
+        self.epoch_counted = state.epoch_counted
+        if len(state.rng) == self.ctx.world_size:
+            _set_rng_state(state.rng[self.ctx.rank], self.device)
             return
         if self.ctx.is_main:
             print(
-                f"warning: the checkpoint was written by {len(rng)} processes, this run has "
+                f"warning: the checkpoint was written by {len(state.rng)} processes, this run has "
                 f"{self.ctx.world_size}: random streams (word dropout, prior samples) are "
                 "re-derived, so the continuation is not the one the original run would have made",
                 file=sys.stderr,
@@ -300,19 +283,15 @@ class Trainer:
     # -- the loop ------------------------------------------------------------------------------
 
     def _log(self, record: dict) -> None:
-        """Add the epoch's record, replacing any of this epoch or later: those were written by a
-        run that died before its checkpoint (the resumed run repeats those epochs)."""
-        if not self.ctx.is_main:
-            return
-        path = self.dir / "metrics.jsonl"
-        lines = path.read_text().splitlines() if path.exists() else []
-        kept = [line for line in lines if _logged_epoch(line) < record["epoch"]]
-        checkpoint.write_text_atomic(path, "".join(f"{x}\n" for x in [*kept, json.dumps(record)]))
+        """Rank 0 adds the epoch's record to ``metrics.jsonl`` (replacing any later one: see
+        :func:`jwae_ext.metrics_log.log_epoch`)."""
+        if self.ctx.is_main:
+            log_epoch(self.dir / "metrics.jsonl", record)
 
     def _evaluate(self, split: CaptionSplit, protocol: str = "full") -> dict:
         """The retrieval table of the current model, with captions sharded over the ranks; the
         same on every rank, and the same as one process's."""
-        return distributed.evaluate_split_sharded(
+        return evaluate_split_sharded(
             self.model,
             split,
             self.vocab,
@@ -427,8 +406,8 @@ class Trainer:
             )
         except FileNotFoundError:
             return None
-        best = checkpoint.load(self.dir / "best.pt", map_location=self.device)
-        self.model.load_state_dict(best["model"])
+        best = load_training_state(self.dir / "best.pt", map_location=self.device)
+        self.model.load_state_dict(best.model)
         result = self._evaluate(split, self.cfg.protocol)
         if self.ctx.is_main:
             (self.dir / "test.json").write_text(json.dumps(result, indent=1))

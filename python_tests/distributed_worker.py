@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from jwae_ext import distributed
+from jwae_ext import distributed, retrieval_sharded
 from jwae_ext.config import TrainConfig, resolve
 from jwae_ext.data import collate
 from jwae_ext.train import Trainer, epoch_batches
@@ -129,9 +129,9 @@ def scenario_trainer_step(ctx: distributed.Context, out: Path) -> dict:
 def scenario_eval(ctx: distributed.Context, out: Path) -> dict:
     results = {}
     for name, (img, cap, ids, protocol, chunk) in eval_cases().items():
-        shard = distributed.caption_shard(len(cap), chunk, ctx)
+        shard = retrieval_sharded.caption_shard(len(cap), chunk, ctx)
         results[name] = {
-            "result": distributed.evaluate_sharded(img, cap[shard.start : shard.stop],
+            "result": retrieval_sharded.evaluate_sharded(img, cap[shard.start : shard.stop],
                                                    ids[shard.start : shard.stop], ctx, protocol),
             "captions": len(shard),
         }  # fmt: skip
@@ -141,9 +141,9 @@ def scenario_eval(ctx: distributed.Context, out: Path) -> dict:
         ("uncaptioned", torch.where(ids == 7, 8, ids)),  # image 7 has no caption on any rank
         ("out_of_range", torch.where(torch.arange(len(ids)) == 1499, 300, ids)),  # on rank 1 only
     ]:
-        shard = distributed.caption_shard(len(cap), 128, ctx)
+        shard = retrieval_sharded.caption_shard(len(cap), 128, ctx)
         try:
-            distributed.evaluate_sharded(img, cap[shard.start : shard.stop],
+            retrieval_sharded.evaluate_sharded(img, cap[shard.start : shard.stop],
                                          bad_ids[shard.start : shard.stop], ctx)  # fmt: skip
         except ValueError as err:
             errors[name] = str(err)
@@ -153,8 +153,8 @@ def scenario_eval(ctx: distributed.Context, out: Path) -> dict:
 
 def scenario_split_eval(ctx: distributed.Context, out: Path) -> dict:
     trainer = Trainer(trainer_config(str(out), "jwae-mh"), ctx)
-    shard = distributed.caption_shard(trainer.dev_split.num_captions, 32, ctx)
-    result = distributed.evaluate_split_sharded(
+    shard = retrieval_sharded.caption_shard(trainer.dev_split.num_captions, 32, ctx)
+    result = retrieval_sharded.evaluate_split_sharded(
         trainer.model, trainer.dev_split, trainer.vocab, ctx, batch_size=32
     )
     return {"result": result, "captions": len(shard)}

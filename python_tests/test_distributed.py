@@ -19,7 +19,8 @@ import torch
 
 from jwae_ext import distributed, retrieval
 from jwae_ext.data import collate
-from jwae_ext.evaluate import evaluate_split
+from jwae_ext.evaluation import evaluate_split
+from jwae_ext.retrieval_sharded import caption_shard
 from jwae_ext.train import Trainer, epoch_batches
 
 HERE = Path(__file__).parent
@@ -178,7 +179,7 @@ def test_local_batches_split_every_global_batch_evenly():
 
 def test_caption_shards_are_whole_encoding_batches():
     for count, chunk, world in [(120, 32, 2), (1500, 128, 3), (200, 256, 2), (7, 1, 4)]:
-        shards = [distributed.caption_shard(count, chunk, _ctx(r, world)) for r in range(world)]
+        shards = [caption_shard(count, chunk, _ctx(r, world)) for r in range(world)]
         assert [i for s in shards for i in s] == list(range(count))
         assert all(s.start % chunk == 0 for s in shards if len(s))
 

@@ -11,8 +11,9 @@ from matplotlib.image import imread
 from test_train import TINY
 
 from jwae_ext import figures
+from jwae_ext.checkpoint import load_model
 from jwae_ext.data import UNK_ID, export_precomp, load_split, write_precomp
-from jwae_ext.evaluate import load_model, main
+from jwae_ext.evaluate import main
 
 TABLE_KEYS = {"r1", "r5", "r10", "medr", "meanr"}
 

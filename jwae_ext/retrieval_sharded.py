@@ -1,0 +1,145 @@
+"""Exact retrieval metrics with the captions sharded over the ranks of a data-parallel job
+(docs/design.md, "Scale out").
+
+Every rank encodes all images (the small side) and its own contiguous share of the captions
+(:func:`caption_shard`), scores only its block, and ends with the ranks, and so the table, of one
+process on all captions, exactly (:func:`evaluate_sharded`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from jwae_ext import ops, retrieval
+from jwae_ext.data import CaptionSplit, Vocabulary
+from jwae_ext.distributed import Context, gather_uneven
+from jwae_ext.encoding import encode_split
+from jwae_ext.models import JWAE
+from jwae_ext.ops._checks import check_tensor
+from jwae_ext.ops._dtypes import accumulation_dtype
+
+__all__ = ["caption_shard", "evaluate_sharded", "evaluate_split_sharded"]
+
+
+def caption_shard(num_captions: int, chunk: int, ctx: Context) -> range:
+    """This rank's captions: a contiguous run of whole ``chunk``-caption blocks (the last block may
+    be short). Encoding in blocks of ``chunk`` from the shard's start then batches every caption
+    exactly as one process does, so the codes, and the ranks, are bit for bit the same. A rank
+    gets no captions when there are fewer blocks than ranks."""
+    blocks = -(-num_captions // chunk)
+    first = blocks * ctx.rank // ctx.world_size
+    last = blocks * (ctx.rank + 1) // ctx.world_size
+    return range(min(first * chunk, num_captions), min(last * chunk, num_captions))
+
+
+def _sharded_ranks(
+    img_emb: torch.Tensor, cap_emb: torch.Tensor, cap_to_img: torch.Tensor, ctx: Context
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact ranks with every image on every rank and the captions sharded: the i2t ranks of all
+    images and the t2i ranks of the captions of all ranks (concatenated in rank order)."""
+    n, here = img_emb.shape[0], cap_emb.shape[0] > 0
+    if here:
+        img_thresholds, cap_thresholds = ops.retrieval_thresholds(img_emb, cap_emb, cap_to_img)
+    else:  # the kernels refuse empty inputs; no captions here means no own score, nothing above
+        img_thresholds = img_emb.new_full((n,), -torch.inf, dtype=accumulation_dtype(img_emb.dtype))
+    # An image's threshold is its best own caption, wherever that caption is.
+    dist.all_reduce(img_thresholds, op=dist.ReduceOp.MAX)
+    if here:
+        img_counts, cap_counts = ops.retrieval_count_above(
+            img_emb, cap_emb, cap_to_img, img_thresholds, cap_thresholds
+        )
+    else:
+        img_counts = torch.zeros(n, dtype=torch.int64, device=img_emb.device)
+        cap_counts = torch.zeros(0, dtype=torch.int64, device=img_emb.device)
+    dist.all_reduce(img_counts)  # captions above the threshold, summed over the shards
+    # A caption's rank is complete here (all images are); the tables need every rank's.
+    return img_counts, gather_uneven(cap_counts, ctx)
+
+
+def _check_shard(
+    img_emb: torch.Tensor, cap_emb: torch.Tensor, cap_to_img: torch.Tensor, ctx: Context
+) -> None:
+    """The single-process checks on the union of the shards. The shape checks fail on the rank
+    that is wrong; the id checks are reduced first so that every rank raises together (a rank
+    raising alone would leave the others waiting in a collective)."""
+    for name, value in (("img_emb", img_emb), ("cap_emb", cap_emb), ("cap_to_img", cap_to_img)):
+        check_tensor(name, value)
+    if img_emb.dim() != 2 or cap_emb.dim() != 2 or cap_emb.shape[1] != img_emb.shape[1]:
+        raise ValueError(
+            f"jwae_ext: 'img_emb' and 'cap_emb' must be 2-D with the same width, got shapes "
+            f"{tuple(img_emb.shape)} and {tuple(cap_emb.shape)}"
+        )
+    if cap_to_img.dtype != torch.int64 or cap_to_img.shape != (cap_emb.shape[0],):
+        raise ValueError(
+            f"jwae_ext: argument 'cap_to_img' must be int64 of shape ({cap_emb.shape[0]},), got "
+            f"{cap_to_img.dtype} {tuple(cap_to_img.shape)}"
+        )
+    n = img_emb.shape[0]
+    valid = (cap_to_img >= 0) & (cap_to_img < n)
+    # Per image its captions on all ranks, and in the last slot the ids out of range.
+    counts = torch.bincount(torch.where(valid, cap_to_img, n), minlength=n + 1)
+    dist.all_reduce(counts)
+    if counts[n]:
+        raise ValueError(
+            f"jwae_ext: argument 'cap_to_img' must hold image ids in [0, {n}); {int(counts[n])} "
+            "captions (over all ranks) do not"
+        )
+    uncaptioned = (counts[:n] == 0).nonzero()
+    if len(uncaptioned):
+        raise ValueError(
+            f"jwae_ext: every image needs at least one caption in 'cap_to_img' (over all ranks), "
+            f"but {len(uncaptioned)} of {n} images have none, the first is image "
+            f"{uncaptioned[0].item()}"
+        )
+
+
+def evaluate_sharded(
+    img_emb: torch.Tensor,
+    cap_emb: torch.Tensor,
+    cap_to_img: torch.Tensor,
+    ctx: Context,
+    protocol: str = "full",
+) -> dict:
+    """:func:`jwae_ext.retrieval.evaluate` with the captions sharded over the ranks.
+
+    Every rank passes all images ``(N, d)`` and its own captions ``(M_r, d)`` with their images
+    ``(M_r,)`` (any split of the captions; a rank may have none). Each rank scores only its
+    ``N x M_r`` block: image thresholds (best own caption) are combined with a max over ranks and
+    counts of higher-scoring captions summed, while a caption's rank is complete on its own rank
+    and the ranks are gathered for the tables. Every rank returns the result of one process on
+    all captions, exactly (same GEMM scores, same integer counts). Collective: call it on all
+    ranks. In one process it is :func:`jwae_ext.retrieval.evaluate`.
+    """
+    if not ctx.enabled:
+        return retrieval.evaluate(img_emb, cap_emb, cap_to_img, protocol)
+    retrieval.check_protocol(protocol, img_emb)
+    _check_shard(img_emb, cap_emb, cap_to_img, ctx)
+    return retrieval.protocol_tables(
+        img_emb,
+        cap_emb,
+        cap_to_img,
+        protocol,
+        ranks=lambda i, c, ids: _sharded_ranks(i, c, ids, ctx),
+    )
+
+
+def evaluate_split_sharded(
+    model: JWAE,
+    split: CaptionSplit,
+    vocab: Vocabulary,
+    ctx: Context,
+    *,
+    batch_size: int = 1024,
+    protocol: str = "full",
+) -> dict:
+    """:func:`jwae_ext.evaluate.evaluate_split` with the caption encoding and the ranking sharded
+    over the ranks (every rank encodes all images: the cheap side). Same result on every rank,
+    identical to one process's."""
+    shard = caption_shard(split.num_captions, batch_size, ctx)
+    img_emb, cap_emb = encode_split(
+        model, split, vocab, device=ctx.device, batch_size=batch_size, captions=shard
+    )
+    cap_to_img = torch.as_tensor(np.asarray(split.cap_to_img)[shard.start : shard.stop])
+    return evaluate_sharded(img_emb, cap_emb, cap_to_img.to(ctx.device), ctx, protocol)
