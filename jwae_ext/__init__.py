@@ -1,8 +1,17 @@
 """jwae_ext: Joint Wasserstein Autoencoders for image-text retrieval.
 
-The package reads top-down: :mod:`jwae_ext.ops` (the compiled kernels) -> ``losses`` ->
-``models`` -> ``data`` -> ``train`` / ``evaluate``. Importing the package loads the compiled
-operators into ``torch.ops.jwae_ext``.
+The package reads bottom-up, each module importing only those before it (docs/design.md,
+"Layers"; ``python_tests/test_import_graph.py`` keeps it so):
+
+- :mod:`jwae_ext.ops` (the compiled operators) and ``data`` (datasets, vocabulary);
+- ``losses``, ``models``, ``encoding`` (a model's codes of a split), ``retrieval`` and
+  ``continuity`` (the metrics), ``config``, ``checkpoint`` (what a checkpoint holds),
+  ``metrics_log``, ``figures``;
+- ``distributed`` (process groups), ``losses_distributed``, ``retrieval_sharded``, ``evaluation``;
+- the command lines on top, imported by none of the above: ``train``, ``evaluate``,
+  ``experiments``.
+
+Importing the package loads the compiled operators into ``torch.ops.jwae_ext``.
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ comes from a checkpoint (:func:`jwae_ext.checkpoint.load_model`) or is in hand, 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -34,16 +35,11 @@ def table_of_codes(
 
 
 def evaluate_split(
-    model: JWAE,
-    split: CaptionSplit,
-    vocab: Vocabulary,
-    *,
-    device: torch.device | str = "cpu",
-    batch_size: int = 1024,
-    protocol: str = "full",
+    model: JWAE, split: CaptionSplit, vocab: Vocabulary, *, protocol: str = "full", **encoding: Any
 ) -> dict:
-    """The retrieval table of ``model`` on ``split`` (see :func:`jwae_ext.retrieval.evaluate`)."""
-    img_emb, cap_emb = encode_split(model, split, vocab, device=device, batch_size=batch_size)
+    """The retrieval table of ``model`` on ``split`` (see :func:`jwae_ext.retrieval.evaluate`);
+    ``encoding``: the ``device`` and ``batch_size`` of :func:`jwae_ext.encoding.encode_split`."""
+    img_emb, cap_emb = encode_split(model, split, vocab, **encoding)
     return table_of_codes(img_emb, cap_emb, split, protocol)
 
 

@@ -134,7 +134,7 @@ def evaluate_split_sharded(
     batch_size: int = 1024,
     protocol: str = "full",
 ) -> dict:
-    """:func:`jwae_ext.evaluate.evaluate_split` with the caption encoding and the ranking sharded
+    """:func:`jwae_ext.evaluation.evaluate_split` with the caption encoding and the ranking sharded
     over the ranks (every rank encodes all images: the cheap side). Same result on every rank,
     identical to one process's."""
     shard = caption_shard(split.num_captions, batch_size, ctx)

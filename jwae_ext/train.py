@@ -120,6 +120,10 @@ def epoch_batches(num_pairs: int, batch_size: int, seed: int, epoch: int) -> lis
     return [order[i : i + batch_size].tolist() for i in range(0, num_pairs, batch_size)]
 
 
+# Where the trainer stands: its attributes of these names are saved and restored as they are.
+_PROGRESS = ("epoch", "step_in_epoch", "global_step", "best_rsum", "epoch_sums", "epoch_counted")
+
+
 class Trainer:
     """One training run: data, model, both optimizers, and the state a checkpoint restores."""
 
@@ -190,12 +194,7 @@ class Trainer:
             model=self.model.state_dict(),
             optimizer=self.optimizer.state_dict(),
             disc_optimizer=self.disc_optimizer.state_dict(),
-            epoch=self.epoch,
-            step_in_epoch=self.step_in_epoch,
-            global_step=self.global_step,
-            best_rsum=self.best_rsum,
-            epoch_sums=self.epoch_sums,
-            epoch_counted=self.epoch_counted,
+            **{name: getattr(self, name) for name in _PROGRESS},
             rng=self.ctx.gather_objects(_rng_state(self.device)),  # per rank
         ).to_checkpoint()
 
@@ -203,12 +202,8 @@ class Trainer:
         self.model.load_state_dict(state.model)
         self.optimizer.load_state_dict(state.optimizer)
         self.disc_optimizer.load_state_dict(state.disc_optimizer)
-        self.epoch = state.epoch
-        self.step_in_epoch = state.step_in_epoch
-        self.global_step = state.global_step
-        self.best_rsum = state.best_rsum
-        self.epoch_sums = state.epoch_sums
-        self.epoch_counted = state.epoch_counted
+        for name in _PROGRESS:
+            setattr(self, name, getattr(state, name))
         if len(state.rng) == self.ctx.world_size:
             _set_rng_state(state.rng[self.ctx.rank], self.device)
             return
