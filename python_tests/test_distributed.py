@@ -24,6 +24,7 @@ from jwae_ext.retrieval_sharded import caption_shard
 from jwae_ext.train import Trainer, epoch_batches
 
 HERE = Path(__file__).parent
+ROOT = HERE.parent
 TIMEOUT = 240
 TINY = [
     "--train-images", "48", "--eval-images", "24", "--batch-size", "16",
@@ -34,7 +35,8 @@ TINY = [
 
 def torchrun(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     """``torchrun --standalone --nproc_per_node 2 ARGS`` (a free port, one machine), bounded."""
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(HERE))
+    # The worker script's folder, and this checkout's jwae_ext rather than an installed one.
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(HERE), str(ROOT)]))
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
          str(worker.WORLD), *args],
