@@ -157,7 +157,8 @@ class _GatherRows(torch.autograd.Function):
 
 def all_gather_rows(x: torch.Tensor) -> torch.Tensor:
     """Every rank's ``x`` (same shape on all ranks) stacked by rows in rank order, with a gradient
-    back to this rank's ``x``: the sum over ranks of the gradient of its rows."""
+    back to this rank's ``x``: the sum over ranks of the gradient of its rows. Integer tensors
+    (e.g. ids) are gathered the same way, without gradient."""
     return _GatherRows.apply(x)
 
 
