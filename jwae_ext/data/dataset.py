@@ -15,7 +15,7 @@ from jwae_ext.data.vocab import PAD_ID, Vocabulary
 class PairBatch(NamedTuple):
     """A collated batch of ``B`` (image, caption) pairs."""
 
-    images: torch.Tensor  # (B, D) float32
+    images: torch.Tensor  # (B, D) float32, or (B, R, D_r) region features
     captions: torch.Tensor  # (B, L) int64, padded with <pad> = 0; L = lengths.max()
     lengths: torch.Tensor  # (B,) int64, token counts including <start> and <end>
     image_ids: torch.Tensor  # (B,) int64, index of each pair's image in the split
@@ -39,13 +39,15 @@ def pad_captions(
 
 class PairDataset(torch.utils.data.Dataset):
     """Item ``j`` is caption ``j`` with its image: ``(features (D,) float32, token ids (L,)
-    int64, image index, caption index)``. Captions are tokenized once, here; words unknown to
-    ``vocab`` become ``<unk>``."""
+    int64, image index, caption index)``; with ``regions=True`` the image's region features
+    ``(R, D_r)`` instead of its pooled features (SCAN). Captions are tokenized once, here; words
+    unknown to ``vocab`` become ``<unk>``."""
 
-    def __init__(self, split: CaptionSplit, vocab: Vocabulary):
+    def __init__(self, split: CaptionSplit, vocab: Vocabulary, *, regions: bool = False):
         self.split = split
         self.vocab = vocab
         self.tokens = [vocab.encode(c) for c in split.captions]
+        self.features = split.require_regions() if regions else split.images
 
     def __len__(self) -> int:
         return self.split.num_captions
@@ -55,7 +57,7 @@ class PairDataset(torch.utils.data.Dataset):
             raise IndexError(f"jwae_ext: caption index {j} out of range [0, {len(self)})")
         j = j % len(self)
         image = int(self.split.cap_to_img[j])
-        features = torch.from_numpy(np.array(self.split.images[image], dtype=np.float32))
+        features = torch.from_numpy(np.array(self.features[image], dtype=np.float32))
         return features, torch.tensor(self.tokens[j], dtype=torch.int64), image, j
 
 

@@ -3,7 +3,10 @@
 It plays the part of the pretrained CNN behind precomputed COCO/Flickr30k features: two 4 x 4
 convolutions of stride 2 with ReLU (48 -> 24 -> 12 pixels), then sum pooling over a 4 x 4 grid and
 a square root, giving ``FEATURE_DIM`` = 4 * 4 * 64 = 1024 non-negative float32 features per
-image.
+image. The same feature map also gives ``NUM_REGIONS`` = 9 region features of
+``REGION_DIM`` = 256 (the part of bottom-up region features for SCAN): one region per cell of the
+scene's 3 x 3 object grid (each cell's 4 x 4 map pixels sum-pooled over a 2 x 2 grid), so every
+object lies in one region and empty cells play the context regions.
 
 Bit-identical on every machine: the weights are small integers drawn from a fixed seed, pixels
 are integers, and every intermediate value is an integer below 2**24, so the float32 matrix
@@ -25,6 +28,9 @@ _SEED = 20190101  # fixed: the extractor is the same for every dataset seed and 
 _CHANNELS = (3, 16, 64)
 _GRID = 4
 FEATURE_DIM = _GRID * _GRID * _CHANNELS[2]
+_CELLS, _CELL_GRID = 3, 2  # regions: the scene's 3 x 3 object cells, each pooled over 2 x 2
+NUM_REGIONS = _CELLS * _CELLS
+REGION_DIM = _CELL_GRID * _CELL_GRID * _CHANNELS[2]
 _SHIFT1 = 64  # requantisation after layer 1
 _SCALE = np.float32(1 / 64)  # brings typical features to O(1); a power of two, so exact
 _CHUNK = 256  # images per batch: bounds the im2col buffers to a few MiB
@@ -53,22 +59,43 @@ def _conv4x4s2_relu(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.maximum(cols @ w + b, 0).reshape(batch, h // 2, width // 2, -1)
 
 
-def extract_features(images: np.ndarray) -> np.ndarray:
-    """``(N, H, W, 3)`` uint8 images -> ``(N, FEATURE_DIM)`` float32 features."""
+def _check_images(images: np.ndarray) -> None:
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (IMAGE_SIZE,) * 2 + (3,):
         raise ValueError(
             f"jwae_ext: images must be uint8 (N, {IMAGE_SIZE}, {IMAGE_SIZE}, 3), "
             f"got {images.dtype} {images.shape}"
         )
+
+
+def _sum_pool(h: np.ndarray, grid: int) -> np.ndarray:
+    """(B, S, S, C) -> (B, grid, grid, C) sums over square blocks (exact: integers < 2**22)."""
+    side = h.shape[1] // grid
+    return h.reshape(h.shape[0], grid, side, grid, side, -1).sum(axis=(2, 4))
+
+
+def extract_features(
+    images: np.ndarray, *, regions: bool = False
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    """``(N, H, W, 3)`` uint8 images -> ``(N, FEATURE_DIM)`` float32 features; with
+    ``regions=True`` also ``(N, NUM_REGIONS, REGION_DIM)`` float32 region features (regions in
+    row-major cell order: top left, top, top right, left, ...)."""
+    _check_images(images)
     w1, b1, w2, b2 = _weights()
-    out = np.empty((images.shape[0], FEATURE_DIM), dtype=np.float32)
-    for start in range(0, images.shape[0], _CHUNK):
+    n = images.shape[0]
+    out = np.empty((n, FEATURE_DIM), dtype=np.float32)
+    region_out = np.empty((n, NUM_REGIONS, REGION_DIM), dtype=np.float32) if regions else None
+    for start in range(0, n, _CHUNK):
         x = images[start : start + _CHUNK].astype(np.float32) - 128  # |x| <= 128
         # Layer 1: |sum| <= 48 * 128 * 2 + |bias| < 2**14.
         h = np.floor(_conv4x4s2_relu(x, w1, b1) / _SHIFT1)  # < 2**8
         # Layer 2: sum <= 256 * 2**8 * 2 + |bias| < 2**18.
         h = _conv4x4s2_relu(h, w2, b2)  # (B, 12, 12, 64)
-        side = h.shape[1] // _GRID
-        pooled = h.reshape(h.shape[0], _GRID, side, _GRID, side, -1).sum(axis=(2, 4))  # < 2**22
+        pooled = _sum_pool(h, _GRID)  # < 2**22
         out[start : start + _CHUNK] = np.sqrt(pooled.reshape(h.shape[0], -1)) * _SCALE
-    return out
+        if region_out is not None:
+            # 6 x 6 blocks of 2 x 2 map pixels, grouped into the 3 x 3 cells' 2 x 2 blocks.
+            fine = _sum_pool(h, _CELLS * _CELL_GRID)
+            cells = fine.reshape(h.shape[0], _CELLS, _CELL_GRID, _CELLS, _CELL_GRID, -1)
+            cells = cells.transpose(0, 1, 3, 2, 4, 5).reshape(h.shape[0], NUM_REGIONS, -1)
+            region_out[start : start + _CHUNK] = np.sqrt(cells) * _SCALE
+    return out if region_out is None else (out, region_out)

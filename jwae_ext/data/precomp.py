@@ -159,6 +159,7 @@ def load_precomp(
         images=images,
         captions=captions,
         cap_to_img=np.arange(n * k, dtype=np.int64) // k,
+        regions=images.regions if isinstance(images, PooledRegions) else None,
     )
 
 

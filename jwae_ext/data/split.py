@@ -58,6 +58,9 @@ class CaptionSplit:
     strings; ``cap_to_img``: ``(M,)`` int64, caption ``j`` describes image ``cap_to_img[j]``
     (every image has at least one caption). The embedded dataset also provides ``attributes``
     (what each image shows) and ``renderer`` (image index -> ``(H, W, 3)`` uint8 pixels).
+    ``regions``: ``(N, R, D_r)`` float32 region features (for SCAN) when the source has them: a
+    precomp folder whose ``{split}_ims.npy`` is ``(N, R, D)`` (then ``images`` is their mean), or
+    the embedded dataset (9 regions of 256, besides its 1024-d pooled features).
     """
 
     name: str
@@ -66,6 +69,7 @@ class CaptionSplit:
     cap_to_img: np.ndarray
     attributes: SceneAttributes | None = None
     renderer: Callable[[int], np.ndarray] | None = None
+    regions: np.ndarray | None = None
 
     def __post_init__(self):
         if len(self.images.shape) != 2 or 0 in self.images.shape:
@@ -92,6 +96,13 @@ class CaptionSplit:
             raise ValueError(
                 f"jwae_ext: split {self.name}: {len(self.attributes)} attribute rows for {n} images"
             )
+        if self.regions is not None and (
+            len(self.regions.shape) != 3 or self.regions.shape[0] != n or 0 in self.regions.shape
+        ):
+            raise ValueError(
+                f"jwae_ext: split {self.name}: region features must be a non-empty "
+                f"({n}, R, D) array, got shape {tuple(self.regions.shape)}"
+            )
         self.cap_to_img = cap_to_img
 
     @property
@@ -105,6 +116,16 @@ class CaptionSplit:
     @property
     def feature_dim(self) -> int:
         return self.images.shape[1]
+
+    def require_regions(self) -> np.ndarray:
+        """The ``(N, R, D_r)`` region features; a clear error where the source has none."""
+        if self.regions is None:
+            raise ValueError(
+                f"jwae_ext: split {self.name} has no region features: SCAN needs a precomp "
+                "folder whose {split}_ims.npy is (N, R, D) (e.g. SCAN's 36 x 2048 bottom-up "
+                "features) or an embedded dataset"
+            )
+        return self.regions
 
     @property
     def captions_per_image(self) -> int | None:

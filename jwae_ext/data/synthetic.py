@@ -59,8 +59,9 @@ def synthetic_split(
 
     ``style``: ``"a"`` or ``"b"``; ``split``: ``"train"``, ``"dev"`` or ``"test"``;
     ``num_images``: defaults to :data:`DEFAULT_SIZES`. Returns a :class:`CaptionSplit` with
-    ``(N, 1024)`` float32 features, ``5 N`` captions (image ``i`` has captions ``5i .. 5i+4``),
-    :class:`~jwae_ext.data.scenes.SceneAttributes` and a renderer.
+    ``(N, 1024)`` float32 features, ``(N, 9, 256)`` region features, ``5 N`` captions (image
+    ``i`` has captions ``5i .. 5i+4``), :class:`~jwae_ext.data.scenes.SceneAttributes` and a
+    renderer.
     """
     n = _check_args(style, split, seed, num_images)
     seed = int(seed)
@@ -77,9 +78,11 @@ def synthetic_split(
     def render(index: int) -> np.ndarray:
         return render_scene(scenes[index], STYLES[style], _noise(seed, style, split, index))
 
+    features, regions = extract_features(pixels, regions=True)
     return CaptionSplit(
         name=f"synthetic-{style}/{split}",
-        images=extract_features(pixels),
+        images=features,
+        regions=regions,
         captions=captions,
         cap_to_img=np.arange(n * CAPTIONS_PER_IMAGE, dtype=np.int64) // CAPTIONS_PER_IMAGE,
         attributes=scene_attributes(scenes),
@@ -93,14 +96,18 @@ def export_precomp(
     *,
     seed: int = 0,
     sizes: dict[str, int] | None = None,
+    regions: bool = False,
 ) -> Path:
     """Write the embedded dataset's splits (``sizes``, default :data:`DEFAULT_SIZES`) as a
-    precomp folder (``{split}_ims.npy``, ``{split}_caps.txt``); returns the folder."""
+    precomp folder (``{split}_ims.npy``, ``{split}_caps.txt``); returns the folder.
+    ``regions=True`` writes the ``(N, 9, 256)`` region features instead of the pooled ones (the
+    layout of SCAN's bottom-up features; pooled models then see their mean)."""
     folder = Path(folder)
     splits = {}
     for split, n in (sizes or DEFAULT_SIZES).items():
         data = synthetic_split(style, split, seed=seed, num_images=n)
-        splits[split] = (np.asarray(data.images), data.captions)
+        features = data.regions if regions else data.images
+        splits[split] = (np.asarray(features), data.captions)
     # All splits or none: a bad size or a full disk leaves no partial folder behind.
     write_precomp_splits(folder, splits)
     return folder
@@ -119,9 +126,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     for split, n in DEFAULT_SIZES.items():
         parser.add_argument(f"--{split}", type=int, default=n, metavar="N", help=f"images ({n})")
+    parser.add_argument(
+        "--regions", action="store_true", help="write (N, 9, 256) region features (for SCAN)"
+    )
     args = parser.parse_args(argv)
     sizes = {split: getattr(args, split) for split in DEFAULT_SIZES}
-    folder = export_precomp(args.folder, args.style, seed=args.seed, sizes=sizes)
+    folder = export_precomp(
+        args.folder, args.style, seed=args.seed, sizes=sizes, regions=args.regions
+    )
     print(f"wrote {', '.join(f'{s} ({n} images)' for s, n in sizes.items())} to {folder}")
 
 
