@@ -2,6 +2,8 @@
 
 ``jwae-mh`` (default): L_jWAE + L_MH.  ``jwae-mse``: L_jWAE + mean squared distance of the
 normalized pair codes.  ``vse++``: L_MH alone.  ``vse0``: the sum of hinges alone.
+``scan``: L_MH on cross-attention scores of region and word codes; ``scan-jwae-mh``: that plus
+L_jWAE on the region and word codes (:class:`jwae_ext.models.SCAN`).
 L_jWAE = lambda1 * feature reconstruction + lambda2 * caption NLL + lambda3/lambda4 * prior
 matching of the image/caption codes, by the adversarial terms (``prior="gan"``) or by MMD with an
 inverse-multiquadratic kernel (``prior="mmd"``).
@@ -17,7 +19,9 @@ import torch.nn.functional as F
 
 from jwae_ext import ops
 
-VARIANTS = ("jwae-mh", "jwae-mse", "vse++", "vse0")
+SCAN_VARIANTS = ("scan", "scan-jwae-mh")
+VARIANTS = ("jwae-mh", "jwae-mse", "vse++", "vse0", *SCAN_VARIANTS)
+_JWAE_VARIANTS = ("jwae-mh", "jwae-mse", "scan-jwae-mh")
 PRIORS = ("gan", "mmd")
 RECONS = ("l1", "l2")
 
@@ -45,7 +49,7 @@ class LossConfig:
 
     @property
     def uses_wae(self) -> bool:
-        return self.variant.startswith("jwae")
+        return self.variant in _JWAE_VARIANTS
 
     @property
     def uses_discriminator(self) -> bool:

@@ -28,7 +28,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from jwae_ext import ops
 from jwae_ext.losses import LossConfig
-from jwae_ext.models import PAD, Discriminator, ModelConfig, TextDecoder, _mlp
+from jwae_ext.models.parts import PAD, JointModel, ModelConfig
 
 XATTN_DIRECTIONS = ("t2i", "i2t")
 XATTN_AGGS = ("lse", "mean", "max", "sum")
@@ -99,7 +99,7 @@ class WordEncoder(nn.Module):
         return F.normalize(out, dim=-1)
 
 
-class SCAN(nn.Module):
+class SCAN(JointModel):
     """The SCAN networks, and for SCAN+jWAE-MH the region decoder, caption decoder and
     discriminator (present in every SCAN model, trained only by ``scan-jwae-mh``)."""
 
@@ -109,25 +109,14 @@ class SCAN(nn.Module):
         self.xattn = xattn
         self.img_enc = RegionEncoder(cfg)
         self.txt_enc = WordEncoder(cfg)
-        self.img_dec = _mlp([cfg.embed_size, cfg.img_hidden, cfg.img_dim])
-        self.txt_dec = TextDecoder(cfg)
-        self.disc = Discriminator(cfg)
-
-    def autoencoder_parameters(self) -> list[nn.Parameter]:
-        """Everything the main optimizer trains: encoders and decoders, not the discriminator."""
-        return [p for name, p in self.named_parameters() if not name.startswith("disc.")]
-
-    def sample_prior(self, n: int, like: torch.Tensor) -> torch.Tensor:
-        """n samples of the shared prior N(0, sigma^2 I_d), on ``like``'s device and dtype."""
-        return (
-            torch.randn(n, self.cfg.embed_size, device=like.device, dtype=like.dtype)
-            * self.cfg.sigma
-        )
+        self._add_jwae_networks(cfg)
 
     def encode_images(self, regions: torch.Tensor) -> torch.Tensor:
+        """Region features (B, R, D) -> l2-normalized region codes (B, R, d)."""
         return self.img_enc(regions)
 
     def encode_captions(self, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """Token ids (B, L) -> l2-normalized word codes (B, L, d), zeros past each length."""
         return self.txt_enc(tokens, lengths)
 
     def autoencoder_loss(
@@ -143,9 +132,8 @@ class SCAN(nn.Module):
 
         Returns the total, its unweighted terms (detached, for logging) and the codes the prior is
         matched against, ``(region codes (B*R, d), real word codes (sum(lengths), d))``, for the
-        discriminator step. ``score_loss`` turns the batch's codes into the max-of-hinges loss
-        (keywords of :func:`jwae_ext.ops.mh_loss_from_scores`); distributed training passes one
-        that scores local captions against every rank's images and the reverse.
+        discriminator step. ``score_loss`` turns the batch's score matrix into the max-of-hinges
+        loss (keywords of :func:`jwae_ext.ops.mh_loss_from_scores`).
         """
         v = self.encode_images(regions)
         e = self.encode_captions(tokens, lengths)
@@ -160,38 +148,10 @@ class SCAN(nn.Module):
         terms = {"match": match.detach()}
         if not cfg.uses_wae:
             return match, terms, (z_img, z_txt)
-
         caption_codes = e.sum(dim=1) / lengths.unsqueeze(1).to(e.dtype)  # padding holds zeros
-        states, targets = self.txt_dec(caption_codes, tokens, lengths)
-        w_rec, w_nll, w_img, w_txt = cfg.weights
-        gan = cfg.prior == "gan"
-        logits_img, logits_txt = (self.disc(z_img), self.disc(z_txt)) if gan else (None, None)
         features = regions.reshape(-1, regions.shape[-1])
-        wae, wae_terms = ops.wae_loss(
-            features,
-            self.img_dec(z_img),
-            states,
-            self.txt_dec.vocab.weight,
-            targets,
-            logits_img,
-            logits_txt,
-            vocab_bias=self.txt_dec.vocab.bias,
-            batch_size=regions.shape[0],
-            weights=(w_rec, w_nll, w_img, w_txt) if gan else (w_rec, w_nll, 0.0, 0.0),
-            recon=cfg.recon,
-            ignore_index=PAD,
+        wae, wae_terms = self.jwae_terms(
+            cfg, features, z_img, z_txt, caption_codes, tokens, lengths
         )
-        total = match + wae
         terms.update(wae_terms)
-        if cfg.prior == "mmd":
-            mmd_img = ops.mmd_imq(z_img, self.sample_prior(z_img.shape[0], z_img))
-            mmd_txt = ops.mmd_imq(z_txt, self.sample_prior(z_txt.shape[0], z_txt))
-            total = total + w_img * mmd_img + w_txt * mmd_txt
-            terms.update(mmd_img=mmd_img.detach(), mmd_txt=mmd_txt.detach())
-        return total, terms, (z_img, z_txt)
-
-    def discriminator_loss(self, z_img: torch.Tensor, z_txt: torch.Tensor) -> torch.Tensor:
-        """The discriminator's own loss: prior samples are real, the detached codes fake."""
-        fake = torch.cat([z_img.detach(), z_txt.detach()])
-        real = self.sample_prior(fake.shape[0], fake)
-        return ops.discriminator_loss(self.disc(real), self.disc(fake))
+        return match + wae, terms, (z_img, z_txt)

@@ -1,16 +1,12 @@
-"""The jWAE networks (docs/design.md, "The jWAE model"): encoders into one latent space,
-decoders back out of it, and the discriminator that matches both code distributions to one shared
-Gaussian prior.
-
-Everything here is a plain ``nn.Module``; the losses that tie them together live in
-:mod:`jwae_ext.losses`.
+"""What every model shares (docs/design.md, "jWAE"): the sizes, the decoders back out of the
+latent space, the discriminator that matches the code distributions to one shared Gaussian prior,
+and the jWAE terms built from them (:class:`JointModel`).
 """
 
 from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -19,7 +15,7 @@ from torch.func import functional_call
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from jwae_ext import ops
-from jwae_ext.losses import LossConfig, matching_loss
+from jwae_ext.losses import LossConfig
 
 PAD, START, END, UNK = 0, 1, 2, 3
 
@@ -87,40 +83,11 @@ class _Perceptron(nn.Module):
         return self.net(x)
 
 
-class ImageEncoder(_Perceptron):
-    """f_v: precomputed image features (B, D) -> codes z_v (B, d), unnormalized."""
-
-    def __init__(self, cfg: ModelConfig) -> None:
-        super().__init__([cfg.img_dim, cfg.img_hidden, cfg.embed_size])
-
-
 class ImageDecoder(_Perceptron):
     """g_v: codes (B, d) -> reconstructed image features (B, D)."""
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__([cfg.embed_size, cfg.img_hidden, cfg.img_dim])
-
-
-class TextEncoder(nn.Module):
-    """f_t: token ids (B, L) with true lengths (B,) -> codes z_t (B, d), unnormalized.
-
-    A word embedding feeds a one-layer GRU with hidden size d; the code is the GRU state at each
-    caption's last real token (a bi-GRU averages the final states of its two directions).
-    """
-
-    def __init__(self, cfg: ModelConfig) -> None:
-        super().__init__()
-        self.embed = nn.Embedding(cfg.vocab_size, cfg.word_dim, padding_idx=PAD)
-        self.gru = nn.GRU(
-            cfg.word_dim, cfg.embed_size, batch_first=True, bidirectional=cfg.bidirectional
-        )
-
-    def forward(self, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        packed = pack_padded_sequence(
-            self.embed(tokens), lengths.cpu(), batch_first=True, enforce_sorted=False
-        )
-        _, final = self.gru(packed)  # (directions, B, d), states at the true lengths
-        return final.mean(dim=0)
 
 
 class TextDecoder(nn.Module):
@@ -182,14 +149,15 @@ class Discriminator(nn.Module):
         return self.net(codes).squeeze(-1)
 
 
-class JWAE(nn.Module):
-    """All jWAE networks. The discriminator is a separate attribute with its own optimizer."""
+class JointModel(nn.Module):
+    """The part every model shares: the image decoder ``img_dec``, caption decoder ``txt_dec``
+    and discriminator ``disc`` (with its own optimizer), the prior, and the jWAE terms.
+    Subclasses build their encoders first, then call :meth:`_add_jwae_networks` (the order fixes
+    the random initialisation)."""
 
-    def __init__(self, cfg: ModelConfig) -> None:
-        super().__init__()
-        self.cfg = cfg
-        self.img_enc = ImageEncoder(cfg)
-        self.txt_enc = TextEncoder(cfg)
+    cfg: ModelConfig
+
+    def _add_jwae_networks(self, cfg: ModelConfig) -> None:
         self.img_dec = ImageDecoder(cfg)
         self.txt_dec = TextDecoder(cfg)
         self.disc = Discriminator(cfg)
@@ -205,48 +173,36 @@ class JWAE(nn.Module):
             * self.cfg.sigma
         )
 
-    def encode_images(self, features: torch.Tensor) -> torch.Tensor:
-        return self.img_enc(features)
-
-    def encode_captions(self, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        return self.txt_enc(tokens, lengths)
-
-    def autoencoder_loss(
+    def jwae_terms(
         self,
-        images: torch.Tensor,
+        cfg: LossConfig,
+        features: torch.Tensor,
+        z_img: torch.Tensor,
+        z_txt: torch.Tensor,
+        caption_codes: torch.Tensor,
         tokens: torch.Tensor,
         lengths: torch.Tensor,
-        img_ids: torch.Tensor,
-        cfg: LossConfig,
-        hinge: Callable[..., torch.Tensor] = ops.mh_loss,
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
-        """The loss of encoders and decoders on one batch of pairs (images[i], tokens[i]).
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The weighted jWAE regularizer of a batch of ``B = len(tokens)`` pairs and its
+        unweighted terms (detached): ``z_img`` reconstructs ``features`` row by row (L1 or L2,
+        summed, over B), ``caption_codes`` (B, d) condition the caption decoder (shifted
+        targets, over B), and the rows of ``z_img`` and ``z_txt`` are matched to the prior.
 
-        Returns the total, its unweighted terms (detached, for logging) and the codes
-        (z_img, z_txt) for the discriminator step. The discriminator is only evaluated here,
-        with its weights detached: they get no gradient from this loss, and their
-        ``requires_grad`` is left alone. ``hinge``: see :func:`jwae_ext.losses.matching_loss`.
+        The discriminator runs on detached copies of its weights, so this loss never reaches
+        them (the trainer's separate discriminator step does) and their ``requires_grad`` is
+        left alone.
         """
-        z_img = self.encode_images(images)
-        z_txt = self.encode_captions(tokens, lengths)
-        match = matching_loss(cfg, z_img, z_txt, img_ids, hinge)
-        terms = {"match": match.detach()}
-        if not cfg.uses_wae:
-            return match, terms, (z_img, z_txt)
-
-        states, targets = self.txt_dec(z_txt, tokens, lengths)
+        states, targets = self.txt_dec(caption_codes, tokens, lengths)
         w_rec, w_nll, w_img, w_txt = cfg.weights
+        gan = cfg.prior == "gan"
         logits_img = logits_txt = None
-        if cfg.prior == "gan":
-            # The adversarial terms train the encoders only: the discriminator runs on detached
-            # copies of its weights, so this loss never reaches them (the trainer's separate
-            # discriminator step does).
+        if gan:
             frozen = {name: p.detach() for name, p in self.disc.named_parameters()}
             logits_img, logits_txt = (
                 functional_call(self.disc, frozen, (z,)) for z in (z_img, z_txt)
             )
-        wae, wae_terms = ops.wae_loss(
-            images,
+        total, terms = ops.wae_loss(
+            features,
             self.img_dec(z_img),
             states,
             self.txt_dec.vocab.weight,
@@ -254,21 +210,21 @@ class JWAE(nn.Module):
             logits_img,
             logits_txt,
             vocab_bias=self.txt_dec.vocab.bias,
-            batch_size=images.shape[0],
-            weights=(w_rec, w_nll, w_img, w_txt)
-            if cfg.prior == "gan"
-            else (w_rec, w_nll, 0.0, 0.0),
+            batch_size=tokens.shape[0],
+            weights=(w_rec, w_nll, w_img, w_txt) if gan else (w_rec, w_nll, 0.0, 0.0),
             recon=cfg.recon,
             ignore_index=PAD,
         )
-        total = match + wae
-        terms.update(wae_terms)
         if cfg.prior == "mmd":
             prior = self.sample_prior(z_img.shape[0], z_img)
-            mmd_img, mmd_txt = ops.mmd_imq(z_img, prior), ops.mmd_imq(z_txt, prior)
+            if z_txt.shape[0] != z_img.shape[0]:  # region and word codes come in other numbers
+                prior_txt = self.sample_prior(z_txt.shape[0], z_txt)
+            else:
+                prior_txt = prior
+            mmd_img, mmd_txt = ops.mmd_imq(z_img, prior), ops.mmd_imq(z_txt, prior_txt)
             total = total + w_img * mmd_img + w_txt * mmd_txt
             terms.update(mmd_img=mmd_img.detach(), mmd_txt=mmd_txt.detach())
-        return total, terms, (z_img, z_txt)
+        return total, terms
 
     def discriminator_loss(self, z_img: torch.Tensor, z_txt: torch.Tensor) -> torch.Tensor:
         """The discriminator's own loss: prior samples are real, the detached codes fake."""

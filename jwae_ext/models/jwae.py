@@ -1,0 +1,89 @@
+"""The pooled jWAE networks (docs/design.md, "jWAE"): one code per image from its pooled
+features, one per caption from a GRU, with the shared decoders and discriminator of
+:class:`~jwae_ext.models.parts.JointModel`. Variants ``jwae-mh``, ``jwae-mse``, ``vse++``,
+``vse0``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence
+
+from jwae_ext import ops
+from jwae_ext.losses import LossConfig, matching_loss
+from jwae_ext.models.parts import PAD, JointModel, ModelConfig, _Perceptron
+
+
+class ImageEncoder(_Perceptron):
+    """f_v: precomputed image features (B, D) -> codes z_v (B, d), unnormalized."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__([cfg.img_dim, cfg.img_hidden, cfg.embed_size])
+
+
+class TextEncoder(nn.Module):
+    """f_t: token ids (B, L) with true lengths (B,) -> codes z_t (B, d), unnormalized.
+
+    A word embedding feeds a one-layer GRU with hidden size d; the code is the GRU state at each
+    caption's last real token (a bi-GRU averages the final states of its two directions).
+    """
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.word_dim, padding_idx=PAD)
+        self.gru = nn.GRU(
+            cfg.word_dim, cfg.embed_size, batch_first=True, bidirectional=cfg.bidirectional
+        )
+
+    def forward(self, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        packed = pack_padded_sequence(
+            self.embed(tokens), lengths.cpu(), batch_first=True, enforce_sorted=False
+        )
+        _, final = self.gru(packed)  # (directions, B, d), states at the true lengths
+        return final.mean(dim=0)
+
+
+class JWAE(JointModel):
+    """All pooled jWAE networks. The discriminator is a separate attribute with its own
+    optimizer."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.img_enc = ImageEncoder(cfg)
+        self.txt_enc = TextEncoder(cfg)
+        self._add_jwae_networks(cfg)
+
+    def encode_images(self, features: torch.Tensor) -> torch.Tensor:
+        return self.img_enc(features)
+
+    def encode_captions(self, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        return self.txt_enc(tokens, lengths)
+
+    def autoencoder_loss(
+        self,
+        images: torch.Tensor,
+        tokens: torch.Tensor,
+        lengths: torch.Tensor,
+        img_ids: torch.Tensor,
+        cfg: LossConfig,
+        hinge: Callable[..., torch.Tensor] = ops.mh_loss,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+        """The loss of encoders and decoders on one batch of pairs (images[i], tokens[i]).
+
+        Returns the total, its unweighted terms (detached, for logging) and the codes
+        (z_img, z_txt) for the discriminator step. ``hinge``: see
+        :func:`jwae_ext.losses.matching_loss`.
+        """
+        z_img = self.encode_images(images)
+        z_txt = self.encode_captions(tokens, lengths)
+        match = matching_loss(cfg, z_img, z_txt, img_ids, hinge)
+        terms = {"match": match.detach()}
+        if not cfg.uses_wae:
+            return match, terms, (z_img, z_txt)
+        wae, wae_terms = self.jwae_terms(cfg, images, z_img, z_txt, z_txt, tokens, lengths)
+        terms.update(wae_terms)
+        return match + wae, terms, (z_img, z_txt)
