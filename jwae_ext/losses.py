@@ -82,3 +82,18 @@ def matching_loss(
         txt_ids=img_ids,
         normalize=True,
     )
+
+
+def xattn_mh_loss(
+    regions: torch.Tensor,
+    words: torch.Tensor,
+    cap_lens: torch.Tensor,
+    *,
+    xattn: dict,
+    **options: object,
+) -> torch.Tensor:
+    """SCAN's objective: the max-of-hinges loss (:func:`jwae_ext.ops.mh_loss_from_scores`, with
+    ``options``: ``margin``, ``max_violation``, ``img_ids``, ``txt_ids``) of the batch's
+    cross-attention score matrix (:func:`jwae_ext.ops.xattn_scores` with the options ``xattn``)
+    of region codes ``(B, R, d)`` against word codes ``(B, L, d)``."""
+    return ops.mh_loss_from_scores(ops.xattn_scores(regions, words, cap_lens, **xattn), **options)

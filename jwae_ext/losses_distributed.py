@@ -13,14 +13,15 @@ import dataclasses
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from torch import nn
 
 from jwae_ext import ops
 from jwae_ext.distributed import Context, all_gather_rows
-from jwae_ext.losses import LossConfig
-from jwae_ext.models import JWAE
+from jwae_ext.losses import LossConfig, xattn_mh_loss
+from jwae_ext.models import SCAN, JointModel
 
-__all__ = ["AutoencoderLoss", "global_mh_loss"]
+__all__ = ["AutoencoderLoss", "global_mh_loss", "global_xattn_mh_loss"]
 
 
 def global_mh_loss(
@@ -57,22 +58,74 @@ def global_mh_loss(
     return costs[:, rank * rows : (rank + 1) * rows].sum() * world
 
 
+def global_xattn_mh_loss(
+    regions: torch.Tensor,
+    words: torch.Tensor,
+    cap_lens: torch.Tensor,
+    *,
+    xattn: dict,
+    img_ids: torch.Tensor,
+    txt_ids: torch.Tensor,
+    **options: float | bool,
+) -> torch.Tensor:
+    """This rank's share of SCAN's max-of-hinges loss of the global batch, scaled for DDP as
+    :func:`global_mh_loss` is.
+
+    A query's cost reads one row (an image against every caption) or one column (a caption
+    against every image) of the global score matrix, so this rank computes only its rows, its
+    images against every rank's captions, and its columns, every rank's images against its
+    captions: two cross-attention blocks of ``b x B`` instead of the ``B x B`` matrix. Codes are
+    gathered with their gradient (:func:`~jwae_ext.distributed.all_gather_rows`; word codes
+    padded to the longest caption of the global batch first). ``options``: ``margin``,
+    ``max_violation`` of :func:`jwae_ext.ops.mh_loss_from_scores`.
+    """
+    world, rank, b = dist.get_world_size(), dist.get_rank(), regions.shape[0]
+    longest = torch.tensor([words.shape[1]], device=words.device)
+    dist.all_reduce(longest, op=dist.ReduceOp.MAX)
+    words = F.pad(words, (0, 0, 0, int(longest) - words.shape[1]))
+    all_lens = all_gather_rows(cap_lens)
+    rows = ops.xattn_scores(regions, all_gather_rows(words), all_lens, **xattn)  # (b, B)
+    cols = ops.xattn_scores(all_gather_rows(regions), words, cap_lens, **xattn)  # (B, b)
+    mine = slice(rank * b, (rank + 1) * b)
+    # The other entries are never read by this rank's queries: zeros, without gradient.
+    scores = torch.cat(
+        [
+            rows.new_zeros(rank * b, world * b),
+            rows,
+            rows.new_zeros((world - rank - 1) * b, world * b),
+        ]
+    )
+    scores = torch.cat([scores[:, : mine.start], cols, scores[:, mine.stop :]], dim=1)
+    costs = ops.mh_loss_from_scores(
+        scores,
+        reduction="none",
+        img_ids=all_gather_rows(img_ids),
+        txt_ids=all_gather_rows(txt_ids),
+        **options,
+    )  # (2, world * b): i2t per image, t2i per caption
+    return costs[:, mine].sum() * world
+
+
 class AutoencoderLoss(nn.Module):
-    """``JWAE.autoencoder_loss`` as a module: what DDP wraps, holding only what that loss trains.
+    """A :class:`~jwae_ext.models.JointModel`'s ``autoencoder_loss`` as a module: what DDP
+    wraps, holding only what that loss trains.
 
     DDP needs a ``forward`` to hook into and expects a gradient for every parameter it holds, so
     the discriminator (evaluated without gradient in this loss) is not registered here, nor are
     the decoders of the variants without jWAE terms. In one process the module is called as is.
     """
 
-    def __init__(self, model: JWAE, loss_cfg: LossConfig, ctx: Context) -> None:
+    def __init__(self, model: JointModel, loss_cfg: LossConfig, ctx: Context) -> None:
         super().__init__()
         self.img_enc, self.txt_enc = model.img_enc, model.txt_enc
         if loss_cfg.uses_wae:
             self.img_dec, self.txt_dec = model.img_dec, model.txt_dec
         self._model = (model,)  # a tuple keeps the whole model (and its discriminator) unregistered
         self._loss_cfg = loss_cfg
-        self._hinge = global_mh_loss if ctx.enabled else ops.mh_loss
+        if isinstance(model, SCAN):
+            self._hinge = global_xattn_mh_loss if ctx.enabled else xattn_mh_loss
+        else:
+            self._hinge = global_mh_loss if ctx.enabled else ops.mh_loss
 
     def forward(
         self,
@@ -82,7 +135,7 @@ class AutoencoderLoss(nn.Module):
         img_ids: torch.Tensor,
         warmup: bool,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
-        """The loss, terms and codes of :meth:`JWAE.autoencoder_loss`; ``warmup`` selects the sum
+        """The loss, terms and codes of the model's ``autoencoder_loss``; ``warmup`` selects the sum
         of hinges of the warm-up epochs."""
         cfg = dataclasses.replace(self._loss_cfg, warmup=warmup)
         return self._model[0].autoencoder_loss(images, tokens, lengths, img_ids, cfg, self._hinge)

@@ -26,8 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from jwae_ext import ops
-from jwae_ext.losses import LossConfig
+from jwae_ext.losses import LossConfig, xattn_mh_loss
 from jwae_ext.models.parts import PAD, JointModel, ModelConfig
 
 XATTN_DIRECTIONS = ("t2i", "i2t")
@@ -46,11 +45,9 @@ class XattnConfig:
     lambda_lse: float = 6.0
     raw_feature_norm: str = "clipped_l2norm"
 
-    def scores(
-        self, regions: torch.Tensor, words: torch.Tensor, lengths: torch.Tensor
-    ) -> torch.Tensor:
-        """``(N_i, N_c)`` scores of every image's region codes against every caption's words."""
-        return ops.xattn_scores(regions, words, lengths, **dataclasses.asdict(self))
+    def options(self) -> dict:
+        """The keywords of :func:`jwae_ext.ops.xattn_scores`."""
+        return dataclasses.asdict(self)
 
 
 def masked_words(words: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -126,19 +123,23 @@ class SCAN(JointModel):
         lengths: torch.Tensor,
         img_ids: torch.Tensor,
         cfg: LossConfig,
-        score_loss: Callable[..., torch.Tensor] = ops.mh_loss_from_scores,
+        hinge: Callable[..., torch.Tensor] = xattn_mh_loss,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
         """The loss of encoders and decoders on one batch of pairs (regions[i], tokens[i]).
 
         Returns the total, its unweighted terms (detached, for logging) and the codes the prior is
         matched against, ``(region codes (B*R, d), real word codes (sum(lengths), d))``, for the
-        discriminator step. ``score_loss`` turns the batch's score matrix into the max-of-hinges
-        loss (keywords of :func:`jwae_ext.ops.mh_loss_from_scores`).
+        discriminator step. ``hinge`` scores the codes and returns the max-of-hinges loss (the
+        signature of :func:`jwae_ext.losses.xattn_mh_loss`; distributed training passes
+        :func:`jwae_ext.losses_distributed.global_xattn_mh_loss`).
         """
         v = self.encode_images(regions)
         e = self.encode_captions(tokens, lengths)
-        match = score_loss(
-            self.xattn.scores(v, e, lengths),
+        match = hinge(
+            v,
+            e,
+            lengths,
+            xattn=self.xattn.options(),
             margin=cfg.margin,
             max_violation=not cfg.warmup,
             img_ids=img_ids,
