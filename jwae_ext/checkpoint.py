@@ -21,9 +21,10 @@ from typing import Any
 
 import torch
 
+from jwae_ext.config import saved_config
 from jwae_ext.data import Vocabulary
 from jwae_ext.data.vocab import SPECIAL_TOKENS
-from jwae_ext.models import JWAE, ModelConfig
+from jwae_ext.models import JointModel, ModelConfig, build_model
 
 CHECKPOINT_FORMAT = 1
 
@@ -134,7 +135,7 @@ class TrainingState:
     config: dict  # the run's TrainConfig, as dataclasses.asdict gives it
     model_config: dict  # the ModelConfig
     vocab: list[str]  # Vocabulary.idx2word: the special tokens, then the words
-    model: dict  # JWAE.state_dict()
+    model: dict  # the model's state_dict()
     optimizer: dict
     disc_optimizer: dict
     epoch: int  # epochs completed
@@ -184,7 +185,7 @@ class LoadedModel:
     """A trained model rebuilt from a checkpoint, with its vocabulary and training settings."""
 
     path: Path
-    model: JWAE
+    model: JointModel
     vocab: Vocabulary
     config: dict  # the run's TrainConfig as saved
 
@@ -209,10 +210,11 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> LoadedMo
     if not isinstance(words, list) or tuple(words[:4]) != SPECIAL_TOKENS:
         raise CheckpointError(f"checkpoint {path}: 'vocab' is not a jwae_ext vocabulary list")
     try:
-        model = JWAE(ModelConfig(**state["model_config"]))
+        config = dict(state["config"])
+        train = saved_config(config)
+        model = build_model(train.variant, ModelConfig(**state["model_config"]), train.xattn_config)
         model.load_state_dict(state["model"])
         vocab = Vocabulary(words[len(SPECIAL_TOKENS) :])
-        config = dict(state["config"])
     except (TypeError, ValueError, RuntimeError) as err:
         first = str(err).splitlines()[0]
         raise CheckpointError(

@@ -17,7 +17,9 @@ from pathlib import Path
 
 import torch
 
-from jwae_ext.losses import PRIORS, RECONS, VARIANTS
+from jwae_ext.losses import PRIORS, RECONS, SCAN_VARIANTS, VARIANTS
+from jwae_ext.models import XattnConfig
+from jwae_ext.models.scan import XATTN_AGGS, XATTN_DIRECTIONS, XATTN_NORMS
 
 # Per data kind: the values that make the default run fit in minutes on 2 CPU cores
 # (embedded), and the published recipe (precomp).
@@ -62,7 +64,10 @@ class TrainConfig:
     embed_size: int | None = field(default=None, metadata={"help": "latent size d"})
     word_dim: int = field(default=300, metadata={"help": "word embedding size"})
     img_hidden: int | None = field(default=None, metadata={"help": "image MLP hidden size"})
-    bidirectional: bool = field(default=False, metadata={"help": "bi-GRU text encoder"})
+    bidirectional: bool | None = field(
+        default=None,
+        metadata={"help": "bi-GRU text encoder (default: on for the SCAN variants, as SCAN)"},
+    )
     word_dropout: float = field(default=0.2, metadata={"help": "decoder input word dropout"})
     lambda_rec: float = field(default=0.05, metadata={"help": "lambda1: image reconstruction"})
     lambda_nll: float = field(default=0.005, metadata={"help": "lambda2: caption NLL"})
@@ -79,6 +84,26 @@ class TrainConfig:
     disc_beta2: float = field(default=0.999, metadata={"help": "discriminator Adam beta2"})
     disc_every: int = field(default=1, metadata={"help": "discriminator step every k steps"})
     disc_hidden: int = field(default=256, metadata={"help": "discriminator hidden size"})
+    xattn: str = field(
+        default="t2i",
+        metadata={
+            "help": "SCAN: attend to regions per word (t2i) or words per region (i2t)",
+            "choices": XATTN_DIRECTIONS,
+        },
+    )
+    agg: str = field(
+        default="lse",
+        metadata={
+            "help": "SCAN: aggregation of the per-word/region similarities",
+            "choices": XATTN_AGGS,
+        },
+    )
+    lambda_softmax: float = field(default=9.0, metadata={"help": "SCAN: attention temperature"})
+    lambda_lse: float = field(default=6.0, metadata={"help": "SCAN: LogSumExp temperature"})
+    raw_feature_norm: str = field(
+        default="clipped_l2norm",
+        metadata={"help": "SCAN: normalization of the raw attention", "choices": XATTN_NORMS},
+    )
     vocab_threshold: int = field(default=4, metadata={"help": "min word count for the vocabulary"})
     train_images: int | None = field(
         default=None, metadata={"help": "use only the first N train images"}
@@ -113,6 +138,22 @@ class TrainConfig:
         return (self.lambda_rec, self.lambda_nll, self.lambda_img, self.lambda_txt)
 
     @property
+    def xattn_config(self) -> XattnConfig:
+        """SCAN's cross-attention options."""
+        return XattnConfig(
+            direction=self.xattn,
+            lambda_softmax=self.lambda_softmax,
+            agg=self.agg,
+            lambda_lse=self.lambda_lse,
+            raw_feature_norm=self.raw_feature_norm,
+        )
+
+    @property
+    def uses_regions(self) -> bool:
+        """SCAN variants read region features; the others pooled features."""
+        return self.variant in SCAN_VARIANTS
+
+    @property
     def run_name(self) -> str:
         if self.name:
             return self.name
@@ -142,6 +183,8 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
     filled = dataclasses.replace(
         cfg, **{k: v for k, v in preset.items() if getattr(cfg, k) is None}
     )
+    if filled.bidirectional is None:
+        filled = dataclasses.replace(filled, bidirectional=filled.uses_regions)
     positive = (
         "epochs",
         "batch_size",
@@ -157,7 +200,7 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
             raise ValueError(
                 f"--{name.replace('_', '-')} must be >= 1, got {getattr(filled, name)}"
             )
-    for name in ("lr", "disc_lr"):
+    for name in ("lr", "disc_lr", "lambda_softmax", "lambda_lse"):
         if not getattr(filled, name) > 0:
             raise ValueError(f"--{name.replace('_', '-')} must be > 0, got {getattr(filled, name)}")
     for f in fields(filled):
@@ -183,7 +226,7 @@ def parser() -> argparse.ArgumentParser:
     for f in fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
         help_text = f.metadata.get("help", "")
-        if f.type in ("bool",) or isinstance(f.default, bool):
+        if str(f.type).split(" ")[0] == "bool":
             p.add_argument(
                 flag, action=argparse.BooleanOptionalAction, default=f.default, help=help_text
             )
@@ -218,6 +261,12 @@ def from_args(argv: list[str] | None = None) -> TrainConfig:
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError, ValueError) as err:
         raise ValueError(f"--resume: {saved_path} is not a valid run configuration: {err}") from err
     return TrainConfig(**{**saved, **given})
+
+
+def saved_config(saved: object) -> TrainConfig:
+    """The :class:`TrainConfig` of a saved ``config.json`` (or a checkpoint's ``config``): its
+    known fields, type-checked, the others at their defaults (a run of an earlier version)."""
+    return TrainConfig(**_saved_fields(saved))
 
 
 _JSON_TYPES = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,)}

@@ -1,15 +1,19 @@
-"""A model's codes of a whole split: what evaluation, figures and sharded validation rank."""
+"""A model's codes of a whole split: what evaluation, figures and sharded validation rank
+(:func:`encode_split` for the pooled models, :func:`encode_split_xattn` for SCAN)."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from jwae_ext import retrieval
 from jwae_ext.data import CaptionSplit, Vocabulary, pad_captions
-from jwae_ext.models import JWAE
+from jwae_ext.models import JWAE, SCAN
 
-__all__ = ["encode_split"]
+__all__ = ["XattnCodes", "encode_split", "encode_split_xattn"]
 
 
 @torch.no_grad()
@@ -41,3 +45,59 @@ def encode_split(
     img_emb = torch.cat(images)
     cap_emb = torch.cat(codes) if codes else img_emb.new_empty(0, img_emb.shape[1])
     return F.normalize(img_emb, dim=1), F.normalize(cap_emb, dim=1)
+
+
+@dataclass
+class XattnCodes:
+    """A SCAN model's codes of a split: l2-normalized region codes ``regions`` (N, R, d), word
+    codes ``words`` (M, L, d) padded with zeros past ``lengths`` (M,) int64."""
+
+    regions: torch.Tensor
+    words: torch.Tensor
+    lengths: torch.Tensor
+
+    def table(self, cap_to_img: np.ndarray, protocol: str, xattn: dict) -> dict:
+        """The exact retrieval table of these codes under the cross-attention score with the
+        options ``xattn`` (:func:`jwae_ext.retrieval.evaluate_xattn`)."""
+        ids = torch.as_tensor(np.asarray(cap_to_img), device=self.regions.device)
+        return retrieval.evaluate_xattn(
+            self.regions, self.words, self.lengths, ids, protocol=protocol, **xattn
+        )
+
+    def pooled(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """One l2-normalized code per image and per caption, the mean of its region or word
+        codes: for what needs a single vector (continuity, latent-space figures), not retrieval."""
+        mean_words = self.words.sum(dim=1) / self.lengths.unsqueeze(1).to(self.words.dtype)
+        return F.normalize(self.regions.mean(dim=1), dim=1), F.normalize(mean_words, dim=1)
+
+
+@torch.no_grad()
+def encode_split_xattn(
+    model: SCAN,
+    split: CaptionSplit,
+    vocab: Vocabulary,
+    *,
+    device: torch.device | str = "cpu",
+    batch_size: int = 1024,
+) -> XattnCodes:
+    """The region and word codes of every image and caption of ``split`` (which needs region
+    features). The model is put in eval mode."""
+    model.eval()
+    features = split.require_regions()
+    regions = [
+        model.encode_images(
+            torch.from_numpy(np.asarray(features[start : start + batch_size], np.float32)).to(
+                device
+            )
+        )
+        for start in range(0, split.num_images, batch_size)
+    ]
+    tokens, lengths = pad_captions([vocab.encode(c) for c in split.captions])
+    words = torch.zeros(tokens.shape[0], tokens.shape[1], model.cfg.embed_size, device=device)
+    for start in range(0, split.num_captions, batch_size):
+        chunk = slice(start, start + batch_size)
+        longest = int(lengths[chunk].max())
+        words[chunk, :longest] = model.encode_captions(
+            tokens[chunk, :longest].to(device), lengths[chunk].to(device)
+        )
+    return XattnCodes(torch.cat(regions), words, lengths.to(device))

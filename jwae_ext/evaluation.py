@@ -18,10 +18,17 @@ from jwae_ext import retrieval
 from jwae_ext.checkpoint import LoadedModel
 from jwae_ext.continuity import continuity
 from jwae_ext.data import CaptionSplit, Vocabulary
-from jwae_ext.encoding import encode_split
-from jwae_ext.models import JWAE
+from jwae_ext.encoding import encode_split, encode_split_xattn
+from jwae_ext.models import SCAN, JointModel
 
-__all__ = ["CONTINUITY_K", "Evaluation", "evaluate_loaded", "evaluate_split", "table_of_codes"]
+__all__ = [
+    "CONTINUITY_K",
+    "Evaluation",
+    "encode_and_rank",
+    "evaluate_loaded",
+    "evaluate_split",
+    "table_of_codes",
+]
 
 CONTINUITY_K = 10
 
@@ -34,18 +41,45 @@ def table_of_codes(
     return retrieval.evaluate(img_codes, cap_codes, cap_to_img, protocol=protocol)
 
 
+def encode_and_rank(
+    model: JointModel,
+    split: CaptionSplit,
+    vocab: Vocabulary,
+    *,
+    protocol: str = "full",
+    **encoding: Any,
+) -> tuple[dict, torch.Tensor, torch.Tensor]:
+    """The retrieval table of ``model`` on ``split`` and one code per image and per caption.
+
+    Pooled models: their codes, ranked by cosine (:func:`jwae_ext.retrieval.evaluate`). SCAN:
+    region and word codes ranked by the model's cross-attention score
+    (:func:`jwae_ext.retrieval.evaluate_xattn`), and the mean region / word codes as the single
+    codes (:meth:`jwae_ext.encoding.XattnCodes.pooled`). ``encoding``: the ``device`` and
+    ``batch_size`` of the encoding.
+    """
+    if isinstance(model, SCAN):
+        codes = encode_split_xattn(model, split, vocab, **encoding)
+        return codes.table(split.cap_to_img, protocol, model.xattn.options()), *codes.pooled()
+    img, cap = encode_split(model, split, vocab, **encoding)
+    return table_of_codes(img, cap, split, protocol), img, cap
+
+
 def evaluate_split(
-    model: JWAE, split: CaptionSplit, vocab: Vocabulary, *, protocol: str = "full", **encoding: Any
+    model: JointModel,
+    split: CaptionSplit,
+    vocab: Vocabulary,
+    *,
+    protocol: str = "full",
+    **encoding: Any,
 ) -> dict:
-    """The retrieval table of ``model`` on ``split`` (see :func:`jwae_ext.retrieval.evaluate`);
-    ``encoding``: the ``device`` and ``batch_size`` of :func:`jwae_ext.encoding.encode_split`."""
-    img_emb, cap_emb = encode_split(model, split, vocab, **encoding)
-    return table_of_codes(img_emb, cap_emb, split, protocol)
+    """The retrieval table of ``model`` on ``split`` (see :func:`encode_and_rank`)."""
+    return encode_and_rank(model, split, vocab, protocol=protocol, **encoding)[0]
 
 
 @dataclass
 class Evaluation:
-    """What :func:`evaluate_loaded` measured: the JSON-ready ``result`` and the codes behind it."""
+    """What :func:`evaluate_loaded` measured: the JSON-ready ``result`` and one code per image
+    and per caption (for SCAN the mean region / word codes: see :func:`encode_and_rank`)."""
 
     result: dict
     img_codes: torch.Tensor
@@ -64,13 +98,18 @@ def evaluate_loaded(
     """The retrieval table of ``loaded`` on ``split`` and, when the split has attributes, the
     continuity of its image codes (``k`` neighbours)."""
     expected = loaded.model.cfg.img_dim
-    if split.feature_dim != expected:
+    regions = isinstance(loaded.model, SCAN)
+    given = split.require_regions().shape[-1] if regions else split.feature_dim
+    if given != expected:
+        kind = "region" if regions else "image"
         raise ValueError(
-            f"data {split.name} has {split.feature_dim}-dimensional image features, but the model "
+            f"data {split.name} has {given}-dimensional {kind} features, but the model "
             f"in {loaded.path} was trained on {expected}-dimensional ones"
         )
     device = next(loaded.model.parameters()).device
-    img, cap = encode_split(loaded.model, split, loaded.vocab, device=device, batch_size=batch_size)
+    table, img, cap = encode_and_rank(
+        loaded.model, split, loaded.vocab, protocol=protocol, device=device, batch_size=batch_size
+    )
     result = {
         "checkpoint": str(loaded.path),
         "variant": loaded.config.get("variant"),
@@ -79,7 +118,7 @@ def evaluate_loaded(
         "protocol": protocol,
         "images": split.num_images,
         "captions": split.num_captions,
-        **table_of_codes(img, cap, split, protocol),
+        **table,
         "continuity": None if split.attributes is None else continuity(img, split.attributes, k),
     }
     return Evaluation(result, img, cap, split)

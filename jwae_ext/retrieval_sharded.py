@@ -15,8 +15,8 @@ import torch.distributed as dist
 from jwae_ext import ops, retrieval
 from jwae_ext.data import CaptionSplit, Vocabulary
 from jwae_ext.distributed import Context, gather_uneven
-from jwae_ext.encoding import encode_split
-from jwae_ext.models import JWAE
+from jwae_ext.encoding import encode_split, encode_split_xattn
+from jwae_ext.models import SCAN, JointModel
 from jwae_ext.ops._checks import check_tensor
 from jwae_ext.ops._dtypes import accumulation_dtype
 
@@ -126,7 +126,7 @@ def evaluate_sharded(
 
 
 def evaluate_split_sharded(
-    model: JWAE,
+    model: JointModel,
     split: CaptionSplit,
     vocab: Vocabulary,
     ctx: Context,
@@ -136,7 +136,11 @@ def evaluate_split_sharded(
 ) -> dict:
     """:func:`jwae_ext.evaluation.evaluate_split` with the caption encoding and the ranking sharded
     over the ranks (every rank encodes all images: the cheap side). Same result on every rank,
-    identical to one process's."""
+    identical to one process's. SCAN models are evaluated whole on every rank (the exact
+    cross-attention ranks are not sharded yet)."""
+    if isinstance(model, SCAN):
+        codes = encode_split_xattn(model, split, vocab, device=ctx.device, batch_size=batch_size)
+        return codes.table(split.cap_to_img, protocol, model.xattn.options())
     shard = caption_shard(split.num_captions, batch_size, ctx)
     img_emb, cap_emb = encode_split(
         model, split, vocab, device=ctx.device, batch_size=batch_size, captions=shard

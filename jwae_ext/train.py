@@ -34,7 +34,7 @@ from jwae_ext.data import CaptionSplit, PairBatch, PairDataset, Vocabulary, coll
 from jwae_ext.losses import LossConfig
 from jwae_ext.losses_distributed import AutoencoderLoss
 from jwae_ext.metrics_log import log_epoch
-from jwae_ext.models import JWAE, ModelConfig
+from jwae_ext.models import ModelConfig, build_model
 from jwae_ext.retrieval import format_table
 from jwae_ext.retrieval_sharded import evaluate_split_sharded
 
@@ -163,10 +163,10 @@ class Trainer:
             self.vocab = Vocabulary.load(self.dir / "vocab.json")
         else:
             self.vocab = Vocabulary.build(self.train_split.captions, threshold=cfg.vocab_threshold)
-        self.dataset = PairDataset(self.train_split, self.vocab)
-        self.model_cfg = model_config(cfg, self.train_split.images.shape[1], len(self.vocab))
+        self.dataset = PairDataset(self.train_split, self.vocab, regions=cfg.uses_regions)
+        self.model_cfg = model_config(cfg, self.dataset.features.shape[-1], len(self.vocab))
         self.loss_cfg = loss_config(cfg)
-        self.model = JWAE(self.model_cfg).to(self.device)
+        self.model = build_model(cfg.variant, self.model_cfg, cfg.xattn_config).to(self.device)
         self.optimizer = torch.optim.Adam(self.model.autoencoder_parameters(), lr=cfg.lr)
         self.disc_optimizer = torch.optim.Adam(
             self.model.disc.parameters(), lr=cfg.disc_lr, betas=(cfg.disc_beta1, cfg.disc_beta2)
