@@ -1,6 +1,7 @@
 """``python -m jwae_ext.experiments poster``: the poster's experiments on the embedded data.
 
-For each seed, trains ``vse0``, ``vse++``, ``jwae-mse`` and ``jwae-mh`` on ``synthetic-a`` (with
+For each seed, trains ``vse0``, ``vse++``, ``jwae-mse``, ``jwae-mh``, ``scan`` and
+``scan-jwae-mh`` on ``synthetic-a`` (with
 ``python -m jwae_ext.train``'s defaults), evaluates the best checkpoint in-domain (the test split
 of ``synthetic-a``) and cross-domain (the test split of ``synthetic-b``: other rendering, other
 phrasing, words unknown to the model's vocabulary read as ``<unk>``), and measures the semantic
@@ -33,7 +34,7 @@ from jwae_ext.continuity import continuity
 from jwae_ext.data import CaptionSplit, SceneAttributes, load_split
 from jwae_ext.evaluation import evaluate_loaded
 
-VARIANTS = ("vse0", "vse++", "jwae-mse", "jwae-mh")
+VARIANTS = ("vse0", "vse++", "jwae-mse", "jwae-mh", "scan", "scan-jwae-mh")
 IN_DOMAIN, CROSS_DOMAIN = "synthetic-a", "synthetic-b"
 # The trainer's tiny test settings: every code path in seconds, numbers meaningless.
 QUICK_EVAL_IMAGES = 24
@@ -369,7 +370,7 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="experiment", required=True)
     q = sub.add_parser(
         "poster",
-        help="4 variants x seeds: in-domain R@1, cross-domain R@5, continuity, figures",
+        help="6 variants x seeds: in-domain R@1, cross-domain R@5, continuity, figures",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     q.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
