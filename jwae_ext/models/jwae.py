@@ -1,4 +1,4 @@
-"""The pooled jWAE networks (docs/design.md, "jWAE"): one code per image from its pooled
+"""The pooled jWAE networks (docs/design.md, "The jWAE model"): one code per image from its pooled
 features, one per caption from a GRU, with the shared decoders and discriminator of
 :class:`~jwae_ext.models.parts.JointModel`. Variants ``jwae-mh``, ``jwae-mse``, ``vse++``,
 ``vse0``.

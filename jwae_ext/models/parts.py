@@ -1,4 +1,4 @@
-"""What every model shares (docs/design.md, "jWAE"): the sizes, the decoders back out of the
+"""What every model shares (docs/design.md, "The jWAE model"): the sizes, the decoders back out of the
 latent space, the discriminator that matches the code distributions to one shared Gaussian prior,
 and the jWAE terms built from them (:class:`JointModel`).
 """
