@@ -20,7 +20,7 @@ from jwae_ext.data import collate
 from jwae_ext.train import Trainer, epoch_batches
 
 WORLD = 2
-TRAINER_VARIANTS = ("jwae-mh", "vse0", "jwae-mse")
+TRAINER_VARIANTS = ("jwae-mh", "vse0", "jwae-mse", "scan")
 TINY = {
     "train_images": 48, "eval_images": 24, "batch_size": 16, "embed_size": 16,
     "img_hidden": 16, "word_dim": 8, "warmup_epochs": 0, "word_dropout": 0.0, "grad_clip": 0.0,
