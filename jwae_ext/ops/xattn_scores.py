@@ -3,9 +3,9 @@
 Kernels: ``csrc/xattn_scores.cpp`` (CPU) and ``csrc/cuda/xattn_scores.cu`` (CUDA); reference:
 :func:`jwae_ext.reference.xattn_scores.xattn_scores`. The word-by-region products are computed
 one tile (whole captions by whole images) at a time and turned into scores in the tile, with
-``e·a = Σ α s`` and ``‖a‖² = αᵀ G α`` (DESIGN.md §3.4): the attended vectors never exist, and the
-backward recomputes the tiles instead of saving anything per pair. Tensor shapes, dtypes, devices
-and lengths are checked in C++; the options here and there.
+``e.a = sum(attn * s)`` and ``|a|^2 = attn^T G attn`` (DESIGN.md §3.4): the attended vectors
+never exist, and the backward recomputes the tiles instead of saving anything per pair. Tensor
+shapes, dtypes, devices and lengths are checked in C++; the options here and there.
 """
 
 from __future__ import annotations
@@ -130,9 +130,7 @@ def _backward(ctx, grad):
     )  # fmt: skip
 
 
-torch.library.register_autograd(
-    "jwae_ext::xattn_scores", _backward, setup_context=_setup_context
-)
+torch.library.register_autograd("jwae_ext::xattn_scores", _backward, setup_context=_setup_context)
 
 
 # ---- fake (meta) kernels: shapes and dtypes only, for torch.compile ----------------------------
@@ -158,7 +156,10 @@ def _(grad, images, captions, cap_lens, *options_and_mask):
 @torch.library.register_fake("jwae_ext::xattn_ranks")
 def _(images, captions, cap_lens, cap_to_img, *options):
     check_same_device(
-        ("images", images), ("captions", captions), ("cap_lens", cap_lens), ("cap_to_img", cap_to_img)
+        ("images", images),
+        ("captions", captions),
+        ("cap_lens", cap_lens),
+        ("cap_to_img", cap_to_img),
     )
     return (
         images.new_empty((images.shape[0],), dtype=torch.int64),
