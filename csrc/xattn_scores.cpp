@@ -70,9 +70,11 @@ Problem make_problem(const at::Tensor& images, const at::Tensor& captions,
       });
     });
   } else {
-    // One GEMM per image: its bits do not depend on how images are spread over threads.
+    // One GEMM per image: its bits do not depend on how images are spread over threads. Small
+    // problems stay on the calling thread (waking the pool costs more than they do).
     p.region_grams = at::empty({n_images, R, R}, p.images.options());
-    at::parallel_for(0, n_images, 1, [&](int64_t first, int64_t last) {
+    const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 18) / (R * R * d));
+    at::parallel_for(0, n_images, grain, [&](int64_t first, int64_t last) {
       at::AutoDispatchBelowADInplaceOrView below_autograd;
       for (int64_t i = first; i < last; ++i) {
         at::Tensor out = p.region_grams[i];
