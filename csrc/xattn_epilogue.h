@@ -11,7 +11,9 @@
 //   e_q · a_q = Σ_k α(q, k) s(q, k);  ‖a_q‖² = α(q, ·)ᵀ G α(q, ·), G the Gram of the context items;
 //   r_q = (e_q · a_q) / max(‖e_q‖ ‖a_q‖, eps);  score = aggregate over the block's rows of r.
 // The raw norm of a row segment does not depend on the column segments, so it runs over the whole
-// width at once; exp runs over the whole tile in one vectorized ATen call.
+// width at once; exp runs over the whole tile in one vectorized loop. Every value is computed
+// the same way wherever its pair sits in the tile, so a duplicated caption or image scores
+// exactly like its copy (ties stay ties, as in one score matrix).
 #pragma once
 
 #include <ATen/ATen.h>
@@ -22,6 +24,7 @@
 #include <limits>
 #include <vector>
 
+#include "uniform_exp.h"
 #include "xattn_scores.h"
 
 namespace jwae::xattn {
@@ -161,8 +164,7 @@ class PairMath {
         for (int64_t k = k0; k < k1; ++k) x[k] -= m;
       }
     }
-    at::Tensor tile = alpha_.narrow(0, 0, t.rows * cols);
-    tile.exp_();
+    uniform_exp_inplace(alpha, t.rows * cols);
     T* num = per_row(0);
     for (int64_t q = 0; q < t.rows; ++q) {
       T* x = alpha + q * cols;
@@ -180,7 +182,7 @@ class PairMath {
         num[q * nb + b] = dot;
       }
     }
-    const at::Tensor alpha_2d = tile.view({t.rows, cols});
+    const at::Tensor alpha_2d = alpha_.narrow(0, 0, t.rows * cols).view({t.rows, cols});
     const at::Tensor product_2d = product_.narrow(0, 0, t.rows * cols).view({t.rows, cols});
     {
       at::AutoDispatchBelowADInplaceOrView below_autograd;
@@ -260,7 +262,7 @@ class PairMath {
     }
     for (int64_t q = 0; q < n; ++q) {
       for (int64_t k = 0; k < cols; ++k) {
-        out[q * cols + k] = std::exp(s[q * cols + k] - top[k]);
+        out[q * cols + k] = uniform_exp(s[q * cols + k] - top[k]);
         sum[k] += out[q * cols + k];
       }
     }
