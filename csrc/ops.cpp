@@ -66,6 +66,22 @@ TORCH_LIBRARY(jwae_ext, m) {
   m.def(
       "mmd_imq(Tensor z, Tensor prior_samples, float[] scales, bool[2] grad_mask) -> "
       "(Tensor mmd, Tensor grad_z, Tensor grad_prior_samples)");
+
+  // ---- xattn: stacked cross-attention (SCAN) scores (csrc/xattn_scores.cpp,
+  // csrc/cuda/xattn_scores.cu, jwae_ext/ops/xattn_scores.py). Scores (n_image, n_caption), their
+  // gradient for the inputs selected by grad_mask, and exact retrieval ranks from the same tiles.
+  m.def(
+      "xattn_scores(Tensor images, Tensor captions, Tensor cap_lens, str direction, "
+      "float lambda_softmax, str agg, float lambda_lse, str raw_feature_norm) -> Tensor");
+  m.def(
+      "xattn_scores_backward(Tensor grad, Tensor images, Tensor captions, Tensor cap_lens, "
+      "str direction, float lambda_softmax, str agg, float lambda_lse, str raw_feature_norm, "
+      "bool[2] grad_mask) -> (Tensor grad_images, Tensor grad_captions)");
+  m.def(
+      "xattn_ranks(Tensor images, Tensor captions, Tensor cap_lens, Tensor cap_to_img, "
+      "str direction, float lambda_softmax, str agg, float lambda_lse, str raw_feature_norm) -> "
+      "(Tensor i2t_ranks, Tensor t2i_ranks)");
+  // end xattn
 }
 
 namespace {

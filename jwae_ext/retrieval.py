@@ -21,6 +21,7 @@ __all__ = [
     "RanksFn",
     "check_protocol",
     "evaluate",
+    "evaluate_xattn",
     "format_table",
     "protocol_tables",
     "recall_table",
@@ -139,13 +140,16 @@ def evaluate(
     return protocol_tables(img_emb, cap_emb, cap_to_img, protocol)
 
 
-def check_protocol(protocol: str, img_emb: torch.Tensor) -> None:
-    """Raise unless ``protocol`` is known and applies to the images ``img_emb``."""
+def check_protocol(
+    protocol: str, img_emb: torch.Tensor, name: str = "img_emb", dims: int = 2
+) -> None:
+    """Raise unless ``protocol`` is known and applies to the images ``img_emb`` (argument
+    ``name``, one image per row of a ``dims``-D tensor)."""
     check_choice("protocol", protocol, PROTOCOLS)
-    if protocol != "full" and (img_emb.dim() != 2 or img_emb.shape[0] != _COCO_TEST_IMAGES):
+    if protocol != "full" and (img_emb.dim() != dims or img_emb.shape[0] != _COCO_TEST_IMAGES):
         raise ValueError(
             f"jwae_ext: protocol {protocol!r} is defined on the {_COCO_TEST_IMAGES} COCO test "
-            f"images, so 'img_emb' must have {_COCO_TEST_IMAGES} rows, got shape "
+            f"images, so '{name}' must have {_COCO_TEST_IMAGES} rows, got shape "
             f"{tuple(img_emb.shape)}"
         )
 
@@ -185,3 +189,75 @@ def format_table(result: dict) -> str:
         lines.append(f"{direction:<6}" + "".join(f"{row[c]:>8.1f}" for c in cols))
     lines.append(f"rsum {result['rsum']:.1f}")
     return "\n".join(lines)
+
+
+def _caption_rows(captions: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """captions[index]: a view when the index is a consecutive range (a COCO fold of captions in
+    image order), a copy of those captions otherwise."""
+    n = index.numel()
+    first = int(index[0])
+    if torch.equal(index, torch.arange(first, first + n, device=index.device)):
+        return captions.narrow(0, first, n)
+    return captions.index_select(0, index)
+
+
+def evaluate_xattn(
+    images: torch.Tensor,
+    captions: torch.Tensor,
+    cap_lens: torch.Tensor,
+    cap_to_img: torch.Tensor,
+    *,
+    protocol: str = "full",
+    direction: str = "t2i",
+    lambda_softmax: float = 9.0,
+    agg: str = "lse",
+    lambda_lse: float = 6.0,
+    raw_feature_norm: str = "clipped_l2norm",
+) -> dict:
+    """:func:`evaluate` for cross-attention (SCAN) scores, streaming: exact ranks without the
+    score matrix.
+
+    Args:
+        images: ``(N, R, d)`` region codes; captions: ``(M, L, d)`` word codes, padded;
+            cap_lens: int64 ``(M,)`` caption lengths; cap_to_img: int64 ``(M,)`` image of each
+            caption (any number per image, any order).
+        protocol: as :func:`evaluate` (``"1k"`` and ``"5k"`` need N = 5000).
+        direction, lambda_softmax, agg, lambda_lse, raw_feature_norm: the score's options, as
+            :func:`jwae_ext.ops.xattn_scores`.
+
+    Returns:
+        The tables of :func:`evaluate` (strictly higher scores count against a query).
+
+    Ranks come from :func:`jwae_ext.ops.xattn_ranks`: the positive pairs' scores first, then one
+    counting pass over the same tiles; memory grows with N + M, never with N * M.
+    """
+    for name, value in (
+        ("images", images),
+        ("captions", captions),
+        ("cap_lens", cap_lens),
+        ("cap_to_img", cap_to_img),
+    ):
+        check_tensor(name, value)
+    check_protocol(protocol, images, name="images", dims=3)
+    options = {
+        "direction": direction,
+        "lambda_softmax": lambda_softmax,
+        "agg": agg,
+        "lambda_lse": lambda_lse,
+        "raw_feature_norm": raw_feature_norm,
+    }
+    if protocol == "1k":
+        _check_image_ids(captions[:, 0], cap_to_img, _COCO_TEST_IMAGES)  # one row per caption
+
+    def ranks(fold_images, caption_index, fold_cap_to_img):
+        return ops.xattn_ranks(
+            fold_images,
+            _caption_rows(captions, caption_index),
+            cap_lens[caption_index],
+            fold_cap_to_img,
+            **options,
+        )
+
+    # The folds select images by row and captions by index (protocol_tables's "cap_emb").
+    caption_index = torch.arange(captions.shape[0], device=captions.device)
+    return protocol_tables(images, caption_index, cap_to_img, protocol, ranks)

@@ -1,6 +1,6 @@
-"""What every model shares (docs/design.md, "The jWAE model"): the sizes, the decoders back out of the
-latent space, the discriminator that matches the code distributions to one shared Gaussian prior,
-and the jWAE terms built from them (:class:`JointModel`).
+"""What every model shares (docs/design.md, "The jWAE model"): the sizes, the decoders back out
+of the latent space, the discriminator that matches the code distributions to one shared Gaussian
+prior, and the jWAE terms built from them (:class:`JointModel`).
 """
 
 from __future__ import annotations

@@ -15,6 +15,7 @@ from jwae_ext.ops.ranking import (
     topk_search,
 )
 from jwae_ext.ops.wae import discriminator_loss, mmd_imq, wae_loss
+from jwae_ext.ops.xattn_scores import xattn_ranks, xattn_scores
 
 __all__ = [
     "discriminator_loss",
@@ -27,4 +28,6 @@ __all__ = [
     "retrieval_thresholds",
     "topk_search",
     "wae_loss",
+    "xattn_ranks",
+    "xattn_scores",
 ]

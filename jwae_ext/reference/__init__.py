@@ -13,6 +13,7 @@ from jwae_ext.reference.ranking import (
     topk_search,
 )
 from jwae_ext.reference.wae import discriminator_loss, mmd_imq, wae_loss
+from jwae_ext.reference.xattn_scores import xattn_scores
 
 __all__ = [
     "discriminator_loss",
@@ -25,4 +26,5 @@ __all__ = [
     "retrieval_thresholds",
     "topk_search",
     "wae_loss",
+    "xattn_scores",
 ]

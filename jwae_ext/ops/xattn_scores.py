@@ -1,0 +1,167 @@
+"""Stacked cross-attention (SCAN) scores and exact retrieval ranks from them.
+
+Kernels: ``csrc/xattn_scores.cpp`` (CPU) and ``csrc/cuda/xattn_scores.cu`` (CUDA); reference:
+:func:`jwae_ext.reference.xattn_scores.xattn_scores`. The word-by-region products are computed
+one tile (whole captions by whole images) at a time and turned into scores in the tile, with
+``e.a = sum(attn * s)`` and ``|a|^2 = attn^T G attn`` (DESIGN.md §3.4): the attended vectors
+never exist, and the backward recomputes the tiles instead of saving anything per pair. Tensor
+shapes, dtypes, devices and lengths are checked in C++; the options here and there.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from jwae_ext.ops._checks import check_choice, check_finite_number, check_same_device, check_tensor
+from jwae_ext.ops._dtypes import accumulation_dtype
+from jwae_ext.reference.xattn_scores import AGGREGATIONS, DIRECTIONS, RAW_FEATURE_NORMS
+
+__all__ = ["xattn_ranks", "xattn_scores"]
+
+_ops = torch.ops.jwae_ext
+
+
+def _options(direction, lambda_softmax, agg, lambda_lse, raw_feature_norm) -> tuple:
+    check_choice("direction", direction, DIRECTIONS)
+    check_choice("agg", agg, AGGREGATIONS)
+    check_choice("raw_feature_norm", raw_feature_norm, RAW_FEATURE_NORMS)
+    lambda_softmax = check_finite_number("lambda_softmax", lambda_softmax)
+    lambda_lse = check_finite_number("lambda_lse", lambda_lse)
+    if agg == "lse" and lambda_lse == 0:
+        raise ValueError(
+            "jwae_ext: argument 'lambda_lse' must not be 0 with agg='lse' (it divides the "
+            "log-sum-exp), got 0"
+        )
+    return direction, lambda_softmax, agg, lambda_lse, raw_feature_norm
+
+
+def xattn_scores(
+    images: torch.Tensor,
+    captions: torch.Tensor,
+    cap_lens: torch.Tensor,
+    *,
+    direction: str = "t2i",
+    lambda_softmax: float = 9.0,
+    agg: str = "lse",
+    lambda_lse: float = 6.0,
+    raw_feature_norm: str = "clipped_l2norm",
+) -> torch.Tensor:
+    """SCAN's cross-attention score of every image against every caption.
+
+    Args:
+        images: ``(n_image, R, d)`` region features (fp32/fp64; fp16/bf16 too on CUDA, accumulated
+            in fp32), used as given (the model normalizes them).
+        captions: ``(n_caption, L, d)`` word features, padded; same dtype and device.
+        cap_lens: int64 ``(n_caption,)`` lengths in ``[1, L]``. Words past a caption's length are
+            never read: they may hold anything (NaN included) and get a zero gradient.
+        direction: ``"t2i"`` (each word attends over the regions; SCAN's default) or ``"i2t"``
+            (each region over the words).
+        lambda_softmax: the attention softmax's inverse temperature.
+        agg: how the per-item cosines are pooled: ``"lse"`` (``log Σ exp(λ_lse r) / λ_lse``),
+            ``"mean"``, ``"max"`` or ``"sum"``.
+        lambda_lse: LogSumExp's sharpness (not 0 with ``agg="lse"``).
+        raw_feature_norm: SCAN's normalization of the word-region products over the query items
+            before the softmax: ``"clipped_l2norm"`` (LeakyReLU 0.1 then l2), ``"l2norm"``,
+            ``"clipped"``, ``"softmax"`` or ``"no_norm"``.
+
+    Returns:
+        ``(n_image, n_caption)`` scores in the accumulation dtype (float64 for float64 inputs,
+        float32 otherwise), differentiable with respect to ``images`` and ``captions``.
+    """
+    options = _options(direction, lambda_softmax, agg, lambda_lse, raw_feature_norm)
+    for name, value in (("images", images), ("captions", captions), ("cap_lens", cap_lens)):
+        check_tensor(name, value)
+    return _ops.xattn_scores(images, captions, cap_lens, *options)
+
+
+def xattn_ranks(
+    images: torch.Tensor,
+    captions: torch.Tensor,
+    cap_lens: torch.Tensor,
+    cap_to_img: torch.Tensor,
+    *,
+    direction: str = "t2i",
+    lambda_softmax: float = 9.0,
+    agg: str = "lse",
+    lambda_lse: float = 6.0,
+    raw_feature_norm: str = "clipped_l2norm",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact i2t and t2i ranks under the cross-attention scores, without the score matrix.
+
+    The ranks of :func:`jwae_ext.ops.retrieval_ranks` (DESIGN.md §3.3: strictly higher scores
+    count; any number of captions per image, in any order; every image needs one) for the scores
+    of :func:`xattn_scores` with the same options. Two passes over the same tiles: the own pairs'
+    scores, then one counting pass; extra memory is a few tiles per thread plus O(n_image +
+    n_caption), whatever the product n_image * n_caption.
+
+    Returns:
+        ``(i2t_ranks, t2i_ranks)``, int64 ``(n_image,)`` and ``(n_caption,)``.
+    """
+    options = _options(direction, lambda_softmax, agg, lambda_lse, raw_feature_norm)
+    for name, value in (
+        ("images", images),
+        ("captions", captions),
+        ("cap_lens", cap_lens),
+        ("cap_to_img", cap_to_img),
+    ):
+        check_tensor(name, value)
+    return _ops.xattn_ranks(images, captions, cap_lens, cap_to_img, *options)
+
+
+# ---- autograd: the backward recomputes the tiles ------------------------------------------------
+
+
+def _setup_context(ctx, inputs, output):
+    images, captions, cap_lens, *options = inputs
+    ctx.save_for_backward(images, captions, cap_lens)
+    ctx.options = options
+
+
+def _backward(ctx, grad):
+    images, captions, cap_lens = ctx.saved_tensors
+    mask = list(ctx.needs_input_grad[:2])
+    grad_images, grad_captions = _ops.xattn_scores_backward(
+        grad.to(accumulation_dtype(images.dtype)), images, captions, cap_lens, *ctx.options, mask
+    )
+    return (
+        grad_images if mask[0] else None,
+        grad_captions if mask[1] else None,
+        None, None, None, None, None, None,
+    )  # fmt: skip
+
+
+torch.library.register_autograd("jwae_ext::xattn_scores", _backward, setup_context=_setup_context)
+
+
+# ---- fake (meta) kernels: shapes and dtypes only, for torch.compile ----------------------------
+
+
+@torch.library.register_fake("jwae_ext::xattn_scores")
+def _(images, captions, cap_lens, *options):
+    check_same_device(("images", images), ("captions", captions), ("cap_lens", cap_lens))
+    return images.new_empty(
+        (images.shape[0], captions.shape[0]), dtype=accumulation_dtype(images.dtype)
+    )
+
+
+@torch.library.register_fake("jwae_ext::xattn_scores_backward")
+def _(grad, images, captions, cap_lens, *options_and_mask):
+    mask = options_and_mask[-1]
+    return (
+        images.new_empty(images.shape if mask[0] else (0,)),
+        captions.new_empty(captions.shape if mask[1] else (0,)),
+    )
+
+
+@torch.library.register_fake("jwae_ext::xattn_ranks")
+def _(images, captions, cap_lens, cap_to_img, *options):
+    check_same_device(
+        ("images", images),
+        ("captions", captions),
+        ("cap_lens", cap_lens),
+        ("cap_to_img", cap_to_img),
+    )
+    return (
+        images.new_empty((images.shape[0],), dtype=torch.int64),
+        captions.new_empty((captions.shape[0],), dtype=torch.int64),
+    )
