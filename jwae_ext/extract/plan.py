@@ -64,6 +64,13 @@ class Report:
             for kind, names in self.problems.items()
         ]
 
+    @classmethod
+    def from_json(cls, data: dict) -> Report:
+        return cls(
+            problems={kind: list(v["first"]) for kind, v in data.items()},
+            counts={kind: int(v["count"]) for kind, v in data.items()},
+        )
+
     def to_json(self) -> dict:
         return {
             kind: {"count": self.counts[kind], "first": names}

@@ -25,7 +25,7 @@ from jwae_ext.data.precomp import write_precomp_splits
 from jwae_ext.extract.backbones import DEFAULT_BACKBONE, INPUT_SIZE, Backbone, load_backbone
 from jwae_ext.extract.images import UnreadableImage, load_rgb
 from jwae_ext.extract.partial import PartialExtraction
-from jwae_ext.extract.plan import Item, Plan, make_plan
+from jwae_ext.extract.plan import Item, Plan, Report, make_plan
 
 REGIONS = ("pooled", "grid")
 MANIFEST = "extract.json"
@@ -178,7 +178,7 @@ def _finished(out: Path, fingerprint: str) -> Summary | None:
         seconds=0.0,
         images_per_second=0.0,
         resumed=sum(manifest["images"].values()),
-        report=manifest["report"],
+        report=Report.from_json(manifest["skipped"]).lines(),
     )
 
 
@@ -220,7 +220,6 @@ def _finish(out, work, plan, net, regions, fingerprint, seconds, todo, already) 
         "captions_per_image": plan.captions_per_image,
         "split_source": plan.split_source,
         "images": images,
-        "report": summary.report,
         "skipped": plan.report.to_json(),
     }
     extra[MANIFEST] = json.dumps(manifest, indent=1, ensure_ascii=False).encode("utf-8")
