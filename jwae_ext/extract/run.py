@@ -54,7 +54,7 @@ def extract(
     out: str | os.PathLike,
     *,
     captions: str | os.PathLike | None = None,
-    backbone: str = DEFAULT_BACKBONE,
+    backbone: str | Backbone = DEFAULT_BACKBONE,
     weights: str | os.PathLike | None = None,
     regions: str = "pooled",
     fractions: tuple[float, float, float] | None = None,
@@ -69,7 +69,8 @@ def extract(
 ) -> Summary:
     """Extract features of the captioned images under ``images`` into the precomp folder
     ``out`` (``python -m jwae_ext.features``; see docs/data.md). Resumes an interrupted
-    extraction with the same inputs and settings; a finished one is not redone."""
+    extraction with the same inputs and settings; a finished one is not redone. ``backbone``: a
+    name, or a :class:`Backbone` already loaded (then ``weights`` and ``device`` are its own)."""
     if regions not in REGIONS:
         raise ValueError(f"jwae_ext: --regions must be pooled or grid, got {regions!r}")
     for name, value, low in (("--batch-size", batch_size, 1), ("--workers", workers, 0)):
@@ -79,7 +80,7 @@ def extract(
     plan = make_plan(
         images, captions, fractions=fractions, seed=seed, captions_per_image=captions_per_image
     )
-    net = load_backbone(backbone, weights, device)
+    net = backbone if isinstance(backbone, Backbone) else load_backbone(backbone, weights, device)
     shape = net.feature_shape(regions)
     fingerprint = _fingerprint(plan, net, regions)
     done = _finished(out, fingerprint)
