@@ -31,9 +31,8 @@ def test_a_model_trained_on_extracted_features_retrieves_above_chance(tmp_path):
     assert summary.images == {"train": 72, "dev": 24, "test": 24}
     train = [sys.executable, "-m", "jwae_ext.train", "--data", str(tmp_path / "precomp"),
              "--variant", "vse++", "--epochs", "8", "--lr", "1e-3", "--warmup-epochs", "2",
-             "--batch-size", "32",
-             "--embed-size", "64", "--img-hidden", "128", "--word-dim", "32",
-             "--vocab-threshold", "1", "--device", "cpu", "--no-progress",
+             "--batch-size", "32", "--embed-size", "64", "--img-hidden", "128",
+             "--word-dim", "32", "--vocab-threshold", "1", "--device", "cpu", "--no-progress",
              "--run-dir", str(tmp_path / "runs"), "--name", "run"]  # fmt: skip
     proc = subprocess.run(train, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
