@@ -124,6 +124,13 @@ def test_an_interrupted_extraction_resumes_to_the_same_files(
         assert path.read_bytes() == (tmp_path / "resumed" / path.name).read_bytes(), path.name
 
 
+def test_decoding_workers_give_the_same_files(lite0, collection, pooled, tmp_path):
+    root, _, captions = collection
+    run(lite0, root / "imgs", tmp_path, captions, batch_size=4, workers=1)
+    for path in pooled[0].iterdir():
+        assert path.read_bytes() == (tmp_path / path.name).read_bytes(), path.name
+
+
 def test_a_finished_extraction_is_not_redone_and_other_settings_need_restart(
     lite0, collection, pooled, tmp_path, monkeypatch
 ):

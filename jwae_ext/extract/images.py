@@ -46,8 +46,8 @@ def load_rgb(path: str | os.PathLike, size: int) -> np.ndarray:
     Raises :class:`UnreadableImage` with the decoder's reason."""
     try:
         with warnings.catch_warnings():
-            # A decompression-bomb warning becomes the error that skips the file.
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            # Big panoramas warn; only Pillow's hard limit (DecompressionBombError) skips a file.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path) as image:
                 # JPEG decoders can scale down by 1/2..1/8 while decoding: much faster on photos.
                 image.draft("RGB", (size, size))
@@ -57,8 +57,6 @@ def load_rgb(path: str | os.PathLike, size: int) -> np.ndarray:
                 return np.asarray(rgb, dtype=np.uint8)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
         raise UnreadableImage(f"{type(err).__name__}: {err}") from None
-    except Image.DecompressionBombWarning as err:
-        raise UnreadableImage(f"DecompressionBombWarning: {err}") from None
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
