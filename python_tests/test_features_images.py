@@ -11,7 +11,7 @@ PICTURE = draw(Scene("star", "orange", 2, True), 120, 80)  # wide, the star top 
 
 
 def test_find_images_is_recursive_sorted_and_skips_hidden_folders_and_other_files(tmp_path):
-    for name in ["b.png", "a.JPG", "sub/c.webp", ".hidden/d.png", "notes.txt", "e.npy"]:
+    for name in ["b.png", "a.JPG", "sub/c.webp", ".hidden/d.png", "._b.png", "notes.txt", "e.npy"]:
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_bytes(b"")
     assert list(find_images(tmp_path)) == ["a.JPG", "b.png", "sub/c.webp"]

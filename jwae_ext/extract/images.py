@@ -22,8 +22,9 @@ IMAGE_SUFFIXES = frozenset(
 
 
 def find_images(folder: str | os.PathLike) -> dict[str, Path]:
-    """Image files under ``folder`` (recursively, hidden folders skipped), by their path relative
-    to it with ``/`` separators, in sorted order."""
+    """Image files under ``folder`` (recursively; hidden files and folders, such as macOS's
+    ``._NAME.jpg`` companions, skipped), by their path relative to it with ``/`` separators, in
+    sorted order."""
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"jwae_ext: image folder {folder} does not exist")
@@ -31,7 +32,7 @@ def find_images(folder: str | os.PathLike) -> dict[str, Path]:
     for root, dirs, files in os.walk(folder):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for name in sorted(files):
-            if Path(name).suffix.lower() in IMAGE_SUFFIXES:
+            if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_SUFFIXES:
                 path = Path(root, name)
                 found[path.relative_to(folder).as_posix()] = path
     return dict(sorted(found.items()))

@@ -121,7 +121,16 @@ def _collate(samples):
     return samples  # a list of (index, pixels or None, reason or None), in plan order
 
 
-def _extract_split(work, split, items, net: Backbone, regions, batch_size, workers, bar) -> None:
+def _extract_split(
+    work: PartialExtraction,
+    split: str,
+    items: list[Item],
+    net: Backbone,
+    regions: str,
+    batch_size: int,
+    workers: int,
+    bar: tqdm,
+) -> None:
     start = work.progress[split].next
     # Batches start at multiples of batch_size in the plan, resumed or not (same bytes).
     batches = [
@@ -183,7 +192,17 @@ def _finished(out: Path, fingerprint: str) -> Summary | None:
     )
 
 
-def _finish(out, work, plan, net, regions, fingerprint, seconds, todo, already) -> Summary:
+def _finish(
+    out: Path,
+    work: PartialExtraction,
+    plan: Plan,
+    net: Backbone,
+    regions: str,
+    fingerprint: str,
+    seconds: float,
+    todo: int,
+    already: int,
+) -> Summary:
     splits, extra, images = {}, {}, {}
     for split, items in plan.splits.items():
         skipped = work.progress[split].skipped
