@@ -204,10 +204,20 @@ def test_backbone_errors_name_what_is_missing(tmp_path):
 
 
 def test_torchvision_backbone_with_local_weights(tmp_path):
-    torchvision = pytest.importorskip("torchvision", exc_type=ImportError)
+    try:
+        import torchvision
+    except Exception as err:  # PyPI's torchvision beside another torch fails with RuntimeError
+        pytest.skip(f"torchvision is not importable: {type(err).__name__}: {err}")
     torch.save(torchvision.models.resnet18(weights=None).state_dict(), tmp_path / "r18.pt")
     net = load_backbone("torchvision:resnet18", tmp_path / "r18.pt", device="cpu")
     assert net.feature_shape("pooled") == (512,) and net.feature_shape("grid") == (49, 512)
+
+
+def test_an_unimportable_torchvision_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torchvision", None)  # import torchvision raises
+    (tmp_path / "w.pt").write_bytes(b"")
+    with pytest.raises(ImportError, match="needs an importable torchvision matching this torch"):
+        load_backbone("torchvision:resnet152", tmp_path / "w.pt")
 
 
 def test_extra_files_join_the_writers_transaction(tmp_path):
