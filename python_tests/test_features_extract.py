@@ -2,6 +2,7 @@
 folders: the loader reads them, shapes, skipped files named, resume, checksum, CLI + one epoch."""
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -139,6 +140,12 @@ def test_a_finished_extraction_is_not_redone_and_other_settings_need_restart(
     before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
     again = run(lite0, root / "imgs", out, captions, batch_size=4)
     assert again.seconds == 0 and {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
+    shutil.copytree(out, tmp_path / "redo")
+    fixed = tmp_path / "fixed.tsv"  # a caption corrected after the extraction finished
+    fixed.write_text(captions.read_text().replace("\t", "\tfixed ", 1))
+    redone = run(lite0, root / "imgs", tmp_path / "redo", fixed, batch_size=4)
+    assert "fixed " in "".join((tmp_path / "redo" / f"{s}_caps.txt").read_text() for s in OUTPUTS)
+    assert redone.seconds > 0
 
     def interrupted(self, pixels, regions):
         raise KeyboardInterrupt

@@ -69,8 +69,9 @@ def extract(
 ) -> Summary:
     """Extract features of the captioned images under ``images`` into the precomp folder
     ``out`` (``python -m jwae_ext.features``; see docs/data.md). Resumes an interrupted
-    extraction with the same inputs and settings; a finished one is not redone. ``backbone``: a
-    name, or a :class:`Backbone` already loaded (then ``weights`` and ``device`` are its own)."""
+    extraction with the same inputs and settings; a finished one is not redone (unless its
+    captions changed). ``backbone``: a name, or a :class:`Backbone` already loaded (then
+    ``weights`` and ``device`` are its own)."""
     if regions not in REGIONS:
         raise ValueError(f"jwae_ext: --regions must be pooled or grid, got {regions!r}")
     for name, value, low in (("--batch-size", batch_size, 1), ("--workers", workers, 0)):
@@ -83,7 +84,7 @@ def extract(
     net = backbone if isinstance(backbone, Backbone) else load_backbone(backbone, weights, device)
     shape = net.feature_shape(regions)
     fingerprint = _fingerprint(plan, net, regions)
-    done = _finished(out, fingerprint)
+    done = _finished(out, fingerprint, _captions_digest(plan))
     if done is not None and not restart:
         log(f"{out} already holds this extraction (nothing to do)")
         return done
@@ -169,14 +170,22 @@ def _fingerprint(plan: Plan, net: Backbone, regions: str) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
 
 
-def _finished(out: Path, fingerprint: str) -> Summary | None:
-    """The summary of a finished extraction with this fingerprint in ``out``, if there is one."""
+def _captions_digest(plan: Plan) -> str:
+    """The captions as written: a finished extraction whose captions changed is redone."""
+    captions = {s: [[i.name, *i.captions] for i in items] for s, items in plan.splits.items()}
+    return hashlib.sha256(json.dumps(captions, sort_keys=True).encode()).hexdigest()
+
+
+def _finished(out: Path, fingerprint: str, captions: str) -> Summary | None:
+    """The summary of a finished extraction of these images and captions in ``out``, if any."""
     try:
         manifest = json.loads((out / MANIFEST).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    if manifest.get("fingerprint") != fingerprint or any(
-        not (out / f"{split}_ims.npy").is_file() for split in manifest["images"]
+    if (
+        manifest.get("fingerprint") != fingerprint
+        or manifest.get("captions") != captions
+        or any(not (out / f"{split}_ims.npy").is_file() for split in manifest["images"])
     ):
         return None
     return Summary(
@@ -232,6 +241,7 @@ def _finish(
     )
     manifest = {
         "fingerprint": fingerprint,
+        "captions": _captions_digest(plan),
         "backbone": net.name,
         "weights": str(net.weights),
         "regions": regions,
