@@ -180,13 +180,19 @@ def write_precomp(
 
 
 def write_precomp_splits(
-    folder: str | os.PathLike, splits: Mapping[str, tuple[np.ndarray, Sequence[str]]]
+    folder: str | os.PathLike,
+    splits: Mapping[str, tuple[np.ndarray, Sequence[str]]],
+    *,
+    extra_files: Mapping[str, bytes] | None = None,
 ) -> None:
     """Write several splits (``{split: (features, captions)}``, as :func:`write_precomp`) as one
     transaction: every argument is checked first, every file is written to a temporary name, and
     only when all are complete are they renamed into place. A failure (a bad argument, a full
     disk) leaves the folder as it was, with no partial file, and removes the folders this call
-    created."""
+    created. Features may be memory-mapped: they are copied in bounded chunks.
+
+    ``extra_files``: ``{file name: bytes}`` written in the same transaction (``{split}_ids.txt``,
+    a manifest); plain names inside ``folder`` only."""
     folder = Path(folder)
     files = {}
     for split, (features, captions) in splits.items():
@@ -194,6 +200,12 @@ def write_precomp_splits(
         text = "".join(f"{c.strip()}\n" for c in captions).encode("utf-8")
         files[folder / _IMS.format(split)] = partial(_write_array, array=features)
         files[folder / _CAPS.format(split)] = partial(_write_bytes, data=text)
+    for name, data in (extra_files or {}).items():
+        if not isinstance(name, str) or Path(name).name != name or name in ("", ".", ".."):
+            raise ValueError(f"jwae_ext: extra file names must be plain file names, got {name!r}")
+        if folder / name in files:
+            raise ValueError(f"jwae_ext: extra file {name} would replace a split's file")
+        files[folder / name] = partial(_write_bytes, data=bytes(data))
     created = [d for d in (folder, *folder.parents) if not d.exists()]  # innermost first
     folder.mkdir(parents=True, exist_ok=True)
     temporaries: list[Path] = []
