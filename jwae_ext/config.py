@@ -162,12 +162,21 @@ class TrainConfig:
 
 
 def resolve_device(name: str) -> torch.device:
-    """The device ``--device NAME`` asks for: ``auto`` is the GPU when one is visible, else CPU."""
+    """The device ``--device NAME`` asks for: ``auto`` is the GPU when one is visible, else the
+    CPU; ``cpu``, ``cuda`` or ``cuda:N`` otherwise, with a clear error without CUDA."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise ValueError(f"jwae_ext: --device must be auto, cpu, cuda or cuda:N, got {name!r}")
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: no CUDA device is visible")
+        raise ValueError(
+            f"jwae_ext: --device {name}: no CUDA device is visible "
+            "(torch.cuda.is_available() is False); use --device cpu"
+        )
     return device
 
 

@@ -20,6 +20,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from jwae_ext.config import resolve_device
+
 DEFAULT_BACKBONE = "efficientnet-lite0"
 INPUT_SIZE = 224
 
@@ -66,26 +68,6 @@ class Backbone:
             if regions == "pooled"
             else (self.grid[0] * self.grid[1], self.channels)
         )
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` (CUDA when visible), ``cpu``, ``cuda`` or ``cuda:N``; a clear error without CUDA."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ValueError(
-            f"jwae_ext: --device must be auto, cpu, cuda or cuda:N, got {name!r}"
-        ) from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(
-            f"jwae_ext: --device {name}: no CUDA device is visible "
-            "(torch.cuda.is_available() is False); use --device cpu"
-        )
-    if device.type not in ("cpu", "cuda"):
-        raise ValueError(f"jwae_ext: --device must be auto, cpu, cuda or cuda:N, got {name!r}")
-    return device
 
 
 def load_backbone(
