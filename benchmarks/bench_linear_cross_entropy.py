@@ -12,7 +12,7 @@ import torch
 from conftest import DEVICE, sizes
 
 from jwae_ext.ops import linear_cross_entropy
-from jwae_ext.reference.linear_xent import linear_cross_entropy as reference
+from jwae_ext.reference.linear_cross_entropy import linear_cross_entropy as reference
 
 CASES = sizes(full=[(4096, 1024, 10000), (4096, 1024, 32000)], smoke=[(64, 32, 500)])
 
@@ -47,11 +47,11 @@ def three_gemms(hidden, weight, target):
 
 @pytest.mark.parametrize(("T", "H", "V"), CASES)
 @pytest.mark.parametrize("impl", ["ours", "reference", "gemm"])
-def test_linear_xent_forward_backward(measure, impl, T, H, V):
+def test_linear_cross_entropy_forward_backward(measure, impl, T, H, V):
     inputs = make_inputs(T, H, V)
     fns = {
         "ours": forward_backward(linear_cross_entropy, *inputs),
         "reference": forward_backward(reference, *inputs),
         "gemm": three_gemms(*inputs),
     }
-    measure(f"linear_xent fwd+bwd T={T} H={H} V={V} fp32", impl, fns[impl])
+    measure(f"linear_cross_entropy fwd+bwd T={T} H={H} V={V} fp32", impl, fns[impl])

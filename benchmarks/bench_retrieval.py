@@ -20,7 +20,7 @@ import torch
 from conftest import DEVICE, sizes
 
 from jwae_ext import ops
-from jwae_ext.reference import ranking as reference
+from jwae_ext.reference import retrieval as reference
 
 _GEMM_OUTPUT_BYTES = 512 * 2**20
 FULL_REFERENCE = os.environ.get("JWAE_BENCH_FULL_REFERENCE", "0") == "1"

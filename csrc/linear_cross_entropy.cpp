@@ -5,7 +5,7 @@
 // grad_scale * (softmax - onehot) in place), then the two GEMMs that accumulate the gradients of
 // hidden and weight. With the gradients computed alongside the loss the whole forward+backward
 // costs the three GEMMs of the unfused version and no T x V buffer.
-#include "linear_xent.h"
+#include "linear_cross_entropy.h"
 
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -139,7 +139,7 @@ XentGrads run_chunks(const XentInputs& in, const at::Tensor& lse, const at::Tens
 
 }  // namespace
 
-XentForward linear_xent_forward(const at::Tensor& hidden, const at::Tensor& weight,
+XentForward linear_cross_entropy_forward(const at::Tensor& hidden, const at::Tensor& weight,
                                 const at::Tensor& target, const std::optional<at::Tensor>& bias,
                                 int64_t ignore_index, Reduction reduction,
                                 std::array<bool, 3> grad_mask, double grad_multiplier,
@@ -149,7 +149,7 @@ XentForward linear_xent_forward(const at::Tensor& hidden, const at::Tensor& weig
   const bool any_grad = grad_mask[0] || grad_mask[1] || grad_mask[2];
   TORCH_CHECK_VALUE(!any_grad || reduction != Reduction::None,
                     "jwae_ext: grad_mask must be all false for reduction='none' (its gradients ",
-                    "come from linear_xent_backward, which weights each token)");
+                    "come from linear_cross_entropy_backward, which weights each token)");
   const int64_t T = in.hidden.size(0);
   const auto options = in.hidden.options().dtype(accumulation_dtype(in.hidden.scalar_type()));
   // Mean over the non-ignored tokens; over none it is 0 (the sum is 0), not NaN.
@@ -173,7 +173,7 @@ XentForward linear_xent_forward(const at::Tensor& hidden, const at::Tensor& weig
   return out;
 }
 
-XentGrads linear_xent_backward(const at::Tensor& grad_loss, const at::Tensor& hidden,
+XentGrads linear_cross_entropy_backward(const at::Tensor& grad_loss, const at::Tensor& hidden,
                                const at::Tensor& weight, const at::Tensor& target,
                                const std::optional<at::Tensor>& bias, const at::Tensor& lse,
                                int64_t ignore_index, std::array<bool, 3> grad_mask,
@@ -194,22 +194,22 @@ XentGrads linear_xent_backward(const at::Tensor& grad_loss, const at::Tensor& hi
                     grad_mask, backend);
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> linear_xent_op(
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> linear_cross_entropy_op(
     const at::Tensor& hidden, const at::Tensor& weight, const at::Tensor& target,
     const std::optional<at::Tensor>& bias, int64_t ignore_index, std::string_view reduction,
     std::array<bool, 3> grad_mask, const XentBackend& backend) {
-  const auto out = linear_xent_forward(hidden, weight, target, bias, ignore_index,
+  const auto out = linear_cross_entropy_forward(hidden, weight, target, bias, ignore_index,
                                        parse_reduction(reduction), grad_mask, 1.0, backend);
   const auto options = hidden.options();
   return {out.loss, out.lse, or_empty(out.grads.hidden, options),
           or_empty(out.grads.weight, options), or_empty(out.grads.bias, options)};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_xent_backward_op(
+std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_cross_entropy_backward_op(
     const at::Tensor& grad_loss, const at::Tensor& hidden, const at::Tensor& weight,
     const at::Tensor& target, const std::optional<at::Tensor>& bias, const at::Tensor& lse,
     int64_t ignore_index, std::array<bool, 3> grad_mask, const XentBackend& backend) {
-  const auto g = linear_xent_backward(grad_loss, hidden, weight, target, bias, lse, ignore_index,
+  const auto g = linear_cross_entropy_backward(grad_loss, hidden, weight, target, bias, lse, ignore_index,
                                       grad_mask, backend);
   const auto options = hidden.options();
   return {or_empty(g.hidden, options), or_empty(g.weight, options), or_empty(g.bias, options)};
@@ -331,19 +331,19 @@ void xent_rows_cpu(const XentRows& rows) {
                              [&] { xent_rows_cpu_typed<scalar_t>(rows); });
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> linear_xent_cpu(
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> linear_cross_entropy_cpu(
     const at::Tensor& hidden, const at::Tensor& weight, const at::Tensor& target,
     const std::optional<at::Tensor>& bias, int64_t ignore_index, std::string_view reduction,
     std::array<bool, 3> grad_mask) {
-  return linear_xent_op(hidden, weight, target, bias, ignore_index, reduction, grad_mask,
+  return linear_cross_entropy_op(hidden, weight, target, bias, ignore_index, reduction, grad_mask,
                         xent_cpu_backend());
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_xent_backward_cpu(
+std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_cross_entropy_backward_cpu(
     const at::Tensor& grad_loss, const at::Tensor& hidden, const at::Tensor& weight,
     const at::Tensor& target, const std::optional<at::Tensor>& bias, const at::Tensor& lse,
     int64_t ignore_index, std::array<bool, 3> grad_mask) {
-  return linear_xent_backward_op(grad_loss, hidden, weight, target, bias, lse, ignore_index,
+  return linear_cross_entropy_backward_op(grad_loss, hidden, weight, target, bias, lse, ignore_index,
                                  grad_mask, xent_cpu_backend());
 }
 
@@ -355,8 +355,8 @@ const XentBackend& xent_cpu_backend() {
 }
 
 TORCH_LIBRARY_IMPL(jwae_ext, CPU, m) {
-  m.impl("linear_xent", &linear_xent_cpu);
-  m.impl("linear_xent_backward", &linear_xent_backward_cpu);
+  m.impl("linear_cross_entropy", &linear_cross_entropy_cpu);
+  m.impl("linear_cross_entropy_backward", &linear_cross_entropy_backward_cpu);
 }
 
 }  // namespace jwae

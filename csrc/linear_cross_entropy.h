@@ -2,8 +2,8 @@
 // bias, then cross-entropy against T targets, without ever holding the T x V logits.
 //
 // The drivers (chunk loop, GEMM order, target validation) are device-agnostic and written against
-// a backend: the dense primitives and the per-row softmax pass that csrc/linear_xent.cpp (CPU) and
-// csrc/cuda/linear_xent.cu (CUDA) provide. csrc/wae.cpp reuses them for the caption term.
+// a backend: the dense primitives and the per-row softmax pass that csrc/linear_cross_entropy.cpp (CPU) and
+// csrc/cuda/linear_cross_entropy.cu (CUDA) provide. csrc/wae.cpp reuses them for the caption term.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -12,6 +12,8 @@
 #include <optional>
 #include <string_view>
 #include <tuple>
+
+#include "dtypes.h"
 
 namespace jwae {
 
@@ -72,7 +74,7 @@ struct XentNames {
 
 // The loss, and, for reduction sum/mean, the gradients of grad_multiplier * loss with respect to
 // the inputs selected by grad_mask (hidden, weight, bias), computed in the same chunk loop.
-XentForward linear_xent_forward(const at::Tensor& hidden, const at::Tensor& weight,
+XentForward linear_cross_entropy_forward(const at::Tensor& hidden, const at::Tensor& weight,
                                 const at::Tensor& target, const std::optional<at::Tensor>& bias,
                                 int64_t ignore_index, Reduction reduction,
                                 std::array<bool, 3> grad_mask, double grad_multiplier,
@@ -80,7 +82,7 @@ XentForward linear_xent_forward(const at::Tensor& hidden, const at::Tensor& weig
 
 // Gradients of sum_t grad_loss[t] * loss[t] (reduction none), recomputing the logits chunk by
 // chunk from the saved log-sum-exp.
-XentGrads linear_xent_backward(const at::Tensor& grad_loss, const at::Tensor& hidden,
+XentGrads linear_cross_entropy_backward(const at::Tensor& grad_loss, const at::Tensor& hidden,
                                const at::Tensor& weight, const at::Tensor& target,
                                const std::optional<at::Tensor>& bias, const at::Tensor& lse,
                                int64_t ignore_index, std::array<bool, 3> grad_mask,
@@ -88,20 +90,15 @@ XentGrads linear_xent_backward(const at::Tensor& grad_loss, const at::Tensor& hi
 
 // The operator entry points (schemas in csrc/ops.cpp); grads not asked for are returned as empty
 // tensors.
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> linear_xent_op(
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> linear_cross_entropy_op(
     const at::Tensor& hidden, const at::Tensor& weight, const at::Tensor& target,
     const std::optional<at::Tensor>& bias, int64_t ignore_index, std::string_view reduction,
     std::array<bool, 3> grad_mask, const XentBackend& backend);
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_xent_backward_op(
+std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_cross_entropy_backward_op(
     const at::Tensor& grad_loss, const at::Tensor& hidden, const at::Tensor& weight,
     const at::Tensor& target, const std::optional<at::Tensor>& bias, const at::Tensor& lse,
     int64_t ignore_index, std::array<bool, 3> grad_mask, const XentBackend& backend);
-
-// The accumulation dtype of a floating input: float64 stays, everything else is float32.
-inline at::ScalarType accumulation_dtype(at::ScalarType t) {
-  return t == at::kDouble ? at::kDouble : at::kFloat;
-}
 
 // `t` when defined, else an empty placeholder (an operator output that was not asked for).
 inline at::Tensor or_empty(const at::Tensor& t, const at::TensorOptions& options) {

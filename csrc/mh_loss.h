@@ -1,5 +1,5 @@
-// Max-of-hinges loss (VSE++): what the CPU kernels (csrc/hinge.cpp) and the CUDA kernels
-// (csrc/cuda/hinge.cu) share — which pairs are negatives, the hinge and the hardest-negative order
+// Max-of-hinges loss (VSE++): what the CPU kernels (csrc/mh_loss.cpp) and the CUDA kernels
+// (csrc/cuda/mh_loss.cu) share — which pairs are negatives, the hinge and the hardest-negative order
 // (host and device code), the argument checks, and the device-generic parts of the backward
 // (csrc/hinge_common.cpp).
 //
@@ -69,6 +69,62 @@ C10_HOST_DEVICE inline T hinge_grad(T margin, T score, T positive_i, T positive_
          (margin + score - positive_j > T(0) ? weight_j : T(0));
 }
 
+// ---- per-query partial results ---------------------------------------------------------------
+// A query's result over some of its negatives, merged over tiles and blocks in a fixed order. Both
+// have one shape: merge() combines two partials, cost() turns the final one into the query's cost
+// and support() into its support. Aggregates, so that CUDA can keep them in shared memory.
+
+// max_violation: the hardest negative so far (index -1: none yet).
+template <typename T>
+struct Hardest {
+  T value;
+  int64_t index;
+
+  C10_HOST_DEVICE static Hardest none() { return {T(0), -1}; }
+  C10_HOST_DEVICE void offer(T candidate, int64_t candidate_index) {
+    if (beats(candidate, candidate_index, value, index)) {
+      value = candidate;
+      index = candidate_index;
+    }
+  }
+  C10_HOST_DEVICE void merge(const Hardest& other) { offer(other.value, other.index); }
+  C10_HOST_DEVICE T cost(T margin, T positive) const {
+    return index < 0 ? T(0) : hinge(margin, value, positive);
+  }
+  // The hardest index, or -1 where the cost is 0 (nothing to differentiate).
+  C10_HOST_DEVICE int64_t support(T cost) const { return cost == T(0) ? -1 : index; }
+};
+
+// Sum of hinges: their sum and how many are active (the positive's gradient needs the count).
+template <typename T>
+struct HingeSum {
+  T sum;
+  int64_t count;
+
+  C10_HOST_DEVICE static HingeSum none() { return {T(0), 0}; }
+  C10_HOST_DEVICE void add(T h) {
+    sum += h;
+    count += h > T(0);
+  }
+  C10_HOST_DEVICE void merge(const HingeSum& other) {
+    sum += other.sum;
+    count += other.count;
+  }
+  C10_HOST_DEVICE T cost(T, T) const { return sum; }
+  C10_HOST_DEVICE int64_t support(T) const { return count; }
+};
+
+// Query k's partial results over `blocks` blocks, stored as two arrays (block b's value at
+// values[b * batch + k], its index or count at indices[b * batch + k]), merged in block order: how
+// every device finishes a direction.
+template <typename P, typename V>
+C10_HOST_DEVICE inline P merged(const V* values, const int64_t* indices, int64_t blocks,
+                                int64_t batch, int64_t k) {
+  P total = P::none();
+  for (int64_t b = 0; b < blocks; ++b) total.merge(P{values[b * batch + k], indices[b * batch + k]});
+  return total;
+}
+
 // ---- argument checks (each message names the argument) -------------------------------------
 
 // img_emb, txt_emb: B×d, same B, same d, same float dtype and device, non-empty; ids: both or
@@ -94,9 +150,6 @@ void check_backward_inputs(const at::Tensor& grad_i2t, const at::Tensor& grad_t2
 void check_hardest_indices(const at::Tensor& hardest_i2t, const at::Tensor& hardest_t2i);
 
 // ---- device-generic parts of the backward (ATen ops) -----------------------------------------
-
-// fp64 stays fp64; fp32, fp16 and bf16 accumulate in fp32.
-at::ScalarType accumulate_dtype(at::ScalarType dtype);
 
 // For each target k, the queries whose hardest negative is k, in increasing order:
 // sources[offsets[k] : offsets[k + 1]] (offsets has B + 1 entries). A fixed visiting order makes
@@ -138,5 +191,58 @@ at::Tensor positive_grad(const at::Tensor& grad_i2t, const at::Tensor& grad_t2i,
 at::Tensor from_scores_hardest_backward(const at::Tensor& grad_i2t, const at::Tensor& grad_t2i,
                                         const at::Tensor& scores, const at::Tensor& hardest_i2t,
                                         const at::Tensor& hardest_t2i);
+
+// ---- the operators, once for every device ----------------------------------------------------
+
+using Costs = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+using Ids = std::optional<at::Tensor>;
+
+// The scores a forward reduces: the fused GEMM of embeddings (img, txt set) or a given matrix
+// (scores set); contiguous and detached.
+struct ScoreSource {
+  at::Tensor img, txt, scores;
+
+  bool fused() const { return !scores.defined(); }
+};
+
+// What a device supplies. Everything around these (checks, pairing, layout, the max_violation
+// branch of the backward) is the operators' own, in csrc/mh_loss.cpp.
+struct MhLossKernels {
+  // (cost_i2t, cost_t2i, support_i2t, support_t2i) of every query.
+  Costs (*costs)(const ScoreSource& source, const Pairing& pairing, double margin,
+                 bool max_violation);
+  // One side of the max_violation backward (see GatherFn).
+  GatherFn gather;
+  // The sum-of-hinges backward of the fused loss: (grad_img, grad_txt).
+  std::tuple<at::Tensor, at::Tensor> (*hinge_sum_backward)(
+      const at::Tensor& grad_i2t, const at::Tensor& grad_t2i, const at::Tensor& img,
+      const at::Tensor& txt, double margin, const Pairing& pairing, const at::Tensor& active_i2t,
+      const at::Tensor& active_t2i);
+  // d(sum-of-hinges costs)/dS of a score matrix at its negatives, 0 elsewhere, in the
+  // accumulation dtype; positive, w_i2t and w_t2i are in that dtype too.
+  at::Tensor (*hinge_grad_of_scores)(const at::Tensor& scores, const Pairing& pairing,
+                                     double margin, const at::Tensor& positive,
+                                     const at::Tensor& w_i2t, const at::Tensor& w_t2i);
+};
+
+Costs mh_loss_op(const at::Tensor& img_emb, const at::Tensor& txt_emb, double margin,
+                 bool max_violation, const Ids& img_ids, const Ids& txt_ids,
+                 const MhLossKernels& kernels);
+
+std::tuple<at::Tensor, at::Tensor> mh_loss_backward_op(
+    const at::Tensor& grad_i2t, const at::Tensor& grad_t2i, const at::Tensor& img_emb,
+    const at::Tensor& txt_emb, double margin, bool max_violation, const Ids& img_ids,
+    const Ids& txt_ids, const at::Tensor& support_i2t, const at::Tensor& support_t2i,
+    const MhLossKernels& kernels);
+
+Costs mh_loss_from_scores_op(const at::Tensor& scores, double margin, bool max_violation,
+                             const Ids& img_ids, const Ids& txt_ids, const MhLossKernels& kernels);
+
+at::Tensor mh_loss_from_scores_backward_op(const at::Tensor& grad_i2t, const at::Tensor& grad_t2i,
+                                           const at::Tensor& scores, double margin,
+                                           bool max_violation, const Ids& img_ids,
+                                           const Ids& txt_ids, const at::Tensor& support_i2t,
+                                           const at::Tensor& support_t2i,
+                                           const MhLossKernels& kernels);
 
 }  // namespace jwae::hinge

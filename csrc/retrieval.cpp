@@ -8,7 +8,7 @@
 #include <algorithm>
 #include <vector>
 
-#include "ranking.h"
+#include "retrieval.h"
 #include "tiling.h"
 
 namespace jwae::ranking {
@@ -185,32 +185,30 @@ std::tuple<at::Tensor, at::Tensor> topk_search_cpu(const at::Tensor& queries_in,
     std::vector<std::vector<Cand>> part_best(parts > 1 ? n_queries * parts : 0);
     scalar_t* score_out = scores.mutable_data_ptr<scalar_t>();
     int64_t* index_out = indices.mutable_data_ptr<int64_t>();
-    at::parallel_for(0, row_blocks * parts, 1, [&](int64_t first, int64_t last) {
-      at::Tensor buffer = at::empty({grid.tile_rows, grid.tile_cols}, queries.options());
-      at::Tensor tile_view;
-      for (int64_t item = first; item < last; ++item) {
-        const int64_t row_block = item / parts;
-        const int64_t part = item % parts;
-        const int64_t row0 = row_block * grid.tile_rows;
-        const int64_t rows = std::min(grid.tile_rows, n_queries - row0);
-        std::vector<RunningTopK<scalar_t>> best;
-        best.reserve(rows);
-        for (int64_t r = 0; r < rows; ++r) best.emplace_back(k);
-        for (int64_t cb = part * col_blocks / parts; cb < (part + 1) * col_blocks / parts; ++cb) {
-          const ScoreTile<scalar_t> tile = detail::compute_tile<scalar_t>(
-              queries, gallery, grid, row_block, cb, buffer, tile_view);
-          for (int64_t r = 0; r < rows; ++r) best[r].offer(tile.row(r), tile.cols, tile.col0);
+    parallel_tiles<scalar_t>(queries, gallery, grid, row_blocks * parts,
+                             [&](TileWorker<scalar_t>& worker, int64_t item) {
+      const int64_t row_block = item / parts;
+      const int64_t part = item % parts;
+      const int64_t row0 = row_block * grid.tile_rows;
+      const int64_t rows = std::min(grid.tile_rows, n_queries - row0);
+      std::vector<RunningTopK<scalar_t>> best;
+      best.reserve(rows);
+      for (int64_t r = 0; r < rows; ++r) best.emplace_back(k);
+      worker.row_block(row_block, part * col_blocks / parts, (part + 1) * col_blocks / parts,
+                       [&](const ScoreTile<scalar_t>& tile, at::Tensor&) {
+                         for (int64_t r = 0; r < rows; ++r) {
+                           best[r].offer(tile.row(r), tile.cols, tile.col0);
+                         }
+                       });
+      for (int64_t r = 0; r < rows; ++r) {
+        const std::vector<Cand>& found = best[r].finish();
+        if (parts > 1) {
+          part_best[(row0 + r) * parts + part] = found;
+          continue;
         }
-        for (int64_t r = 0; r < rows; ++r) {
-          const std::vector<Cand>& found = best[r].finish();
-          if (parts > 1) {
-            part_best[(row0 + r) * parts + part] = found;
-            continue;
-          }
-          for (int64_t t = 0; t < k; ++t) {
-            score_out[(row0 + r) * k + t] = found[t].score;
-            index_out[(row0 + r) * k + t] = found[t].index;
-          }
+        for (int64_t t = 0; t < k; ++t) {
+          score_out[(row0 + r) * k + t] = found[t].score;
+          index_out[(row0 + r) * k + t] = found[t].index;
         }
       }
     });
@@ -265,10 +263,3 @@ TORCH_LIBRARY_IMPL(jwae_ext, CPU, m) {
   m.impl("topk_search", &jwae::ranking::topk_search_cpu);
 }
 
-// Ranks, counts and thresholds are not differentiated: their outputs do not require grad, even
-// for inputs that do (e.g. evaluation inside a training step).
-TORCH_LIBRARY_IMPL(jwae_ext, Autograd, m) {
-  m.impl("retrieval_ranks", torch::CppFunction::makeFallthrough());
-  m.impl("retrieval_thresholds", torch::CppFunction::makeFallthrough());
-  m.impl("retrieval_count_above", torch::CppFunction::makeFallthrough());
-}

@@ -1,6 +1,6 @@
 // The retrieval-ranking operators, as far as they are the same on every backend: argument checks
 // and the composition of the ranks from the two backend kernels (own scores from the GEMM tiles,
-// then one counting pass). csrc/ranking.cpp and csrc/cuda/ranking.cu supply the kernels.
+// then one counting pass). csrc/retrieval.cpp and csrc/cuda/retrieval.cu supply the kernels.
 //
 // Why thresholds come from the tiles: a rank compares other items' scores with the query's own
 // score, and the same dot product computed by another routine (another GEMM shape, a plain dot)
@@ -17,14 +17,9 @@
 #include <vector>
 
 #include "checks.h"
+#include "dtypes.h"
 
 namespace jwae::ranking {
-
-// Scores (and thresholds) are computed in this dtype: fp16/bf16 inputs accumulate in fp32.
-inline at::ScalarType score_dtype(at::ScalarType embedding_dtype) {
-  const bool half = embedding_dtype == at::kHalf || embedding_dtype == at::kBFloat16;
-  return half ? at::kFloat : embedding_dtype;
-}
 
 // Through the extremes (NaN propagates into them): one read, no input-sized temporaries
 // (at::isfinite would allocate |t| and two masks).
@@ -80,9 +75,9 @@ inline void check_thresholds(const at::Tensor& thresholds, const char* name, int
                     length, " entries (one per row of ", length_of, "), got ",
                     thresholds.size(0));
   check_same_device(thresholds, name, emb, length_of);
-  TORCH_CHECK_TYPE(thresholds.scalar_type() == score_dtype(emb.scalar_type()),
+  TORCH_CHECK_TYPE(thresholds.scalar_type() == accumulation_dtype(emb.scalar_type()),
                    "jwae_ext: argument '", name, "' must have the score dtype ",
-                   score_dtype(emb.scalar_type()), " (that of the embeddings, float32 for ",
+                   accumulation_dtype(emb.scalar_type()), " (that of the embeddings, float32 for ",
                    "float16/bfloat16), got ", thresholds.scalar_type());
   TORCH_CHECK_VALUE(!at::isnan(thresholds).any().item<bool>(), "jwae_ext: argument '", name,
                     "' must not hold NaN");

@@ -86,7 +86,7 @@ WaeLossOutputs wae_loss_op(const at::Tensor& img_feat, const at::Tensor& img_rec
   const auto recon_sum = backend.reconstruction(feat, rec, recon == "l2", weights[0] / B, grad_rec);
 
   const int64_t H = dec_hidden.size(-1);
-  const auto xent = linear_xent_forward(
+  const auto xent = linear_cross_entropy_forward(
       dec_hidden.reshape({-1, H}), vocab_weight, targets.reshape({-1}), vocab_bias, ignore_index,
       Reduction::Sum, {grad_mask[1], grad_mask[2], grad_mask[3]}, weights[1] / B, *backend.xent,
       XentNames{"dec_hidden", "vocab_weight", "targets", "vocab_bias"});

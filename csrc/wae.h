@@ -14,7 +14,7 @@
 #include <tuple>
 #include <vector>
 
-#include "linear_xent.h"
+#include "linear_cross_entropy.h"
 
 namespace jwae {
 

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from hypothesis import given
 from hypothesis import strategies as st
 
 from jwae_ext.ops import linear_cross_entropy
-from jwae_ext.reference import linear_xent as reference
+from jwae_ext import reference
 
 REDUCTIONS = ("sum", "mean", "none")
+# The jWAE caption term's conventions (padding id 0, summed over tokens); the operator's own
+# defaults are F.cross_entropy's (test_defaults_are_those_of_f_cross_entropy).
+JWAE = {"ignore_index": 0, "reduction": "sum"}
 
 
 def make_inputs(T, H, V, *, seed, dtype=torch.float64, device="cpu", bias=True, ignored=0.3,
@@ -28,7 +32,9 @@ def make_inputs(T, H, V, *, seed, dtype=torch.float64, device="cpu", bias=True, 
 
 
 def loss_and_grads(fn, hidden, weight, target, bias, upstream, **kwargs):
-    """The loss and d(sum(loss * upstream))/d(hidden, weight[, bias])."""
+    """The loss and d(sum(loss * upstream))/d(hidden, weight[, bias]), by default with the jWAE
+    caption term's conventions (padding id 0, summed)."""
+    kwargs = {**JWAE, **kwargs}
     loss = fn(hidden, weight, target, bias, **kwargs)
     inputs = [t for t in (hidden, weight, bias) if t is not None]
     grads = torch.autograd.grad(loss, inputs, upstream.to(loss.dtype).reshape(loss.shape))
@@ -86,11 +92,24 @@ def test_logits_of_100_stay_finite(reduction):
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 def test_all_ignored_gives_zero_not_nan(reduction):
     hidden, weight, target, bias = make_inputs(5, 4, 7, seed=3, ignored=1.0)
-    loss = linear_cross_entropy(hidden, weight, target, bias, reduction=reduction)
+    loss = linear_cross_entropy(hidden, weight, target, bias, ignore_index=0, reduction=reduction)
     assert torch.equal(loss, torch.zeros_like(loss))
     loss.sum().backward()
     for t in (hidden, weight, bias):
         assert torch.equal(t.grad, torch.zeros_like(t))
+
+
+def test_defaults_are_those_of_f_cross_entropy():
+    """A drop-in call gives F.cross_entropy's number: ignore_index=-100, reduction="mean"."""
+    hidden, weight, target, bias = make_inputs(9, 4, 6, seed=21, ignore_index=-100)
+    assert (target == -100).any() and (target == 0).any()  # -100 ignored, class 0 counted
+    ours = linear_cross_entropy(hidden, weight, target, bias)
+    expected = F.cross_entropy(hidden @ weight.T + bias, target)
+    torch.testing.assert_close(ours, expected, rtol=1e-12, atol=1e-12)
+    grads = torch.autograd.grad(ours, (hidden, weight, bias))
+    expected_grads = torch.autograd.grad(expected, (hidden, weight, bias))
+    for a, b in zip(grads, expected_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
 
 def test_non_contiguous_inputs():
@@ -108,11 +127,11 @@ def test_non_contiguous_inputs():
 def test_gradients_only_for_inputs_that_require_them():
     hidden, weight, target, bias = make_inputs(6, 5, 9, seed=5)
     weight.requires_grad_(False)
-    loss = linear_cross_entropy(hidden, weight, target, bias)
+    loss = linear_cross_entropy(hidden, weight, target, bias, **JWAE)
     loss.backward()
     assert weight.grad is None and hidden.grad is not None and bias.grad is not None
     with torch.no_grad():
-        assert not linear_cross_entropy(hidden, weight, target, bias).requires_grad
+        assert not linear_cross_entropy(hidden, weight, target, bias, **JWAE).requires_grad
 
 
 @pytest.mark.parametrize("reduction", REDUCTIONS)
@@ -122,7 +141,7 @@ def test_gradcheck(reduction, bias):
     args = (hidden, weight, target) + ((b,) if bias else ())
 
     def fn(*a):
-        return linear_cross_entropy(*a, reduction=reduction)
+        return linear_cross_entropy(*a, ignore_index=0, reduction=reduction)
 
     assert torch.autograd.gradcheck(fn, args)
 
@@ -144,7 +163,7 @@ def test_deterministic_across_runs_and_thread_counts():
 
 def test_repeated_backward_through_a_retained_graph():
     hidden, weight, target, bias = make_inputs(4, 3, 5, seed=8)
-    loss = linear_cross_entropy(hidden, weight, target, bias)
+    loss = linear_cross_entropy(hidden, weight, target, bias, **JWAE)
     first = torch.autograd.grad(loss, (hidden, weight, bias), retain_graph=True)
     doubled = torch.autograd.grad(loss, (hidden, weight, bias), torch.tensor(2.0, dtype=loss.dtype),
                                   retain_graph=True)  # fmt: skip
@@ -156,7 +175,7 @@ def test_repeated_backward_through_a_retained_graph():
 
 def test_double_backward_is_refused():
     hidden, weight, target, _bias = make_inputs(4, 3, 5, seed=9)
-    loss = linear_cross_entropy(hidden, weight, target)
+    loss = linear_cross_entropy(hidden, weight, target, **JWAE)
     upstream = torch.tensor(1.0, dtype=loss.dtype, requires_grad=True)
     (g,) = torch.autograd.grad(loss, hidden, upstream, create_graph=True)
     with pytest.raises(RuntimeError, match="differentiate twice"):
@@ -172,7 +191,7 @@ def test_double_backward_is_refused():
         ("none", [False, False, False], True),
     ],
 )
-def test_opcheck_linear_xent(args):
+def test_opcheck_linear_cross_entropy(args):
     reduction, mask, bias = args
     hidden, weight, target, b = make_inputs(8, 5, 11, seed=10, dtype=torch.float32, bias=bias)
     # opcheck differentiates with respect to every input that requires grad.
@@ -181,19 +200,19 @@ def test_opcheck_linear_xent(args):
             if t is not None:
                 t.requires_grad_(wanted)
     torch.library.opcheck(
-        torch.ops.jwae_ext.linear_xent.default,
+        torch.ops.jwae_ext.linear_cross_entropy.default,
         (hidden, weight, target, b, 0, reduction, mask),
     )
 
 
-def test_opcheck_linear_xent_backward():
+def test_opcheck_linear_cross_entropy_backward():
     hidden, weight, target, bias = make_inputs(8, 5, 11, seed=11, dtype=torch.float32)
     with torch.no_grad():
-        _, lse, *_ = torch.ops.jwae_ext.linear_xent(hidden, weight, target, bias, 0, "none",
+        _, lse, *_ = torch.ops.jwae_ext.linear_cross_entropy(hidden, weight, target, bias, 0, "none",
                                                     [False] * 3)  # fmt: skip
     grad_loss = torch.randn(8)
     torch.library.opcheck(
-        torch.ops.jwae_ext.linear_xent_backward.default,
+        torch.ops.jwae_ext.linear_cross_entropy_backward.default,
         (grad_loss, hidden.detach(), weight.detach(), target, bias.detach(), lse, 0,
          [True, True, True]),
     )  # fmt: skip
@@ -203,7 +222,7 @@ def _call(**overrides):
     hidden, weight, target, bias = make_inputs(4, 3, 5, seed=12, ignored=0.0)
     args = {"hidden": hidden, "weight": weight, "target": target, "bias": bias}
     args.update(overrides)
-    kwargs = {k: args.pop(k) for k in ("reduction", "ignore_index") if k in args}
+    kwargs = {**JWAE, **{k: args.pop(k) for k in ("reduction", "ignore_index") if k in args}}
     return linear_cross_entropy(*args.values(), **kwargs)
 
 
@@ -238,7 +257,7 @@ def test_errors(overrides, error, match):
 
 def test_backward_for_an_input_left_out_of_grad_mask_is_refused():
     hidden, weight, target, bias = make_inputs(4, 3, 5, seed=13)
-    loss, *_ = torch.ops.jwae_ext.linear_xent(hidden, weight, target, bias, 0, "sum",
+    loss, *_ = torch.ops.jwae_ext.linear_cross_entropy(hidden, weight, target, bias, 0, "sum",
                                               [True, False, False])  # fmt: skip
     with pytest.raises(RuntimeError, match="grad_mask leaving it out"):
         loss.backward()
@@ -292,6 +311,6 @@ def test_opcheck_cuda():
     hidden, weight, target, bias = make_inputs(8, 5, 11, seed=17, dtype=torch.float32,
                                                device="cuda")  # fmt: skip
     torch.library.opcheck(
-        torch.ops.jwae_ext.linear_xent.default,
+        torch.ops.jwae_ext.linear_cross_entropy.default,
         (hidden, weight, target, bias, 0, "sum", [True, True, True]),
     )

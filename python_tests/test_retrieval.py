@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from jwae_ext import ops
-from jwae_ext.reference import ranking as reference
+from jwae_ext.reference import retrieval as reference
 
 # ---- inputs -------------------------------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-// Fused linear cross-entropy: the CUDA backend (the chunk loop is shared, csrc/linear_xent.cpp).
+// Fused linear cross-entropy: the CUDA backend (the chunk loop is shared, csrc/linear_cross_entropy.cpp).
 //
 // GEMMs go to cuBLAS: through ATen for float32/float64, through cublasGemmEx with fp32 compute
 // for float16/bfloat16 (so the logits and the weight gradient accumulate in fp32 buffers; ATen's
@@ -13,7 +13,7 @@
 #include <cmath>
 #include <limits>
 
-#include "../linear_xent.h"
+#include "../linear_cross_entropy.h"
 #include "block_reduce.cuh"
 
 namespace jwae {
@@ -132,21 +132,21 @@ void xent_rows_cuda(const XentRows& a) {
   });
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> linear_xent_cuda(
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> linear_cross_entropy_cuda(
     const at::Tensor& hidden, const at::Tensor& weight, const at::Tensor& target,
     const std::optional<at::Tensor>& bias, int64_t ignore_index, std::string_view reduction,
     std::array<bool, 3> grad_mask) {
   const c10::cuda::OptionalCUDAGuard guard(hidden.device());
-  return linear_xent_op(hidden, weight, target, bias, ignore_index, reduction, grad_mask,
+  return linear_cross_entropy_op(hidden, weight, target, bias, ignore_index, reduction, grad_mask,
                         xent_cuda_backend());
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_xent_backward_cuda(
+std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_cross_entropy_backward_cuda(
     const at::Tensor& grad_loss, const at::Tensor& hidden, const at::Tensor& weight,
     const at::Tensor& target, const std::optional<at::Tensor>& bias, const at::Tensor& lse,
     int64_t ignore_index, std::array<bool, 3> grad_mask) {
   const c10::cuda::OptionalCUDAGuard guard(hidden.device());
-  return linear_xent_backward_op(grad_loss, hidden, weight, target, bias, lse, ignore_index,
+  return linear_cross_entropy_backward_op(grad_loss, hidden, weight, target, bias, lse, ignore_index,
                                  grad_mask, xent_cuda_backend());
 }
 
@@ -158,8 +158,8 @@ const XentBackend& xent_cuda_backend() {
 }
 
 TORCH_LIBRARY_IMPL(jwae_ext, CUDA, m) {
-  m.impl("linear_xent", &linear_xent_cuda);
-  m.impl("linear_xent_backward", &linear_xent_backward_cuda);
+  m.impl("linear_cross_entropy", &linear_cross_entropy_cuda);
+  m.impl("linear_cross_entropy_backward", &linear_cross_entropy_backward_cuda);
 }
 
 }  // namespace jwae

@@ -19,7 +19,7 @@
 #include <optional>
 #include <tuple>
 
-#include "../hinge.h"
+#include "../mh_loss.h"
 
 namespace jwae::hinge {
 namespace {

@@ -12,7 +12,7 @@
 #include <algorithm>
 #include <vector>
 
-#include "../ranking.h"
+#include "../retrieval.h"
 #include "../tiling.h"
 
 namespace jwae::ranking {

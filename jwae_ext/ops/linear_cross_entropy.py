@@ -1,7 +1,7 @@
 """Vocabulary projection fused with cross-entropy: ``linear_cross_entropy``.
 
-Kernels: ``csrc/linear_xent.cpp`` (CPU) and ``csrc/cuda/linear_xent.cu`` (CUDA); reference:
-:func:`jwae_ext.reference.linear_xent.linear_cross_entropy`.
+Kernels: ``csrc/linear_cross_entropy.cpp`` (CPU) and ``csrc/cuda/linear_cross_entropy.cu`` (CUDA);
+reference: :func:`jwae_ext.reference.linear_cross_entropy.linear_cross_entropy`.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from jwae_ext.ops import _forward_grads
+from jwae_ext.ops._dtypes import accumulation_dtype
 from jwae_ext.ops._checks import check_choice, check_int, check_same_device, check_tensor
 
 REDUCTIONS = ("sum", "mean", "none")
@@ -21,13 +22,13 @@ def linear_cross_entropy(
     target: torch.Tensor,
     bias: torch.Tensor | None = None,
     *,
-    ignore_index: int = 0,
-    reduction: str = "sum",
+    ignore_index: int = -100,
+    reduction: str = "mean",
 ) -> torch.Tensor:
     """Cross-entropy of ``hidden @ weight.T + bias`` against ``target``, without the logits.
 
     Equal to ``F.cross_entropy(F.linear(hidden, weight, bias), target, ignore_index=...,
-    reduction=...)`` but computed over chunks of tokens, so the ``T x V`` logits never exist:
+    reduction=...)``, with the same defaults (so a drop-in call gives the same number), but computed over chunks of tokens, so the ``T x V`` logits never exist:
     extra memory is one chunk of logits (32 MiB, or 512 rows when V is so large that 32 MiB
     hold fewer) plus the gradients themselves.
 
@@ -36,9 +37,11 @@ def linear_cross_entropy(
         weight: ``(V, H)`` vocabulary matrix, same dtype and device.
         target: ``(T,)`` int64 token ids in ``[0, V)``, or ``ignore_index`` for padding.
         bias: optional ``(V,)`` vocabulary bias.
-        ignore_index: target value whose tokens contribute neither loss nor gradient.
-        reduction: ``"sum"`` (default), ``"mean"`` over the non-ignored tokens (0 when every
-            token is ignored) or ``"none"`` (per-token losses, 0 at ignored tokens).
+        ignore_index: target value whose tokens contribute neither loss nor gradient (default
+            -100, as ``F.cross_entropy``; the jWAE caption term passes its padding id, 0).
+        reduction: ``"mean"`` over the non-ignored tokens (default; 0 when every token is
+            ignored, where ``F.cross_entropy`` gives NaN), ``"sum"`` (what the jWAE caption term
+            uses) or ``"none"`` (per-token losses, 0 at ignored tokens).
 
     Returns:
         The loss: a scalar, or ``(T,)`` for ``reduction="none"``; float32 (float64 for float64
@@ -55,7 +58,7 @@ def linear_cross_entropy(
     check_choice("reduction", reduction, REDUCTIONS)
     ignore_index = check_int("ignore_index", ignore_index)
     grad_mask = _grad_mask(hidden, weight, bias, reduction)
-    loss, *_ = torch.ops.jwae_ext.linear_xent(
+    loss, *_ = torch.ops.jwae_ext.linear_cross_entropy(
         hidden, weight, target, bias, ignore_index, reduction, grad_mask
     )
     return loss
@@ -70,16 +73,12 @@ def _grad_mask(
     return [hidden.requires_grad, weight.requires_grad, bias is not None and bias.requires_grad]
 
 
-def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-@torch.library.register_fake("jwae_ext::linear_xent")
-def _linear_xent_fake(hidden, weight, target, bias, ignore_index, reduction, grad_mask):
+@torch.library.register_fake("jwae_ext::linear_cross_entropy")
+def _linear_cross_entropy_fake(hidden, weight, target, bias, ignore_index, reduction, grad_mask):
     check_same_device(("hidden", hidden), ("weight", weight), ("target", target), ("bias", bias))
     tokens, width = hidden.shape
     vocab = weight.shape[0]
-    acc = _accumulation_dtype(hidden.dtype)
+    acc = accumulation_dtype(hidden.dtype)
     loss = hidden.new_empty((tokens,) if reduction == "none" else (), dtype=acc)
     lse = hidden.new_empty((tokens,), dtype=acc)
     shapes = ((tokens, width), (vocab, width), (vocab,))
@@ -89,8 +88,10 @@ def _linear_xent_fake(hidden, weight, target, bias, ignore_index, reduction, gra
     return (loss, lse, *grads)
 
 
-@torch.library.register_fake("jwae_ext::linear_xent_backward")
-def _linear_xent_backward_fake(grad_loss, hidden, weight, target, bias, lse, ignore_index, mask):
+@torch.library.register_fake("jwae_ext::linear_cross_entropy_backward")
+def _linear_cross_entropy_backward_fake(
+    grad_loss, hidden, weight, target, bias, lse, ignore_index, mask
+):
     tokens, width = hidden.shape
     vocab = weight.shape[0]
     shapes = ((tokens, width), (vocab, width), (vocab,))
@@ -102,16 +103,15 @@ def _linear_xent_backward_fake(grad_loss, hidden, weight, target, bias, lse, ign
 def _setup_context(ctx, inputs, output):
     hidden, weight, target, bias, ignore_index, reduction, grad_mask = inputs
     _loss, lse, *grads = output
-    ctx.mark_non_differentiable(lse, *grads)
-    # The gradient outputs get no gradient: no zero-filled V x H tensors for them in backward.
-    ctx.set_materialize_grads(False)
     ctx.reduction = reduction
     if reduction == "none":
+        ctx.mark_non_differentiable(lse, *grads)
+        ctx.set_materialize_grads(False)
         ctx.ignore_index = ignore_index
         ctx.has_bias = bias is not None
         ctx.save_for_backward(hidden, weight, target, bias, lse)
     else:
-        _forward_grads.save(ctx, grads, grad_mask)
+        _forward_grads.setup(ctx, (lse,), grads, grad_mask)
 
 
 @once_differentiable
@@ -126,11 +126,13 @@ def _backward(ctx, grad_loss, *_unused):
     else:
         hidden, weight, target, bias, lse = ctx.saved_tensors
         mask = [hidden_, weight_, ctx.has_bias and bias_]
-        computed = torch.ops.jwae_ext.linear_xent_backward(
+        computed = torch.ops.jwae_ext.linear_cross_entropy_backward(
             grad_loss, hidden, weight, target, bias, lse, ctx.ignore_index, mask
         )
         grads = [g if wanted else None for g, wanted in zip(computed, mask, strict=True)]
     return grads[0], grads[1], None, grads[2], None, None, None
 
 
-torch.library.register_autograd("jwae_ext::linear_xent", _backward, setup_context=_setup_context)
+torch.library.register_autograd(
+    "jwae_ext::linear_cross_entropy", _backward, setup_context=_setup_context
+)

@@ -1,7 +1,7 @@
 """Max-of-hinges hard-negative loss (VSE++), fused with the similarity GEMM.
 
-The Python side of ``torch.ops.jwae_ext.mh_loss*`` (kernels in ``csrc/hinge.cpp`` and
-``csrc/cuda/hinge.cu``): argument checks, the reduction over queries and directions, autograd and
+The Python side of ``torch.ops.jwae_ext.mh_loss*`` (kernels in ``csrc/mh_loss.cpp`` and
+``csrc/cuda/mh_loss.cu``): argument checks, the reduction over queries and directions, autograd and
 fake kernels. The operators return per-query costs of both directions plus a per-query *support*
 (the hardest negative's index, -1 where the cost is 0, with ``max_violation``; the number of
 active hinges without) that the backward operators consume.

@@ -1,4 +1,5 @@
-"""Exact retrieval ranks and top-k search (kernels: ``csrc/ranking.cpp``, ``csrc/cuda/ranking.cu``).
+"""Exact retrieval ranks and top-k search (kernels: ``csrc/retrieval.cpp``,
+``csrc/cuda/retrieval.cu``).
 
 Scores are dot products ``S = img_emb @ cap_emb.T``, computed one GEMM tile at a time: the N x M
 score matrix is never held. fp32/fp64 on CPU; fp32/fp64/fp16/bf16 on CUDA, where fp16/bf16 are
@@ -11,14 +12,11 @@ from __future__ import annotations
 import torch
 
 from jwae_ext.ops._checks import check_int, check_same_device, check_tensor
+from jwae_ext.ops._dtypes import accumulation_dtype
 
 __all__ = ["retrieval_count_above", "retrieval_ranks", "retrieval_thresholds", "topk_search"]
 
 _ops = torch.ops.jwae_ext
-
-
-def _score_dtype(emb: torch.Tensor) -> torch.dtype:
-    return torch.float32 if emb.dtype in (torch.float16, torch.bfloat16) else emb.dtype
 
 
 def retrieval_ranks(
@@ -134,7 +132,7 @@ def _(img_emb, cap_emb, cap_to_img):
 @torch.library.register_fake("jwae_ext::retrieval_thresholds")
 def _(img_emb, cap_emb, cap_to_img):
     _check_devices(img_emb, cap_emb, cap_to_img)
-    dtype = _score_dtype(img_emb)
+    dtype = accumulation_dtype(img_emb.dtype)
     return (
         img_emb.new_empty((img_emb.shape[0],), dtype=dtype),
         cap_emb.new_empty((cap_emb.shape[0],), dtype=dtype),
@@ -154,12 +152,21 @@ def _(img_emb, cap_emb, cap_to_img, img_thresholds, cap_thresholds):
 def _(queries, gallery, k):
     check_same_device(("queries", queries), ("gallery", gallery))
     return (
-        queries.new_empty((queries.shape[0], k), dtype=_score_dtype(queries)),
+        queries.new_empty((queries.shape[0], k), dtype=accumulation_dtype(queries.dtype)),
         queries.new_empty((queries.shape[0], k), dtype=torch.int64),
     )
 
 
-# ---- autograd: top-k scores are dot products of the selected pairs ----------------------------
+# ---- autograd ---------------------------------------------------------------------------------
+
+# Ranks, counts and thresholds are not differentiated: their outputs do not require grad, even for
+# inputs that do (e.g. evaluation inside a training step), so autograd falls through to the kernel.
+_AUTOGRAD = torch.library.Library("jwae_ext", "IMPL")
+for _name in ("retrieval_ranks", "retrieval_thresholds", "retrieval_count_above"):
+    _AUTOGRAD.impl(_name, torch.library.fallthrough_kernel, "Autograd")
+
+
+# Top-k scores are dot products of the selected pairs.
 
 
 def _topk_setup_context(ctx, inputs, output):

@@ -1,8 +1,8 @@
-"""The jWAE regularizer: ``wae_loss``, ``discriminator_loss`` and ``mmd_imq``.
+"""The jWAE regularizer in one operator: ``wae_loss``.
 
-Kernels: ``csrc/wae.cpp`` (CPU) and ``csrc/cuda/wae.cu`` (CUDA); references:
-:mod:`jwae_ext.reference.wae`. Each operator computes the gradients of its scalar output in the
-forward (for the inputs that require grad) and its backward only scales them.
+Kernels: ``csrc/wae_loss.cpp`` (CPU) and ``csrc/cuda/wae_loss.cu`` (CUDA); reference:
+:mod:`jwae_ext.reference.wae_loss`. The operator computes the gradients of its scalar output in
+the forward (for the inputs that require grad) and its backward only scales them.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from jwae_ext.ops import _forward_grads
+from jwae_ext.ops._dtypes import loss_dtype
 from jwae_ext.ops._checks import (
     check_choice,
     check_int,
@@ -24,9 +25,6 @@ from jwae_ext.ops._checks import (
 RECONSTRUCTIONS = ("l1", "l2")
 DEFAULT_WEIGHTS = (0.05, 0.005, 0.01, 0.01)
 TERM_NAMES = ("recon", "nll", "adv_img", "adv_txt")
-# C = 2 * d * sigma^2 * s for the WAE paper's s in (0.1, 0.2, 0.5, 1, 2, 5, 10), with the
-# shared prior's sigma^2 = 1/d (DESIGN.md section 2), so 2 * d * sigma^2 = 2.
-DEFAULT_IMQ_SCALES = (0.2, 0.4, 1.0, 2.0, 4.0, 10.0, 20.0)
 
 
 def wae_loss(
@@ -101,45 +99,6 @@ def wae_loss(
     return total, dict(zip(TERM_NAMES, terms.unbind(), strict=True))
 
 
-def discriminator_loss(d_logits_real: torch.Tensor, d_logits_fake: torch.Tensor) -> torch.Tensor:
-    """The discriminator's BCE-with-logits loss: prior samples labelled 1, codes labelled 0.
-
-    ``mean softplus(-d_logits_real) + mean softplus(d_logits_fake)``: the mean over the real
-    logits plus the mean over the fake ones (each side weighs the same whatever its count), i.e.
-    ``F.binary_cross_entropy_with_logits(real, ones) + F.binary_cross_entropy_with_logits(fake,
-    zeros)``. Any shapes; float32 (float64 when an input is float64).
-    """
-    check_tensor("d_logits_real", d_logits_real)
-    check_tensor("d_logits_fake", d_logits_fake)
-    grad = torch.is_grad_enabled()
-    mask = [grad and d_logits_real.requires_grad, grad and d_logits_fake.requires_grad]
-    loss, *_ = torch.ops.jwae_ext.discriminator_loss(d_logits_real, d_logits_fake, mask)
-    return loss
-
-
-def mmd_imq(
-    z: torch.Tensor,
-    prior_samples: torch.Tensor,
-    scales: Sequence[float] = DEFAULT_IMQ_SCALES,
-) -> torch.Tensor:
-    """Unbiased MMD^2 between codes ``z`` (n x d) and ``prior_samples`` (m x d), IMQ kernel.
-
-    ``k(x, y) = sum_C C / (C + |x - y|^2)`` over ``scales``; the within-sample averages run over
-    distinct pairs only (``i != j``), so n, m >= 2 (they may differ). The default scales are
-    ``C = 2 * d * sigma^2 * s`` for the WAE paper's ``s`` in (0.1, 0.2, 0.5, 1, 2, 5, 10) with the
-    shared prior ``N(0, I/d)``: ``(0.2, 0.4, 1, 2, 4, 10, 20)``. Pairwise distances come from the
-    squared norms and one GEMM per block (no n x m x d temporary); the gradient is analytic. The
-    result is float32 (float64 for float64 inputs); computation is in that precision.
-    """
-    check_tensor("z", z)
-    check_tensor("prior_samples", prior_samples)
-    scales = check_numbers("scales", scales)
-    grad = torch.is_grad_enabled()
-    mask = [grad and z.requires_grad, grad and prior_samples.requires_grad]
-    mmd, *_ = torch.ops.jwae_ext.mmd_imq(z, prior_samples, scales, mask)
-    return mmd
-
-
 def _check_weights(weights: Sequence[float]) -> list[float]:
     values = check_numbers("weights", weights)
     if len(values) != 4:
@@ -148,15 +107,6 @@ def _check_weights(weights: Sequence[float]) -> list[float]:
             f"got {len(values)}"
         )
     return values
-
-
-def _loss_dtype(*tensors: torch.Tensor) -> torch.dtype:
-    return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
-
-
-def _grads_fake(pairs):
-    """Gradient outputs of a fake kernel: like the input when asked for, else empty."""
-    return tuple(t.new_empty(t.shape if wanted else (0,)) for t, wanted in pairs)
 
 
 @torch.library.register_fake("jwae_ext::wae_loss")
@@ -170,35 +120,18 @@ def _wae_loss_fake(
         ("d_logits_txt", d_txt), ("vocab_bias", vocab_bias),
     )  # fmt: skip
     present = [t for t in (img_feat, dec_hidden, d_img, d_txt) if t is not None]
-    dtype = _loss_dtype(*present)
+    dtype = loss_dtype(*present)
     total = dec_hidden.new_empty((), dtype=dtype)
     terms = dec_hidden.new_empty((4,), dtype=dtype)
     absent = dec_hidden.new_empty((0,))
     inputs = [t if t is not None else absent
               for t in (img_rec, dec_hidden, vocab_weight, vocab_bias, d_img, d_txt)]  # fmt: skip
-    return (total, terms, *_grads_fake(zip(inputs, grad_mask, strict=True)))
-
-
-@torch.library.register_fake("jwae_ext::discriminator_loss")
-def _discriminator_loss_fake(d_logits_real, d_logits_fake, grad_mask):
-    check_same_device(("d_logits_real", d_logits_real), ("d_logits_fake", d_logits_fake))
-    loss = d_logits_real.new_empty((), dtype=_loss_dtype(d_logits_real, d_logits_fake))
-    return (loss, *_grads_fake(zip((d_logits_real, d_logits_fake), grad_mask, strict=True)))
-
-
-@torch.library.register_fake("jwae_ext::mmd_imq")
-def _mmd_imq_fake(z, prior_samples, scales, grad_mask):
-    check_same_device(("z", z), ("prior_samples", prior_samples))
-    mmd = z.new_empty((), dtype=_loss_dtype(z))
-    return (mmd, *_grads_fake(zip((z, prior_samples), grad_mask, strict=True)))
+    return (total, terms, *_forward_grads.fake_grads(zip(inputs, grad_mask, strict=True)))
 
 
 def _setup_wae_loss(ctx, inputs, output):
     _total, terms, *grads = output
-    ctx.mark_non_differentiable(terms, *grads)
-    # The gradient outputs get no gradient: no zero-filled V x H tensors for them in backward.
-    ctx.set_materialize_grads(False)
-    _forward_grads.save(ctx, grads, inputs[-1])
+    _forward_grads.setup(ctx, (terms,), grads, inputs[-1])
 
 
 @once_differentiable
@@ -215,32 +148,6 @@ def _wae_loss_backward(ctx, grad_total, *_unused):
     )  # fmt: skip
 
 
-def _setup_two_input_op(ctx, inputs, output):
-    _value, *grads = output
-    ctx.mark_non_differentiable(*grads)
-    # The gradient outputs get no gradient: no zero-filled V x H tensors for them in backward.
-    ctx.set_materialize_grads(False)
-    _forward_grads.save(ctx, grads, inputs[-1])
-
-
-def _two_input_backward(op: str):
-    @once_differentiable
-    def backward(ctx, grad_value, *_unused):
-        needed = ctx.needs_input_grad[:2]
-        first, second = _forward_grads.scaled(ctx, grad_value, needed, op)
-        return first, second, *([None] * (len(ctx.needs_input_grad) - 2))
-
-    return backward
-
-
 torch.library.register_autograd(
     "jwae_ext::wae_loss", _wae_loss_backward, setup_context=_setup_wae_loss
-)
-torch.library.register_autograd(
-    "jwae_ext::discriminator_loss",
-    _two_input_backward("discriminator_loss"),
-    setup_context=_setup_two_input_op,
-)
-torch.library.register_autograd(
-    "jwae_ext::mmd_imq", _two_input_backward("mmd_imq"), setup_context=_setup_two_input_op
 )

@@ -16,8 +16,8 @@ def linear_cross_entropy(
     target: torch.Tensor,
     bias: torch.Tensor | None = None,
     *,
-    ignore_index: int = 0,
-    reduction: str = "sum",
+    ignore_index: int = -100,
+    reduction: str = "mean",
 ) -> torch.Tensor:
     """``F.cross_entropy(F.linear(hidden, weight, bias), target)`` with the fused op's conventions.
 

@@ -1,6 +1,6 @@
 """Max-of-hinges loss, the straightforward way: VSE++'s ``ContrastiveLoss`` on the full B x B score
 matrix, with the positives of ``img_ids``/``txt_ids`` masked out. What the kernels are tested and
-benchmarked against (same signatures as :mod:`jwae_ext.ops.hinge`)."""
+benchmarked against (same signatures as :mod:`jwae_ext.ops.mh_loss`)."""
 
 from __future__ import annotations
 

@@ -1,8 +1,5 @@
-"""References for :mod:`jwae_ext.ops.wae`, composed from standard torch ops.
-
-The MMD reference forms every pairwise difference (an n x m x d temporary), which the kernel
-avoids.
-"""
+"""Reference for :func:`jwae_ext.ops.wae_loss`, composed from standard torch ops (the full
+``T x V`` logits among them, which the operator never holds)."""
 
 from __future__ import annotations
 
@@ -11,8 +8,8 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from jwae_ext.ops.wae import DEFAULT_IMQ_SCALES, DEFAULT_WEIGHTS, TERM_NAMES
-from jwae_ext.reference.linear_xent import linear_cross_entropy
+from jwae_ext.ops.wae_loss import DEFAULT_WEIGHTS, TERM_NAMES
+from jwae_ext.reference.linear_cross_entropy import linear_cross_entropy
 
 
 def wae_loss(
@@ -52,35 +49,3 @@ def wae_loss(
     terms = [t.to(dtype) for t in terms]
     total = sum(w * t for w, t in zip(weights, terms, strict=True))
     return total, dict(zip(TERM_NAMES, (t.detach() for t in terms), strict=True))
-
-
-def discriminator_loss(d_logits_real: torch.Tensor, d_logits_fake: torch.Tensor) -> torch.Tensor:
-    """BCE-with-logits, prior samples (real) labelled 1 and codes (fake) labelled 0, each a mean."""
-    real = F.binary_cross_entropy_with_logits(d_logits_real, torch.ones_like(d_logits_real))
-    fake = F.binary_cross_entropy_with_logits(d_logits_fake, torch.zeros_like(d_logits_fake))
-    dtype = torch.promote_types(torch.float32, torch.promote_types(real.dtype, fake.dtype))
-    return real.to(dtype) + fake.to(dtype)
-
-
-def mmd_imq(
-    z: torch.Tensor,
-    prior_samples: torch.Tensor,
-    scales: Sequence[float] = DEFAULT_IMQ_SCALES,
-) -> torch.Tensor:
-    """Unbiased MMD^2 with ``k(x, y) = sum_C C / (C + |x - y|^2)``, straight from the definition."""
-    z = z.to(torch.promote_types(z.dtype, torch.float32))
-    prior_samples = prior_samples.to(z.dtype)
-
-    def kernel(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        d2 = (a[:, None, :] - b[None, :, :]).pow(2).sum(-1)
-        return sum(c / (c + d2) for c in scales)
-
-    def off_diagonal_mean(k: torch.Tensor) -> torch.Tensor:
-        n = k.shape[0]
-        return (k.sum() - k.diagonal().sum()) / (n * (n - 1))
-
-    return (
-        off_diagonal_mean(kernel(z, z))
-        + off_diagonal_mean(kernel(prior_samples, prior_samples))
-        - 2 * kernel(z, prior_samples).mean()
-    )
