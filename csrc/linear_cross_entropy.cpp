@@ -199,7 +199,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> linear_cr
     const std::optional<at::Tensor>& bias, int64_t ignore_index, std::string_view reduction,
     std::array<bool, 3> grad_mask, const XentBackend& backend) {
   const auto out = linear_cross_entropy_forward(hidden, weight, target, bias, ignore_index,
-                                       parse_reduction(reduction), grad_mask, 1.0, backend);
+                                                parse_reduction(reduction), grad_mask, 1.0,
+                                                backend);
   const auto options = hidden.options();
   return {out.loss, out.lse, or_empty(out.grads.hidden, options),
           or_empty(out.grads.weight, options), or_empty(out.grads.bias, options)};
@@ -209,8 +210,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_cross_entropy_backward_op(
     const at::Tensor& grad_loss, const at::Tensor& hidden, const at::Tensor& weight,
     const at::Tensor& target, const std::optional<at::Tensor>& bias, const at::Tensor& lse,
     int64_t ignore_index, std::array<bool, 3> grad_mask, const XentBackend& backend) {
-  const auto g = linear_cross_entropy_backward(grad_loss, hidden, weight, target, bias, lse, ignore_index,
-                                      grad_mask, backend);
+  const auto g = linear_cross_entropy_backward(grad_loss, hidden, weight, target, bias, lse,
+                                               ignore_index, grad_mask, backend);
   const auto options = hidden.options();
   return {or_empty(g.hidden, options), or_empty(g.weight, options), or_empty(g.bias, options)};
 }
@@ -343,8 +344,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_cross_entropy_backward_cpu
     const at::Tensor& grad_loss, const at::Tensor& hidden, const at::Tensor& weight,
     const at::Tensor& target, const std::optional<at::Tensor>& bias, const at::Tensor& lse,
     int64_t ignore_index, std::array<bool, 3> grad_mask) {
-  return linear_cross_entropy_backward_op(grad_loss, hidden, weight, target, bias, lse, ignore_index,
-                                 grad_mask, xent_cpu_backend());
+  return linear_cross_entropy_backward_op(grad_loss, hidden, weight, target, bias, lse,
+                                          ignore_index, grad_mask, xent_cpu_backend());
 }
 
 }  // namespace

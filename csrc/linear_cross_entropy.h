@@ -2,8 +2,9 @@
 // bias, then cross-entropy against T targets, without ever holding the T x V logits.
 //
 // The drivers (chunk loop, GEMM order, target validation) are device-agnostic and written against
-// a backend: the dense primitives and the per-row softmax pass that csrc/linear_cross_entropy.cpp (CPU) and
-// csrc/cuda/linear_cross_entropy.cu (CUDA) provide. csrc/wae.cpp reuses them for the caption term.
+// a backend: the dense primitives and the per-row softmax pass that csrc/linear_cross_entropy.cpp
+// (CPU) and csrc/cuda/linear_cross_entropy.cu (CUDA) provide. csrc/wae_loss.cpp reuses them for
+// the caption term.
 #pragma once
 
 #include <ATen/ATen.h>

@@ -1,5 +1,6 @@
 // Max-of-hinges loss (VSE++): what the CPU kernels (csrc/mh_loss.cpp) and the CUDA kernels
-// (csrc/cuda/mh_loss.cu) share — which pairs are negatives, the hinge and the hardest-negative order
+// (csrc/cuda/mh_loss.cu) share — which pairs are negatives, the hinge and the hardest-negative
+// order
 // (host and device code), the argument checks, and the device-generic parts of the backward
 // (csrc/hinge_common.cpp).
 //
@@ -121,7 +122,9 @@ template <typename P, typename V>
 C10_HOST_DEVICE inline P merged(const V* values, const int64_t* indices, int64_t blocks,
                                 int64_t batch, int64_t k) {
   P total = P::none();
-  for (int64_t b = 0; b < blocks; ++b) total.merge(P{values[b * batch + k], indices[b * batch + k]});
+  for (int64_t b = 0; b < blocks; ++b) {
+    total.merge(P{values[b * batch + k], indices[b * batch + k]});
+  }
   return total;
 }
 

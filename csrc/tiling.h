@@ -64,7 +64,10 @@ template <typename scalar_t>
 class TileWorker {
  public:
   TileWorker(const at::Tensor& a, const at::Tensor& b, const TileGrid& grid)
-      : a_(a), b_(b), grid_(grid), buffer_(at::empty({grid.tile_rows, grid.tile_cols}, a.options())) {}
+      : a_(a),
+        b_(b),
+        grid_(grid),
+        buffer_(at::empty({grid.tile_rows, grid.tile_cols}, a.options())) {}
 
   // The traversal over a row block and a column range: tiles (row_block, c) for c in
   // [col_begin, col_end), left to right. `epilogue(const ScoreTile<scalar_t>&, at::Tensor& tile)`

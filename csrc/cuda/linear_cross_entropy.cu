@@ -1,4 +1,5 @@
-// Fused linear cross-entropy: the CUDA backend (the chunk loop is shared, csrc/linear_cross_entropy.cpp).
+// Fused linear cross-entropy: the CUDA backend (the chunk loop is shared,
+// csrc/linear_cross_entropy.cpp).
 //
 // GEMMs go to cuBLAS: through ATen for float32/float64, through cublasGemmEx with fp32 compute
 // for float16/bfloat16 (so the logits and the weight gradient accumulate in fp32 buffers; ATen's
@@ -146,8 +147,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_cross_entropy_backward_cud
     const at::Tensor& target, const std::optional<at::Tensor>& bias, const at::Tensor& lse,
     int64_t ignore_index, std::array<bool, 3> grad_mask) {
   const c10::cuda::OptionalCUDAGuard guard(hidden.device());
-  return linear_cross_entropy_backward_op(grad_loss, hidden, weight, target, bias, lse, ignore_index,
-                                 grad_mask, xent_cuda_backend());
+  return linear_cross_entropy_backward_op(grad_loss, hidden, weight, target, bias, lse,
+                                          ignore_index, grad_mask, xent_cuda_backend());
 }
 
 }  // namespace

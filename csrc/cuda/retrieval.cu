@@ -1,6 +1,6 @@
-// CUDA kernels of the retrieval-ranking family. Score tiles come from cuBLAS (at::mm_out on the
-// current stream, fp16/bf16 accumulated in fp32) into one reused buffer; own scores and rank
-// counts are read off each tile by the kernels below (integer atomics: the counts do not depend
+// CUDA kernels of the retrieval family. Score tiles come from the tile traversal of tiling.cuh
+// (cuBLAS on the current stream, fp16/bf16 accumulated in fp32); own scores and rank counts are
+// read off each tile by the kernels below (integer atomics: the counts do not depend
 // on the order); top-k merges each tile into the running top-k with a stable sort.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -13,7 +13,7 @@
 #include <vector>
 
 #include "../retrieval.h"
-#include "../tiling.h"
+#include "tiling.cuh"
 
 namespace jwae::ranking {
 namespace {
@@ -24,46 +24,8 @@ constexpr int kWarps = kThreads / 32;
 
 // Tiles of 1024 x 4096 (16 MiB in fp32): large enough to keep cuBLAS efficient, small enough
 // that the own-score pre-pass (the tiles holding own pairs) stays a fraction of the work.
-TileGrid cuda_score_grid(int64_t rows, int64_t cols) {
-  TileGrid grid{rows, cols};
-  grid.tile_rows = 1024;
-  grid.tile_cols = 4096;
-  return grid;
-}
-
-// out = a·bᵀ in the score dtype: fp16/bf16 inputs multiply on tensor cores into fp32.
-void score_mm(at::Tensor& out, const at::Tensor& a, const at::Tensor& b) {
-  // Below autograd: inputs that require grad must not make the out= variant refuse to run.
-  at::AutoDispatchBelowADInplaceOrView below_autograd;
-  if (out.scalar_type() != a.scalar_type()) {
-    at::mm_out(out, a, b.t(), out.scalar_type());
-  } else {
-    at::mm_out(out, a, b.t());
-  }
-}
-
-// Calls fn(tile, row0, rows, col0, cols) for each listed tile id (row_block * col_blocks +
-// col_block) of S = a·bᵀ, computed into one buffer; every pass computes a tile by the same call.
-template <typename Fn>
-void for_each_cuda_tile(const at::Tensor& a, const at::Tensor& b, const TileGrid& grid,
-                        const std::vector<int64_t>& tile_ids, Fn&& fn) {
-  const int64_t capacity = std::min(grid.tile_rows, grid.rows) * std::min(grid.tile_cols, grid.cols);
-  at::Tensor buffer = at::empty({capacity}, a.options().dtype(score_dtype(a.scalar_type())));
-  for (const int64_t t : tile_ids) {
-    const int64_t row0 = (t / grid.col_blocks()) * grid.tile_rows;
-    const int64_t col0 = (t % grid.col_blocks()) * grid.tile_cols;
-    const int64_t rows = std::min(grid.tile_rows, grid.rows - row0);
-    const int64_t cols = std::min(grid.tile_cols, grid.cols - col0);
-    at::Tensor tile = buffer.narrow(0, 0, rows * cols).view({rows, cols});
-    score_mm(tile, a.narrow(0, row0, rows), b.narrow(0, col0, cols));
-    fn(tile, row0, rows, col0, cols);
-  }
-}
-
-std::vector<int64_t> all_tiles(const TileGrid& grid) {
-  std::vector<int64_t> ids(grid.row_blocks() * grid.col_blocks());
-  for (size_t t = 0; t < ids.size(); ++t) ids[t] = static_cast<int64_t>(t);
-  return ids;
+TileGrid score_grid(int64_t rows, int64_t cols) {
+  return budget_grid(rows, cols, TileBudget{int64_t{1} << 22, 1024, 4096});
 }
 
 // own[j] = tile[owner[j] - row0][j - col0] for the captions whose image is in the tile's rows.
@@ -115,21 +77,20 @@ __global__ void count_above_kernel(const score_t* __restrict__ tile, int64_t row
 
 at::Tensor own_scores_cuda(const at::Tensor& img, const at::Tensor& cap, const at::Tensor& owner) {
   const c10::cuda::CUDAGuard guard(img.device());
-  const TileGrid grid = cuda_score_grid(img.size(0), cap.size(0));
+  const TileGrid grid = score_grid(img.size(0), cap.size(0));
   const std::vector<int64_t> tiles =
       own_score_tiles(owner, grid.tile_rows, grid.tile_cols, grid.col_blocks());
-  at::Tensor own = at::empty({cap.size(0)}, img.options().dtype(score_dtype(img.scalar_type())));
+  const auto acc = accumulation_dtype(img.scalar_type());
+  at::Tensor own = at::empty({cap.size(0)}, img.options().dtype(acc));
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES(own.scalar_type(), "retrieval_own_scores_cuda", [&] {
-    for_each_cuda_tile(img, cap, grid, tiles,
-                       [&](const at::Tensor& tile, int64_t row0, int64_t rows, int64_t col0,
-                           int64_t cols) {
-                         const unsigned blocks = static_cast<unsigned>((cols + kThreads - 1) / kThreads);
-                         own_scores_kernel<scalar_t><<<blocks, kThreads, 0, stream>>>(
-                             tile.const_data_ptr<scalar_t>(), row0, rows, col0, cols,
-                             owner.const_data_ptr<int64_t>(), own.mutable_data_ptr<scalar_t>());
-                         C10_CUDA_KERNEL_LAUNCH_CHECK();
-                       });
+    for_each_tile(img, cap, grid, tiles, [&](const DeviceTile& t, const at::Tensor& tile) {
+      const unsigned blocks = static_cast<unsigned>((t.cols + kThreads - 1) / kThreads);
+      own_scores_kernel<scalar_t><<<blocks, kThreads, 0, stream>>>(
+          tile.const_data_ptr<scalar_t>(), t.row0, t.rows, t.col0, t.cols,
+          owner.const_data_ptr<int64_t>(), own.mutable_data_ptr<scalar_t>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
   });
   return own;
 }
@@ -139,25 +100,23 @@ std::tuple<at::Tensor, at::Tensor> count_above_cuda(const at::Tensor& img, const
                                                     const at::Tensor& img_thresholds,
                                                     const at::Tensor& cap_thresholds) {
   const c10::cuda::CUDAGuard guard(img.device());
-  const TileGrid grid = cuda_score_grid(img.size(0), cap.size(0));
+  const TileGrid grid = score_grid(img.size(0), cap.size(0));
   at::Tensor img_counts = at::zeros({img.size(0)}, owner.options());
   at::Tensor cap_counts = at::zeros({cap.size(0)}, owner.options());
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES(img_thresholds.scalar_type(), "retrieval_count_above_cuda", [&] {
-    for_each_cuda_tile(
-        img, cap, grid, all_tiles(grid),
-        [&](const at::Tensor& tile, int64_t row0, int64_t rows, int64_t col0, int64_t cols) {
-          // rows <= 1024 and cols <= 4096: at most 16 x 32 blocks.
-          const dim3 blocks(static_cast<unsigned>((cols + kThreads - 1) / kThreads),
-                            static_cast<unsigned>((rows + kRowsPerBlock - 1) / kRowsPerBlock));
-          count_above_kernel<scalar_t><<<blocks, kThreads, 0, stream>>>(
-              tile.const_data_ptr<scalar_t>(), row0, rows, col0, cols,
-              owner.const_data_ptr<int64_t>(), img_thresholds.const_data_ptr<scalar_t>(),
-              cap_thresholds.const_data_ptr<scalar_t>(),
-              reinterpret_cast<unsigned long long*>(img_counts.mutable_data_ptr<int64_t>()),
-              reinterpret_cast<unsigned long long*>(cap_counts.mutable_data_ptr<int64_t>()));
-          C10_CUDA_KERNEL_LAUNCH_CHECK();
-        });
+    for_each_tile(img, cap, grid, [&](const DeviceTile& t, const at::Tensor& tile) {
+      // rows <= 1024 and cols <= 4096: at most 16 x 32 blocks.
+      const dim3 blocks(static_cast<unsigned>((t.cols + kThreads - 1) / kThreads),
+                        static_cast<unsigned>((t.rows + kRowsPerBlock - 1) / kRowsPerBlock));
+      count_above_kernel<scalar_t><<<blocks, kThreads, 0, stream>>>(
+          tile.const_data_ptr<scalar_t>(), t.row0, t.rows, t.col0, t.cols,
+          owner.const_data_ptr<int64_t>(), img_thresholds.const_data_ptr<scalar_t>(),
+          cap_thresholds.const_data_ptr<scalar_t>(),
+          reinterpret_cast<unsigned long long*>(img_counts.mutable_data_ptr<int64_t>()),
+          reinterpret_cast<unsigned long long*>(cap_counts.mutable_data_ptr<int64_t>()));
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
   });
   return {img_counts, cap_counts};
 }
@@ -173,34 +132,32 @@ std::tuple<at::Tensor, at::Tensor> topk_search_cuda(const at::Tensor& queries_in
   const at::Tensor gallery = gallery_in.contiguous();
   const int64_t n_queries = queries.size(0);
   const int64_t n_gallery = gallery.size(0);
-  const int64_t tile_cols = std::min<int64_t>(8192, n_gallery);
-  const int64_t tile_rows = std::clamp<int64_t>(kCandidateBudget / (k + tile_cols), 1, 1024);
-  const auto score_options = queries.options().dtype(score_dtype(queries.scalar_type()));
+  const TileGrid grid =
+      budget_grid(n_queries, n_gallery, TileBudget{kCandidateBudget, 1024, 8192, k});
+  const auto score_options = queries.options().dtype(accumulation_dtype(queries.scalar_type()));
   at::Tensor scores = at::empty({n_queries, k}, score_options);
   at::Tensor indices = at::empty({n_queries, k}, queries.options().dtype(at::kLong));
-  at::Tensor buffer = at::empty({tile_rows * tile_cols}, score_options);
   const at::Tensor columns = at::arange(n_gallery, indices.options());
-  for (int64_t row0 = 0; row0 < n_queries; row0 += tile_rows) {
-    const int64_t rows = std::min(tile_rows, n_queries - row0);
-    at::Tensor best_scores = at::empty({rows, 0}, score_options);
-    at::Tensor best_indices = at::empty({rows, 0}, indices.options());
-    for (int64_t col0 = 0; col0 < n_gallery; col0 += tile_cols) {
-      const int64_t cols = std::min(tile_cols, n_gallery - col0);
-      at::Tensor tile = buffer.narrow(0, 0, rows * cols).view({rows, cols});
-      score_mm(tile, queries.narrow(0, row0, rows), gallery.narrow(0, col0, cols));
-      // The running candidates have lower indices than the tile's, and the tile's columns are
-      // in index order: a stable descending sort breaks every tie by lower index.
-      const at::Tensor candidates = at::cat({best_scores, tile}, 1);
-      const at::Tensor candidate_indices =
-          at::cat({best_indices, columns.narrow(0, col0, cols).expand({rows, cols})}, 1);
-      auto [sorted, order] = at::sort(candidates, /*stable=*/true, /*dim=*/1, /*descending=*/true);
-      const int64_t keep = std::min(k, candidates.size(1));
-      best_scores = sorted.narrow(1, 0, keep);
-      best_indices = at::gather(candidate_indices, 1, order.narrow(1, 0, keep));
+  at::Tensor best_scores, best_indices;  // the running top-k of the current row block
+  for_each_tile(queries, gallery, grid, [&](const DeviceTile& t, const at::Tensor& tile) {
+    if (t.col_block == 0) {
+      best_scores = at::empty({t.rows, 0}, score_options);
+      best_indices = at::empty({t.rows, 0}, indices.options());
     }
-    scores.narrow(0, row0, rows).copy_(best_scores);
-    indices.narrow(0, row0, rows).copy_(best_indices);
-  }
+    // The running candidates have lower indices than the tile's, and the tile's columns are in
+    // index order: a stable descending sort breaks every tie by lower index.
+    const at::Tensor candidates = at::cat({best_scores, tile}, 1);
+    const at::Tensor candidate_indices =
+        at::cat({best_indices, columns.narrow(0, t.col0, t.cols).expand({t.rows, t.cols})}, 1);
+    auto [sorted, order] = at::sort(candidates, /*stable=*/true, /*dim=*/1, /*descending=*/true);
+    const int64_t keep = std::min(k, candidates.size(1));
+    best_scores = sorted.narrow(1, 0, keep);
+    best_indices = at::gather(candidate_indices, 1, order.narrow(1, 0, keep));
+    if (t.col_block == grid.col_blocks() - 1) {
+      scores.narrow(0, t.row0, t.rows).copy_(best_scores);
+      indices.narrow(0, t.row0, t.rows).copy_(best_indices);
+    }
+  });
   return {scores, indices};
 }
 

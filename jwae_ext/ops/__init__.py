@@ -8,10 +8,10 @@ kernels (``csrc/STEM.cpp``, ``csrc/cuda/STEM.cu``), its pure-PyTorch reference
 """
 
 from jwae_ext import _C  # noqa: F401  (loading the library registers torch.ops.jwae_ext)
-from jwae_ext.ops.mh_loss import mh_loss, mh_loss_from_scores
-from jwae_ext.ops.mmd_imq import mmd_imq
 from jwae_ext.ops.discriminator_loss import discriminator_loss
 from jwae_ext.ops.linear_cross_entropy import linear_cross_entropy
+from jwae_ext.ops.mh_loss import mh_loss, mh_loss_from_scores
+from jwae_ext.ops.mmd_imq import mmd_imq
 from jwae_ext.ops.retrieval import (
     retrieval_count_above,
     retrieval_ranks,

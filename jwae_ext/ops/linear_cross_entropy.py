@@ -10,8 +10,8 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from jwae_ext.ops import _forward_grads
-from jwae_ext.ops._dtypes import accumulation_dtype
 from jwae_ext.ops._checks import check_choice, check_int, check_same_device, check_tensor
+from jwae_ext.ops._dtypes import accumulation_dtype
 
 REDUCTIONS = ("sum", "mean", "none")
 
@@ -28,9 +28,9 @@ def linear_cross_entropy(
     """Cross-entropy of ``hidden @ weight.T + bias`` against ``target``, without the logits.
 
     Equal to ``F.cross_entropy(F.linear(hidden, weight, bias), target, ignore_index=...,
-    reduction=...)``, with the same defaults (so a drop-in call gives the same number), but computed over chunks of tokens, so the ``T x V`` logits never exist:
-    extra memory is one chunk of logits (32 MiB, or 512 rows when V is so large that 32 MiB
-    hold fewer) plus the gradients themselves.
+    reduction=...)``, with the same defaults (so a drop-in call gives the same number), but computed
+    over chunks of tokens, so the ``T x V`` logits never exist: extra memory is one chunk of logits
+    (32 MiB, or 512 rows when V is so large that 32 MiB hold fewer) plus the gradients themselves.
 
     Args:
         hidden: ``(T, H)`` decoder states (float32/float64; also float16/bfloat16 on CUDA).

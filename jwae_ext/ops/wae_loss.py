@@ -13,7 +13,6 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from jwae_ext.ops import _forward_grads
-from jwae_ext.ops._dtypes import loss_dtype
 from jwae_ext.ops._checks import (
     check_choice,
     check_int,
@@ -21,6 +20,7 @@ from jwae_ext.ops._checks import (
     check_same_device,
     check_tensor,
 )
+from jwae_ext.ops._dtypes import loss_dtype
 
 RECONSTRUCTIONS = ("l1", "l2")
 DEFAULT_WEIGHTS = (0.05, 0.005, 0.01, 0.01)

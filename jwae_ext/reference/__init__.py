@@ -5,10 +5,10 @@ the benchmarks compare the kernels against. Each module has the name of its oper
 :mod:`jwae_ext.ops`.
 """
 
-from jwae_ext.reference.mh_loss import mh_loss, mh_loss_from_scores
-from jwae_ext.reference.mmd_imq import mmd_imq
 from jwae_ext.reference.discriminator_loss import discriminator_loss
 from jwae_ext.reference.linear_cross_entropy import linear_cross_entropy
+from jwae_ext.reference.mh_loss import mh_loss, mh_loss_from_scores
+from jwae_ext.reference.mmd_imq import mmd_imq
 from jwae_ext.reference.retrieval import (
     retrieval_count_above,
     retrieval_ranks,

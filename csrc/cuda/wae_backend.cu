@@ -1,13 +1,12 @@
-// The jWAE regularizer: CUDA element kernels (the drivers are shared, csrc/wae.cpp). Sums are
-// per-block partials over a grid fixed by the size, then their sum: reproducible run to run.
+// The CUDA element kernels of the jWAE regularizer's operators (wae_backend.h; the operators are
+// shared, csrc/wae_loss.cpp, csrc/discriminator_loss.cpp, csrc/mmd_imq.cpp). Sums are per-block
+// partials over a grid fixed by the size, then their sum: reproducible run to run.
 #include <ATen/AccumulateType.h>
 #include <ATen/cuda/CUDAContext.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <torch/library.h>
 
 #include <algorithm>
 
-#include "../wae.h"
+#include "../wae_backend.h"
 #include "../wae_terms.h"
 #include "block_reduce.cuh"
 
@@ -110,47 +109,12 @@ void imq_pairs_cuda(const at::Tensor& gram, const at::Tensor& sq_norms_a,
   });
 }
 
-WaeLossOutputs wae_loss_cuda(const at::Tensor& img_feat, const at::Tensor& img_rec,
-                             const at::Tensor& dec_hidden, const at::Tensor& vocab_weight,
-                             const at::Tensor& targets,
-                             const std::optional<at::Tensor>& d_logits_img,
-                             const std::optional<at::Tensor>& d_logits_txt,
-                             const std::optional<at::Tensor>& vocab_bias, int64_t batch_size,
-                             std::array<double, 4> weights, std::string_view recon,
-                             int64_t ignore_index, std::array<bool, 6> grad_mask) {
-  const c10::cuda::OptionalCUDAGuard guard(dec_hidden.device());
-  return wae_loss_op(img_feat, img_rec, dec_hidden, vocab_weight, targets, d_logits_img,
-                     d_logits_txt, vocab_bias, batch_size, weights, recon, ignore_index,
-                     grad_mask, wae_cuda_backend());
-}
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor> discriminator_loss_cuda(
-    const at::Tensor& d_logits_real, const at::Tensor& d_logits_fake,
-    std::array<bool, 2> grad_mask) {
-  const c10::cuda::OptionalCUDAGuard guard(d_logits_real.device());
-  return discriminator_loss_op(d_logits_real, d_logits_fake, grad_mask, wae_cuda_backend());
-}
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor> mmd_imq_cuda(const at::Tensor& z,
-                                                            const at::Tensor& prior_samples,
-                                                            at::ArrayRef<double> scales,
-                                                            std::array<bool, 2> grad_mask) {
-  const c10::cuda::OptionalCUDAGuard guard(z.device());
-  return mmd_imq_op(z, prior_samples, scales, grad_mask, wae_cuda_backend());
-}
-
 }  // namespace
 
 const WaeBackend& wae_cuda_backend() {
   static const WaeBackend backend{&xent_cuda_backend(), reconstruction_cuda, softplus_mean_cuda,
                                   imq_pairs_cuda};
   return backend;
-}
-
-TORCH_LIBRARY_IMPL(jwae_ext, CUDA, m) {
-  m.impl("wae_loss", &wae_loss_cuda);
-  m.impl("discriminator_loss", &discriminator_loss_cuda);
-  m.impl("mmd_imq", &mmd_imq_cuda);
 }
 
 }  // namespace jwae
