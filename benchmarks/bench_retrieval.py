@@ -1,7 +1,7 @@
 """Retrieval ranks (both directions) and top-k search: ours against the reference (full score
 matrix + sort), the bare GEMM, and faiss-cpu ``IndexFlatIP`` when installed (``.[faiss]``).
 
-    python -m pytest benchmarks/bench_ranking.py            # CPU; JWAE_BENCH_DEVICE=cuda for GPU
+    python -m pytest benchmarks/bench_retrieval.py          # CPU; JWAE_BENCH_DEVICE=cuda for GPU
 
 "gemm" is ``img @ cap.T``, the work no exact method avoids; where its N x M output would pass
 512 MB (the scale case: 8 GB) it runs in caption chunks into one reused output, the same FLOPs.

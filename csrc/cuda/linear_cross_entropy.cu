@@ -4,7 +4,8 @@
 // GEMMs go to cuBLAS: through ATen for float32/float64, through cublasGemmEx with fp32 compute
 // for float16/bfloat16 (so the logits and the weight gradient accumulate in fp32 buffers; ATen's
 // fp32-output GEMM cannot accumulate into its output). cublasGemmEx resolves against the cuBLAS
-// that libtorch_cuda loads (setup.py does not link -lcublas). The row pass is one block per row.
+// that libtorch_cuda loads (neither setup.py nor CMakeLists.txt links cuBLAS). The row pass is one
+// block per row.
 #include <ATen/cuda/CUDAContext.h>
 #include <ATen/cuda/Exceptions.h>
 #include <c10/cuda/CUDAGuard.h>

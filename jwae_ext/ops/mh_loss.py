@@ -51,7 +51,9 @@ def mh_loss(
         max_violation: hardest negative per query (VSE++); ``False`` sums the hinges over all
             negatives (VSE0, the two-branch embedding network loss).
         img_ids, txt_ids: optional int64 ``(B,)`` ids, both or neither; equal ids mark positives.
-        reduction: ``"sum"`` over queries (VSE++ convention), ``"mean"`` (each direction averaged
+        reduction: ``"sum"`` over queries (the default: VSE++'s convention, kept on purpose
+            rather than PyTorch's usual ``"mean"``, since the margin and learning rates of VSE++
+            and jWAE are tuned for it), ``"mean"`` (each direction averaged
             over its ``B`` queries, then the directions added) or ``"none"``: the per-query costs,
             ``(2, B)`` for ``direction="both"`` (row 0 i2t, i.e. per image; row 1 t2i, per
             caption) and ``(B,)`` for one direction. Their gradient may weight every query
