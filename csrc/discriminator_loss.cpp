@@ -1,13 +1,15 @@
 // The WAE-GAN discriminator's loss, for every device: mean softplus(-real) + mean softplus(fake).
 #include "discriminator_loss.h"
 
+#include <ATen/DeviceGuard.h>
 #include <torch/library.h>
 
 namespace jwae {
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> discriminator_loss_op(
-    const at::Tensor& d_logits_real, const at::Tensor& d_logits_fake, std::array<bool, 2> grad_mask,
-    const WaeBackend& backend) {
+    const WaeBackend& backend, const at::Tensor& d_logits_real, const at::Tensor& d_logits_fake,
+    std::array<bool, 2> grad_mask) {
+  const c10::OptionalDeviceGuard guard(at::device_of(d_logits_real));
   check_floats_on(d_logits_real, "d_logits_real", d_logits_real, "d_logits_real");
   check_floats_on(d_logits_fake, "d_logits_fake", d_logits_real, "d_logits_real");
   const auto real = d_logits_real.contiguous(), fake = d_logits_fake.contiguous();
@@ -21,16 +23,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> discriminator_loss_op(
           or_empty(grad_fake, d_logits_fake.options())};
 }
 
-namespace {
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor> discriminator_loss_cpu(
-    const at::Tensor& d_logits_real, const at::Tensor& d_logits_fake,
-    std::array<bool, 2> grad_mask) {
-  return discriminator_loss_op(d_logits_real, d_logits_fake, grad_mask, wae_cpu_backend());
+TORCH_LIBRARY_IMPL(jwae_ext, CPU, m) {
+  m.impl("discriminator_loss", &OnDevice<discriminator_loss_op, wae_cpu_backend>::call);
 }
-
-}  // namespace
-
-TORCH_LIBRARY_IMPL(jwae_ext, CPU, m) { m.impl("discriminator_loss", &discriminator_loss_cpu); }
 
 }  // namespace jwae

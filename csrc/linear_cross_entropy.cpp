@@ -7,6 +7,7 @@
 // costs the three GEMMs of the unfused version and no T x V buffer.
 #include "linear_cross_entropy.h"
 
+#include <ATen/DeviceGuard.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
@@ -195,9 +196,10 @@ XentGrads linear_cross_entropy_backward(const at::Tensor& grad_loss, const at::T
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> linear_cross_entropy_op(
-    const at::Tensor& hidden, const at::Tensor& weight, const at::Tensor& target,
-    const std::optional<at::Tensor>& bias, int64_t ignore_index, std::string_view reduction,
-    std::array<bool, 3> grad_mask, const XentBackend& backend) {
+    const XentBackend& backend, const at::Tensor& hidden, const at::Tensor& weight,
+    const at::Tensor& target, const std::optional<at::Tensor>& bias, int64_t ignore_index,
+    std::string_view reduction, std::array<bool, 3> grad_mask) {
+  const c10::OptionalDeviceGuard guard(at::device_of(hidden));
   const auto out = linear_cross_entropy_forward(hidden, weight, target, bias, ignore_index,
                                                 parse_reduction(reduction), grad_mask, 1.0,
                                                 backend);
@@ -207,9 +209,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> linear_cr
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_cross_entropy_backward_op(
-    const at::Tensor& grad_loss, const at::Tensor& hidden, const at::Tensor& weight,
-    const at::Tensor& target, const std::optional<at::Tensor>& bias, const at::Tensor& lse,
-    int64_t ignore_index, std::array<bool, 3> grad_mask, const XentBackend& backend) {
+    const XentBackend& backend, const at::Tensor& grad_loss, const at::Tensor& hidden,
+    const at::Tensor& weight, const at::Tensor& target, const std::optional<at::Tensor>& bias,
+    const at::Tensor& lse, int64_t ignore_index, std::array<bool, 3> grad_mask) {
+  const c10::OptionalDeviceGuard guard(at::device_of(hidden));
   const auto g = linear_cross_entropy_backward(grad_loss, hidden, weight, target, bias, lse,
                                                ignore_index, grad_mask, backend);
   const auto options = hidden.options();
@@ -332,22 +335,6 @@ void xent_rows_cpu(const XentRows& rows) {
                              [&] { xent_rows_cpu_typed<scalar_t>(rows); });
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> linear_cross_entropy_cpu(
-    const at::Tensor& hidden, const at::Tensor& weight, const at::Tensor& target,
-    const std::optional<at::Tensor>& bias, int64_t ignore_index, std::string_view reduction,
-    std::array<bool, 3> grad_mask) {
-  return linear_cross_entropy_op(hidden, weight, target, bias, ignore_index, reduction, grad_mask,
-                        xent_cpu_backend());
-}
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_cross_entropy_backward_cpu(
-    const at::Tensor& grad_loss, const at::Tensor& hidden, const at::Tensor& weight,
-    const at::Tensor& target, const std::optional<at::Tensor>& bias, const at::Tensor& lse,
-    int64_t ignore_index, std::array<bool, 3> grad_mask) {
-  return linear_cross_entropy_backward_op(grad_loss, hidden, weight, target, bias, lse,
-                                          ignore_index, grad_mask, xent_cpu_backend());
-}
-
 }  // namespace
 
 const XentBackend& xent_cpu_backend() {
@@ -355,9 +342,6 @@ const XentBackend& xent_cpu_backend() {
   return backend;
 }
 
-TORCH_LIBRARY_IMPL(jwae_ext, CPU, m) {
-  m.impl("linear_cross_entropy", &linear_cross_entropy_cpu);
-  m.impl("linear_cross_entropy_backward", &linear_cross_entropy_backward_cpu);
-}
+TORCH_LIBRARY_IMPL(jwae_ext, CPU, m) { register_linear_cross_entropy<xent_cpu_backend>(m); }
 
 }  // namespace jwae

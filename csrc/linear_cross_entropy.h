@@ -8,6 +8,7 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <torch/library.h>
 
 #include <array>
 #include <optional>
@@ -15,6 +16,7 @@
 #include <tuple>
 
 #include "dtypes.h"
+#include "registration.h"
 
 namespace jwae {
 
@@ -89,17 +91,25 @@ XentGrads linear_cross_entropy_backward(const at::Tensor& grad_loss, const at::T
                                int64_t ignore_index, std::array<bool, 3> grad_mask,
                                const XentBackend& backend);
 
-// The operator entry points (schemas in csrc/ops.cpp); grads not asked for are returned as empty
-// tensors.
+// The operators (schemas in csrc/ops.cpp), registered by each device with its backend (OnDevice,
+// registration.h); grads not asked for are returned as empty tensors.
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> linear_cross_entropy_op(
-    const at::Tensor& hidden, const at::Tensor& weight, const at::Tensor& target,
-    const std::optional<at::Tensor>& bias, int64_t ignore_index, std::string_view reduction,
-    std::array<bool, 3> grad_mask, const XentBackend& backend);
+    const XentBackend& backend, const at::Tensor& hidden, const at::Tensor& weight,
+    const at::Tensor& target, const std::optional<at::Tensor>& bias, int64_t ignore_index,
+    std::string_view reduction, std::array<bool, 3> grad_mask);
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_cross_entropy_backward_op(
-    const at::Tensor& grad_loss, const at::Tensor& hidden, const at::Tensor& weight,
-    const at::Tensor& target, const std::optional<at::Tensor>& bias, const at::Tensor& lse,
-    int64_t ignore_index, std::array<bool, 3> grad_mask, const XentBackend& backend);
+    const XentBackend& backend, const at::Tensor& grad_loss, const at::Tensor& hidden,
+    const at::Tensor& weight, const at::Tensor& target, const std::optional<at::Tensor>& bias,
+    const at::Tensor& lse, int64_t ignore_index, std::array<bool, 3> grad_mask);
+
+// Registers both operators for one device.
+template <const XentBackend& (*backend)()>
+void register_linear_cross_entropy(torch::Library& m) {
+  m.impl("linear_cross_entropy", &OnDevice<linear_cross_entropy_op, backend>::call);
+  m.impl("linear_cross_entropy_backward",
+         &OnDevice<linear_cross_entropy_backward_op, backend>::call);
+}
 
 // `t` when defined, else an empty placeholder (an operator output that was not asked for).
 inline at::Tensor or_empty(const at::Tensor& t, const at::TensorOptions& options) {

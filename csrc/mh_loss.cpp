@@ -10,6 +10,7 @@
 // (grad_img) or column block (grad_txt).
 #include "mh_loss.h"
 
+#include <ATen/DeviceGuard.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -50,8 +51,8 @@ at::Tensor active_weight(const at::Tensor& grad, const at::Tensor& hardest, at::
   return grad.to(dtype).masked_fill(hardest < 0, 0).contiguous();
 }
 
-}  // namespace
-
+// img_emb, txt_emb: B×d, same B, same d, same float dtype and device, non-empty; ids: both or
+// neither, int64 vectors of length B on the same device. Returns the ids made contiguous.
 OptionalIds check_embeddings(const at::Tensor& img_emb, const at::Tensor& txt_emb,
                              const std::optional<at::Tensor>& img_ids,
                              const std::optional<at::Tensor>& txt_ids) {
@@ -74,6 +75,7 @@ OptionalIds check_embeddings(const at::Tensor& img_emb, const at::Tensor& txt_em
   return check_ids(img_ids, txt_ids, img_emb.size(0), img_emb, "img_emb");
 }
 
+// scores: square B×B float matrix, non-empty; ids as above.
 OptionalIds check_scores(const at::Tensor& scores, const std::optional<at::Tensor>& img_ids,
                          const std::optional<at::Tensor>& txt_ids) {
   check_dim(scores, 2, "scores", "images x captions");
@@ -91,6 +93,8 @@ void check_margin(double margin) {
                     margin);
 }
 
+// The per-query inputs of a backward op: float gradients and int64 supports of length `queries`,
+// on the device of `like`.
 void check_backward_inputs(const at::Tensor& grad_i2t, const at::Tensor& grad_t2i,
                            const at::Tensor& support_i2t, const at::Tensor& support_t2i,
                            int64_t queries, const at::Tensor& like) {
@@ -107,6 +111,7 @@ void check_backward_inputs(const at::Tensor& grad_i2t, const at::Tensor& grad_t2
   check_same_device(support_t2i, "support_t2i", like, "the embeddings or scores");
 }
 
+// With max_violation the supports index rows of the embeddings: every value must be in [-1, B).
 void check_hardest_indices(const at::Tensor& hardest_i2t, const at::Tensor& hardest_t2i) {
   const int64_t batch = hardest_i2t.size(0);
   for (const auto& [t, name] :
@@ -119,6 +124,7 @@ void check_hardest_indices(const at::Tensor& hardest_i2t, const at::Tensor& hard
   }
 }
 
+// For each target k, the queries whose hardest negative is k (Inverse, mh_loss.h).
 Inverse invert(const at::Tensor& hardest) {
   // A stable sort groups the queries by target and keeps each group in increasing query order;
   // queries without a target (-1) sort first. counts[t + 1] = queries targeting t, so the running
@@ -129,6 +135,7 @@ Inverse invert(const at::Tensor& hardest) {
   return {counts.cumsum(0), order};
 }
 
+// mh_loss_backward with max_violation: O(B·d), no GEMM.
 std::tuple<at::Tensor, at::Tensor> hardest_backward(const at::Tensor& grad_i2t,
                                                     const at::Tensor& grad_t2i,
                                                     const at::Tensor& img_emb,
@@ -147,12 +154,9 @@ std::tuple<at::Tensor, at::Tensor> hardest_backward(const at::Tensor& grad_i2t,
           gather(img, w_t2i, hard_t2i, w_i2t, invert(hard_i2t))};
 }
 
-at::Tensor positive_grad(const at::Tensor& grad_i2t, const at::Tensor& grad_t2i,
-                         const at::Tensor& active_i2t, const at::Tensor& active_t2i,
-                         at::ScalarType dtype) {
-  return -(grad_i2t.to(dtype) * active_i2t.to(dtype) + grad_t2i.to(dtype) * active_t2i.to(dtype));
-}
-
+// mh_loss_from_scores_backward with max_violation: the dense B×B gradient, nonzero only at the
+// positives and the hardest negatives. Each write touches distinct elements, so it is
+// deterministic on every device.
 at::Tensor from_scores_hardest_backward(const at::Tensor& grad_i2t, const at::Tensor& grad_t2i,
                                         const at::Tensor& scores, const at::Tensor& hardest_i2t,
                                         const at::Tensor& hardest_t2i) {
@@ -172,11 +176,20 @@ at::Tensor from_scores_hardest_backward(const at::Tensor& grad_i2t, const at::Te
   return grad.to(scores.scalar_type());
 }
 
+}  // namespace
+
+at::Tensor positive_grad(const at::Tensor& grad_i2t, const at::Tensor& grad_t2i,
+                         const at::Tensor& active_i2t, const at::Tensor& active_t2i,
+                         at::ScalarType dtype) {
+  return -(grad_i2t.to(dtype) * active_i2t.to(dtype) + grad_t2i.to(dtype) * active_t2i.to(dtype));
+}
+
 // ---- the operators -----------------------------------------------------------------------------
 
-Costs mh_loss_op(const at::Tensor& img_emb, const at::Tensor& txt_emb, double margin,
-                 bool max_violation, const Ids& img_ids, const Ids& txt_ids,
-                 const MhLossKernels& kernels) {
+Costs mh_loss_op(const MhLossKernels& kernels, const at::Tensor& img_emb,
+                 const at::Tensor& txt_emb, double margin, bool max_violation, const Ids& img_ids,
+                 const Ids& txt_ids) {
+  const c10::OptionalDeviceGuard guard(at::device_of(img_emb));
   const auto ids = check_embeddings(img_emb, txt_emb, img_ids, txt_ids);
   check_margin(margin);
   const Pairing pairing = pairing_of(std::get<0>(ids), std::get<1>(ids));
@@ -185,10 +198,11 @@ Costs mh_loss_op(const at::Tensor& img_emb, const at::Tensor& txt_emb, double ma
 }
 
 std::tuple<at::Tensor, at::Tensor> mh_loss_backward_op(
-    const at::Tensor& grad_i2t, const at::Tensor& grad_t2i, const at::Tensor& img_emb,
-    const at::Tensor& txt_emb, double margin, bool max_violation, const Ids& img_ids,
-    const Ids& txt_ids, const at::Tensor& support_i2t, const at::Tensor& support_t2i,
-    const MhLossKernels& kernels) {
+    const MhLossKernels& kernels, const at::Tensor& grad_i2t, const at::Tensor& grad_t2i,
+    const at::Tensor& img_emb, const at::Tensor& txt_emb, double margin, bool max_violation,
+    const Ids& img_ids, const Ids& txt_ids, const at::Tensor& support_i2t,
+    const at::Tensor& support_t2i) {
+  const c10::OptionalDeviceGuard guard(at::device_of(img_emb));
   const auto ids = check_embeddings(img_emb, txt_emb, img_ids, txt_ids);
   check_margin(margin);
   check_backward_inputs(grad_i2t, grad_t2i, support_i2t, support_t2i, img_emb.size(0), img_emb);
@@ -203,8 +217,10 @@ std::tuple<at::Tensor, at::Tensor> mh_loss_backward_op(
                                     support_t2i);
 }
 
-Costs mh_loss_from_scores_op(const at::Tensor& scores, double margin, bool max_violation,
-                             const Ids& img_ids, const Ids& txt_ids, const MhLossKernels& kernels) {
+Costs mh_loss_from_scores_op(const MhLossKernels& kernels, const at::Tensor& scores,
+                             double margin, bool max_violation, const Ids& img_ids,
+                             const Ids& txt_ids) {
+  const c10::OptionalDeviceGuard guard(at::device_of(scores));
   const auto ids = check_scores(scores, img_ids, txt_ids);
   check_margin(margin);
   const Pairing pairing = pairing_of(std::get<0>(ids), std::get<1>(ids));
@@ -212,12 +228,13 @@ Costs mh_loss_from_scores_op(const at::Tensor& scores, double margin, bool max_v
   return kernels.costs(source, pairing, margin, max_violation);
 }
 
-at::Tensor mh_loss_from_scores_backward_op(const at::Tensor& grad_i2t, const at::Tensor& grad_t2i,
+at::Tensor mh_loss_from_scores_backward_op(const MhLossKernels& kernels,
+                                           const at::Tensor& grad_i2t, const at::Tensor& grad_t2i,
                                            const at::Tensor& scores_in, double margin,
                                            bool max_violation, const Ids& img_ids,
                                            const Ids& txt_ids, const at::Tensor& support_i2t,
-                                           const at::Tensor& support_t2i,
-                                           const MhLossKernels& kernels) {
+                                           const at::Tensor& support_t2i) {
+  const c10::OptionalDeviceGuard guard(at::device_of(scores_in));
   const auto ids = check_scores(scores_in, img_ids, txt_ids);
   check_margin(margin);
   check_backward_inputs(grad_i2t, grad_t2i, support_i2t, support_t2i, scores_in.size(0),
@@ -579,42 +596,9 @@ const MhLossKernels& cpu_kernels() {
   return kernels;
 }
 
-// ---- registration -----------------------------------------------------------------------------
-
-Costs mh_loss_cpu(const at::Tensor& img_emb, const at::Tensor& txt_emb, double margin,
-                  bool max_violation, const Ids& img_ids, const Ids& txt_ids) {
-  return mh_loss_op(img_emb, txt_emb, margin, max_violation, img_ids, txt_ids, cpu_kernels());
-}
-
-std::tuple<at::Tensor, at::Tensor> mh_loss_backward_cpu(
-    const at::Tensor& grad_i2t, const at::Tensor& grad_t2i, const at::Tensor& img_emb,
-    const at::Tensor& txt_emb, double margin, bool max_violation, const Ids& img_ids,
-    const Ids& txt_ids, const at::Tensor& support_i2t, const at::Tensor& support_t2i) {
-  return mh_loss_backward_op(grad_i2t, grad_t2i, img_emb, txt_emb, margin, max_violation, img_ids,
-                             txt_ids, support_i2t, support_t2i, cpu_kernels());
-}
-
-Costs mh_loss_from_scores_cpu(const at::Tensor& scores, double margin, bool max_violation,
-                              const Ids& img_ids, const Ids& txt_ids) {
-  return mh_loss_from_scores_op(scores, margin, max_violation, img_ids, txt_ids, cpu_kernels());
-}
-
-at::Tensor mh_loss_from_scores_backward_cpu(const at::Tensor& grad_i2t, const at::Tensor& grad_t2i,
-                                            const at::Tensor& scores, double margin,
-                                            bool max_violation, const Ids& img_ids,
-                                            const Ids& txt_ids, const at::Tensor& support_i2t,
-                                            const at::Tensor& support_t2i) {
-  return mh_loss_from_scores_backward_op(grad_i2t, grad_t2i, scores, margin, max_violation,
-                                         img_ids, txt_ids, support_i2t, support_t2i,
-                                         cpu_kernels());
-}
-
 }  // namespace
 }  // namespace jwae::hinge
 
 TORCH_LIBRARY_IMPL(jwae_ext, CPU, m) {
-  m.impl("mh_loss", &jwae::hinge::mh_loss_cpu);
-  m.impl("mh_loss_backward", &jwae::hinge::mh_loss_backward_cpu);
-  m.impl("mh_loss_from_scores", &jwae::hinge::mh_loss_from_scores_cpu);
-  m.impl("mh_loss_from_scores_backward", &jwae::hinge::mh_loss_from_scores_backward_cpu);
+  jwae::hinge::register_mh_loss<jwae::hinge::cpu_kernels>(m);
 }

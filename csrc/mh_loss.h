@@ -13,10 +13,13 @@
 
 #include <ATen/ATen.h>
 #include <c10/macros/Macros.h>
+#include <torch/library.h>
 
 #include <cstdint>
 #include <optional>
 #include <tuple>
+
+#include "registration.h"
 
 namespace jwae::hinge {
 
@@ -128,31 +131,7 @@ C10_HOST_DEVICE inline P merged(const V* values, const int64_t* indices, int64_t
   return total;
 }
 
-// ---- argument checks (each message names the argument) -------------------------------------
-
-// img_emb, txt_emb: B×d, same B, same d, same float dtype and device, non-empty; ids: both or
-// neither, int64 vectors of length B on the same device. Returns the ids made contiguous.
-std::tuple<std::optional<at::Tensor>, std::optional<at::Tensor>> check_embeddings(
-    const at::Tensor& img_emb, const at::Tensor& txt_emb, const std::optional<at::Tensor>& img_ids,
-    const std::optional<at::Tensor>& txt_ids);
-
-// scores: square B×B float matrix, non-empty; ids as above.
-std::tuple<std::optional<at::Tensor>, std::optional<at::Tensor>> check_scores(
-    const at::Tensor& scores, const std::optional<at::Tensor>& img_ids,
-    const std::optional<at::Tensor>& txt_ids);
-
-void check_margin(double margin);
-
-// The per-query inputs of a backward op: float gradients and int64 supports of length `queries`,
-// on the device of `like`.
-void check_backward_inputs(const at::Tensor& grad_i2t, const at::Tensor& grad_t2i,
-                           const at::Tensor& support_i2t, const at::Tensor& support_t2i,
-                           int64_t queries, const at::Tensor& like);
-
-// With max_violation the supports index rows of the embeddings: every value must be in [-1, B).
-void check_hardest_indices(const at::Tensor& hardest_i2t, const at::Tensor& hardest_t2i);
-
-// ---- device-generic parts of the backward (ATen ops) -----------------------------------------
+// ---- the backward's device-generic parts that kernels share --------------------------------
 
 // For each target k, the queries whose hardest negative is k, in increasing order:
 // sources[offsets[k] : offsets[k + 1]] (offsets has B + 1 entries). A fixed visiting order makes
@@ -161,7 +140,6 @@ struct Inverse {
   at::Tensor offsets;
   at::Tensor sources;
 };
-Inverse invert(const at::Tensor& hardest);
 
 // One side's gradient of the hardest-negative loss, written by the device's kernel. For
 // grad_img (y = txt_emb, "self" = i2t, "other" = t2i):
@@ -173,27 +151,11 @@ using GatherFn = at::Tensor (*)(const at::Tensor& y, const at::Tensor& w_self,
                                 const at::Tensor& hardest_self, const at::Tensor& w_other,
                                 const Inverse& inverse_other);
 
-// mh_loss_backward with max_violation: O(B·d), no GEMM.
-std::tuple<at::Tensor, at::Tensor> hardest_backward(const at::Tensor& grad_i2t,
-                                                    const at::Tensor& grad_t2i,
-                                                    const at::Tensor& img_emb,
-                                                    const at::Tensor& txt_emb,
-                                                    const at::Tensor& hardest_i2t,
-                                                    const at::Tensor& hardest_t2i,
-                                                    GatherFn gather);
-
 // The sum-of-hinges gradient reaching the positive score S_kk:
 // -(grad_i2t[k]·active_i2t[k] + grad_t2i[k]·active_t2i[k]), in `dtype`.
 at::Tensor positive_grad(const at::Tensor& grad_i2t, const at::Tensor& grad_t2i,
                          const at::Tensor& active_i2t, const at::Tensor& active_t2i,
                          at::ScalarType dtype);
-
-// mh_loss_from_scores_backward with max_violation: the dense B×B gradient, nonzero only at the
-// positives and the hardest negatives. Each write touches distinct elements, so it is
-// deterministic on every device.
-at::Tensor from_scores_hardest_backward(const at::Tensor& grad_i2t, const at::Tensor& grad_t2i,
-                                        const at::Tensor& scores, const at::Tensor& hardest_i2t,
-                                        const at::Tensor& hardest_t2i);
 
 // ---- the operators, once for every device ----------------------------------------------------
 
@@ -228,24 +190,37 @@ struct MhLossKernels {
                                      const at::Tensor& w_i2t, const at::Tensor& w_t2i);
 };
 
-Costs mh_loss_op(const at::Tensor& img_emb, const at::Tensor& txt_emb, double margin,
-                 bool max_violation, const Ids& img_ids, const Ids& txt_ids,
-                 const MhLossKernels& kernels);
+// The operators (schemas in csrc/ops.cpp); each device registers them with its kernels
+// (OnDevice, registration.h).
+Costs mh_loss_op(const MhLossKernels& kernels, const at::Tensor& img_emb,
+                 const at::Tensor& txt_emb, double margin, bool max_violation, const Ids& img_ids,
+                 const Ids& txt_ids);
 
 std::tuple<at::Tensor, at::Tensor> mh_loss_backward_op(
-    const at::Tensor& grad_i2t, const at::Tensor& grad_t2i, const at::Tensor& img_emb,
-    const at::Tensor& txt_emb, double margin, bool max_violation, const Ids& img_ids,
-    const Ids& txt_ids, const at::Tensor& support_i2t, const at::Tensor& support_t2i,
-    const MhLossKernels& kernels);
+    const MhLossKernels& kernels, const at::Tensor& grad_i2t, const at::Tensor& grad_t2i,
+    const at::Tensor& img_emb, const at::Tensor& txt_emb, double margin, bool max_violation,
+    const Ids& img_ids, const Ids& txt_ids, const at::Tensor& support_i2t,
+    const at::Tensor& support_t2i);
 
-Costs mh_loss_from_scores_op(const at::Tensor& scores, double margin, bool max_violation,
-                             const Ids& img_ids, const Ids& txt_ids, const MhLossKernels& kernels);
+Costs mh_loss_from_scores_op(const MhLossKernels& kernels, const at::Tensor& scores,
+                             double margin, bool max_violation, const Ids& img_ids,
+                             const Ids& txt_ids);
 
-at::Tensor mh_loss_from_scores_backward_op(const at::Tensor& grad_i2t, const at::Tensor& grad_t2i,
+at::Tensor mh_loss_from_scores_backward_op(const MhLossKernels& kernels,
+                                           const at::Tensor& grad_i2t, const at::Tensor& grad_t2i,
                                            const at::Tensor& scores, double margin,
                                            bool max_violation, const Ids& img_ids,
                                            const Ids& txt_ids, const at::Tensor& support_i2t,
-                                           const at::Tensor& support_t2i,
-                                           const MhLossKernels& kernels);
+                                           const at::Tensor& support_t2i);
+
+// Registers the four operators for one device.
+template <const MhLossKernels& (*kernels)()>
+void register_mh_loss(torch::Library& m) {
+  m.impl("mh_loss", &OnDevice<mh_loss_op, kernels>::call);
+  m.impl("mh_loss_backward", &OnDevice<mh_loss_backward_op, kernels>::call);
+  m.impl("mh_loss_from_scores", &OnDevice<mh_loss_from_scores_op, kernels>::call);
+  m.impl("mh_loss_from_scores_backward",
+         &OnDevice<mh_loss_from_scores_backward_op, kernels>::call);
+}
 
 }  // namespace jwae::hinge

@@ -2,6 +2,7 @@
 // matrices (the dense GEMMs) and the device's pair kernel, without an n x m x d temporary.
 #include "mmd_imq.h"
 
+#include <ATen/DeviceGuard.h>
 #include <torch/library.h>
 
 #include <cmath>
@@ -48,11 +49,12 @@ std::pair<at::Tensor, at::Tensor> gram_and_norms(const at::Tensor& a, const Dens
 
 }  // namespace
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> mmd_imq_op(const at::Tensor& z,
+std::tuple<at::Tensor, at::Tensor, at::Tensor> mmd_imq_op(const WaeBackend& backend,
+                                                          const at::Tensor& z,
                                                           const at::Tensor& prior_samples,
                                                           at::ArrayRef<double> scales,
-                                                          std::array<bool, 2> grad_mask,
-                                                          const WaeBackend& backend) {
+                                                          std::array<bool, 2> grad_mask) {
+  const c10::OptionalDeviceGuard guard(at::device_of(z));
   check_dim(z, 2, "z", "codes x latent size");
   check_dim(prior_samples, 2, "prior_samples", "samples x latent size");
   check_float_dtype(z, "z");
@@ -96,17 +98,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> mmd_imq_op(const at::Tensor& z,
           gY.defined() ? gY.to(prior_samples.scalar_type()) : at::empty({0}, z.options())};
 }
 
-namespace {
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor> mmd_imq_cpu(const at::Tensor& z,
-                                                           const at::Tensor& prior_samples,
-                                                           at::ArrayRef<double> scales,
-                                                           std::array<bool, 2> grad_mask) {
-  return mmd_imq_op(z, prior_samples, scales, grad_mask, wae_cpu_backend());
+TORCH_LIBRARY_IMPL(jwae_ext, CPU, m) {
+  m.impl("mmd_imq", &OnDevice<mmd_imq_op, wae_cpu_backend>::call);
 }
-
-}  // namespace
-
-TORCH_LIBRARY_IMPL(jwae_ext, CPU, m) { m.impl("mmd_imq", &mmd_imq_cpu); }
 
 }  // namespace jwae

@@ -161,11 +161,8 @@ class RunningTopK {
 // is large by taking fewer queries per tile.
 constexpr int64_t kCandidateBudget = int64_t{1} << 20;
 
-std::tuple<at::Tensor, at::Tensor> topk_search_cpu(const at::Tensor& queries_in,
-                                                   const at::Tensor& gallery_in, int64_t k) {
-  check_topk_arguments(queries_in, gallery_in, k);
-  const at::Tensor queries = queries_in.contiguous();
-  const at::Tensor gallery = gallery_in.contiguous();
+std::tuple<at::Tensor, at::Tensor> topk_search_cpu(const at::Tensor& queries,
+                                                   const at::Tensor& gallery, int64_t k) {
   const int64_t n_queries = queries.size(0);
   TileGrid grid{n_queries, gallery.size(0)};
   grid.tile_rows = std::clamp<int64_t>(kCandidateBudget / (2 * k), 1, grid.tile_rows);
@@ -234,32 +231,14 @@ std::tuple<at::Tensor, at::Tensor> topk_search_cpu(const at::Tensor& queries_in,
 
 // ---- operator entry points --------------------------------------------------------------------
 
-std::tuple<at::Tensor, at::Tensor> retrieval_ranks_cpu(const at::Tensor& img_emb,
-                                                       const at::Tensor& cap_emb,
-                                                       const at::Tensor& cap_to_img) {
-  return ranks_from(img_emb, cap_emb, cap_to_img, own_scores_cpu, count_above_cpu);
-}
-
-std::tuple<at::Tensor, at::Tensor> retrieval_thresholds_cpu(const at::Tensor& img_emb,
-                                                            const at::Tensor& cap_emb,
-                                                            const at::Tensor& cap_to_img) {
-  return thresholds_from(img_emb, cap_emb, cap_to_img, own_scores_cpu);
-}
-
-std::tuple<at::Tensor, at::Tensor> retrieval_count_above_cpu(
-    const at::Tensor& img_emb, const at::Tensor& cap_emb, const at::Tensor& cap_to_img,
-    const at::Tensor& img_thresholds, const at::Tensor& cap_thresholds) {
-  return checked_count_above(img_emb, cap_emb, cap_to_img, img_thresholds, cap_thresholds,
-                             count_above_cpu);
+const RetrievalKernels& cpu_kernels() {
+  static const RetrievalKernels kernels{own_scores_cpu, count_above_cpu, topk_search_cpu};
+  return kernels;
 }
 
 }  // namespace
 }  // namespace jwae::ranking
 
 TORCH_LIBRARY_IMPL(jwae_ext, CPU, m) {
-  m.impl("retrieval_ranks", &jwae::ranking::retrieval_ranks_cpu);
-  m.impl("retrieval_thresholds", &jwae::ranking::retrieval_thresholds_cpu);
-  m.impl("retrieval_count_above", &jwae::ranking::retrieval_count_above_cpu);
-  m.impl("topk_search", &jwae::ranking::topk_search_cpu);
+  jwae::ranking::register_retrieval<jwae::ranking::cpu_kernels>(m);
 }
-

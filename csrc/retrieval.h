@@ -1,6 +1,6 @@
-// The retrieval-ranking operators, as far as they are the same on every backend: argument checks
-// and the composition of the ranks from the two backend kernels (own scores from the GEMM tiles,
-// then one counting pass). csrc/retrieval.cpp and csrc/cuda/retrieval.cu supply the kernels.
+// The retrieval operators, written once for every device: argument checks and the composition of
+// the ranks from two device kernels (own scores from the GEMM tiles, then one counting pass).
+// csrc/retrieval.cpp and csrc/cuda/retrieval.cu supply the kernels (RetrievalKernels).
 //
 // Why thresholds come from the tiles: a rank compares other items' scores with the query's own
 // score, and the same dot product computed by another routine (another GEMM shape, a plain dot)
@@ -10,6 +10,8 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <ATen/DeviceGuard.h>
+#include <torch/library.h>
 
 #include <algorithm>
 #include <limits>
@@ -18,6 +20,7 @@
 
 #include "checks.h"
 #include "dtypes.h"
+#include "registration.h"
 
 namespace jwae::ranking {
 
@@ -113,28 +116,45 @@ inline at::Tensor best_own_scores(const at::Tensor& cap_thresholds, const at::Te
       .scatter_reduce_(0, cap_to_img, cap_thresholds, "amax", /*include_self=*/true);
 }
 
-// retrieval_thresholds from the backend's own-score kernel: (best own score per image, own score
-// per caption).
-template <typename OwnScores>
-std::tuple<at::Tensor, at::Tensor> thresholds_from(const at::Tensor& img_emb,
-                                                   const at::Tensor& cap_emb,
-                                                   const at::Tensor& cap_to_img,
-                                                   OwnScores&& own_scores) {
+// ---- the operators, once for every device ----------------------------------------------------
+
+// What a device supplies; inputs are checked and contiguous.
+struct RetrievalKernels {
+  // The own score S[cap_to_img[j], j] of every caption j, from the tiles that hold them.
+  at::Tensor (*own_scores)(const at::Tensor& img, const at::Tensor& cap, const at::Tensor& owner);
+  // Per image, captions of other images scoring strictly above img_thresholds; per caption,
+  // images other than its own scoring strictly above cap_thresholds.
+  std::tuple<at::Tensor, at::Tensor> (*count_above)(const at::Tensor& img, const at::Tensor& cap,
+                                                    const at::Tensor& owner,
+                                                    const at::Tensor& img_thresholds,
+                                                    const at::Tensor& cap_thresholds);
+  // The exact top-k (scores, indices) of every query.
+  std::tuple<at::Tensor, at::Tensor> (*topk)(const at::Tensor& queries, const at::Tensor& gallery,
+                                             int64_t k);
+};
+
+// (best own score per image, own score per caption).
+inline std::tuple<at::Tensor, at::Tensor> retrieval_thresholds_op(const RetrievalKernels& kernels,
+                                                                  const at::Tensor& img_emb,
+                                                                  const at::Tensor& cap_emb,
+                                                                  const at::Tensor& cap_to_img) {
+  const c10::OptionalDeviceGuard guard(at::device_of(img_emb));
   check_embedding_pair(img_emb, "img_emb", cap_emb, "cap_emb");
   check_cap_to_img(cap_to_img, img_emb, cap_emb, 0);
-  at::Tensor cap_thresholds = own_scores(img_emb.contiguous(), cap_emb.contiguous(),
-                                         cap_to_img.contiguous());
+  at::Tensor cap_thresholds = kernels.own_scores(img_emb.contiguous(), cap_emb.contiguous(),
+                                                 cap_to_img.contiguous());
   return {best_own_scores(cap_thresholds, cap_to_img, img_emb.size(0)), cap_thresholds};
 }
 
-// retrieval_ranks = thresholds from the tiles + one counting pass over the same tiles. Captions
-// not grouped by image in ascending order are first put in that order (one copy of cap_emb): the
-// own-score pre-pass then touches only the staircase of tiles instead of nearly all of them, and
-// counts do not depend on the order of the gallery.
-template <typename OwnScores, typename CountAbove>
-std::tuple<at::Tensor, at::Tensor> ranks_from(const at::Tensor& img_emb, const at::Tensor& cap_emb,
-                                              const at::Tensor& cap_to_img,
-                                              OwnScores&& own_scores, CountAbove&& count_above) {
+// Thresholds from the tiles + one counting pass over the same tiles. Captions not grouped by image
+// in ascending order are first put in that order (one copy of cap_emb): the own-score pre-pass
+// then touches only the staircase of tiles instead of nearly all of them, and counts do not depend
+// on the order of the gallery.
+inline std::tuple<at::Tensor, at::Tensor> retrieval_ranks_op(const RetrievalKernels& kernels,
+                                                             const at::Tensor& img_emb,
+                                                             const at::Tensor& cap_emb,
+                                                             const at::Tensor& cap_to_img) {
+  const c10::OptionalDeviceGuard guard(at::device_of(img_emb));
   check_embedding_pair(img_emb, "img_emb", cap_emb, "cap_emb");
   check_cap_to_img(cap_to_img, img_emb, cap_emb, 0);
   check_every_image_captioned(cap_to_img, img_emb.size(0));
@@ -150,25 +170,41 @@ std::tuple<at::Tensor, at::Tensor> ranks_from(const at::Tensor& img_emb, const a
     owner = owner.index_select(0, order);
   }
   const at::Tensor img = img_emb.contiguous();
-  const at::Tensor cap_thresholds = own_scores(img, cap, owner);
+  const at::Tensor cap_thresholds = kernels.own_scores(img, cap, owner);
   const at::Tensor img_thresholds = best_own_scores(cap_thresholds, owner, img.size(0));
-  auto [i2t, t2i] = count_above(img, cap, owner, img_thresholds, cap_thresholds);
+  auto [i2t, t2i] = kernels.count_above(img, cap, owner, img_thresholds, cap_thresholds);
   if (!grouped) t2i = at::empty_like(t2i).index_copy_(0, order, t2i);
   return {i2t, t2i};
 }
 
-// count_above with its checks: per image, captions of other images scoring strictly above
-// img_thresholds; per caption, images other than its own scoring strictly above cap_thresholds.
-template <typename CountAbove>
-std::tuple<at::Tensor, at::Tensor> checked_count_above(
-    const at::Tensor& img_emb, const at::Tensor& cap_emb, const at::Tensor& cap_to_img,
-    const at::Tensor& img_thresholds, const at::Tensor& cap_thresholds, CountAbove&& count_above) {
+inline std::tuple<at::Tensor, at::Tensor> retrieval_count_above_op(
+    const RetrievalKernels& kernels, const at::Tensor& img_emb, const at::Tensor& cap_emb,
+    const at::Tensor& cap_to_img, const at::Tensor& img_thresholds,
+    const at::Tensor& cap_thresholds) {
+  const c10::OptionalDeviceGuard guard(at::device_of(img_emb));
   check_embedding_pair(img_emb, "img_emb", cap_emb, "cap_emb");
   check_cap_to_img(cap_to_img, img_emb, cap_emb, -1);
   check_thresholds(img_thresholds, "img_thresholds", img_emb.size(0), "img_emb", img_emb);
   check_thresholds(cap_thresholds, "cap_thresholds", cap_emb.size(0), "cap_emb", cap_emb);
-  return count_above(img_emb.contiguous(), cap_emb.contiguous(), cap_to_img.contiguous(),
-                     img_thresholds.contiguous(), cap_thresholds.contiguous());
+  return kernels.count_above(img_emb.contiguous(), cap_emb.contiguous(), cap_to_img.contiguous(),
+                             img_thresholds.contiguous(), cap_thresholds.contiguous());
+}
+
+inline std::tuple<at::Tensor, at::Tensor> topk_search_op(const RetrievalKernels& kernels,
+                                                         const at::Tensor& queries,
+                                                         const at::Tensor& gallery, int64_t k) {
+  const c10::OptionalDeviceGuard guard(at::device_of(queries));
+  check_topk_arguments(queries, gallery, k);
+  return kernels.topk(queries.contiguous(), gallery.contiguous(), k);
+}
+
+// Registers the four operators for one device.
+template <const RetrievalKernels& (*kernels)()>
+void register_retrieval(torch::Library& m) {
+  m.impl("retrieval_ranks", &OnDevice<retrieval_ranks_op, kernels>::call);
+  m.impl("retrieval_thresholds", &OnDevice<retrieval_thresholds_op, kernels>::call);
+  m.impl("retrieval_count_above", &OnDevice<retrieval_count_above_op, kernels>::call);
+  m.impl("topk_search", &OnDevice<topk_search_op, kernels>::call);
 }
 
 }  // namespace jwae::ranking

@@ -2,6 +2,7 @@
 // device; the caption term runs through the fused linear cross-entropy.
 #include "wae_loss.h"
 
+#include <ATen/DeviceGuard.h>
 #include <torch/library.h>
 
 #include <cmath>
@@ -9,15 +10,15 @@
 
 namespace jwae {
 
-WaeLossOutputs wae_loss_op(const at::Tensor& img_feat, const at::Tensor& img_rec,
-                           const at::Tensor& dec_hidden, const at::Tensor& vocab_weight,
-                           const at::Tensor& targets,
+WaeLossOutputs wae_loss_op(const WaeBackend& backend, const at::Tensor& img_feat,
+                           const at::Tensor& img_rec, const at::Tensor& dec_hidden,
+                           const at::Tensor& vocab_weight, const at::Tensor& targets,
                            const std::optional<at::Tensor>& d_logits_img,
                            const std::optional<at::Tensor>& d_logits_txt,
                            const std::optional<at::Tensor>& vocab_bias, int64_t batch_size,
                            std::array<double, 4> weights, std::string_view recon,
-                           int64_t ignore_index, std::array<bool, 6> grad_mask,
-                           const WaeBackend& backend) {
+                           int64_t ignore_index, std::array<bool, 6> grad_mask) {
+  const c10::OptionalDeviceGuard guard(at::device_of(dec_hidden));
   TORCH_CHECK_VALUE(recon == "l1" || recon == "l2",
                     "jwae_ext: argument 'recon' must be 'l1' or 'l2', got '", std::string(recon),
                     "'");
@@ -92,23 +93,8 @@ WaeLossOutputs wae_loss_op(const at::Tensor& img_feat, const at::Tensor& img_rec
           or_empty(adv_grad[1], dec_hidden.options())};
 }
 
-namespace {
-
-WaeLossOutputs wae_loss_cpu(const at::Tensor& img_feat, const at::Tensor& img_rec,
-                            const at::Tensor& dec_hidden, const at::Tensor& vocab_weight,
-                            const at::Tensor& targets,
-                            const std::optional<at::Tensor>& d_logits_img,
-                            const std::optional<at::Tensor>& d_logits_txt,
-                            const std::optional<at::Tensor>& vocab_bias, int64_t batch_size,
-                            std::array<double, 4> weights, std::string_view recon,
-                            int64_t ignore_index, std::array<bool, 6> grad_mask) {
-  return wae_loss_op(img_feat, img_rec, dec_hidden, vocab_weight, targets, d_logits_img,
-                     d_logits_txt, vocab_bias, batch_size, weights, recon, ignore_index,
-                     grad_mask, wae_cpu_backend());
+TORCH_LIBRARY_IMPL(jwae_ext, CPU, m) {
+  m.impl("wae_loss", &OnDevice<wae_loss_op, wae_cpu_backend>::call);
 }
-
-}  // namespace
-
-TORCH_LIBRARY_IMPL(jwae_ext, CPU, m) { m.impl("wae_loss", &wae_loss_cpu); }
 
 }  // namespace jwae

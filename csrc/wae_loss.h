@@ -1,6 +1,6 @@
-// The jWAE regularizer in one operator: the device-agnostic operator (csrc/wae_loss.cpp), called by
-// each device's registration
-// with its element kernels (wae_backend.h).
+// The jWAE regularizer in one operator: the operator, written once for every device
+// (csrc/wae_loss.cpp); each device registers it with its element kernels (wae_backend.h) through
+// OnDevice (registration.h).
 #pragma once
 
 #include <ATen/ATen.h>
@@ -10,6 +10,7 @@
 #include <string_view>
 #include <tuple>
 
+#include "registration.h"
 #include "wae_backend.h"
 
 namespace jwae {
@@ -21,14 +22,13 @@ using WaeLossOutputs = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor
 //  grad_d_logits_img, grad_d_logits_txt); grad_mask selects (img_feat or img_rec, dec_hidden,
 // vocab_weight, vocab_bias, d_logits_img, d_logits_txt). d total / d img_feat = -grad_img_rec.
 // Absent discriminator logits (WAE-MMD training) make their adversarial term 0.
-WaeLossOutputs wae_loss_op(const at::Tensor& img_feat, const at::Tensor& img_rec,
-                           const at::Tensor& dec_hidden, const at::Tensor& vocab_weight,
-                           const at::Tensor& targets,
+WaeLossOutputs wae_loss_op(const WaeBackend& backend, const at::Tensor& img_feat,
+                           const at::Tensor& img_rec, const at::Tensor& dec_hidden,
+                           const at::Tensor& vocab_weight, const at::Tensor& targets,
                            const std::optional<at::Tensor>& d_logits_img,
                            const std::optional<at::Tensor>& d_logits_txt,
                            const std::optional<at::Tensor>& vocab_bias, int64_t batch_size,
                            std::array<double, 4> weights, std::string_view recon,
-                           int64_t ignore_index, std::array<bool, 6> grad_mask,
-                           const WaeBackend& backend);
+                           int64_t ignore_index, std::array<bool, 6> grad_mask);
 
 }  // namespace jwae

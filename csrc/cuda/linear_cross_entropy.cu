@@ -8,7 +8,6 @@
 // block per row.
 #include <ATen/cuda/CUDAContext.h>
 #include <ATen/cuda/Exceptions.h>
-#include <c10/cuda/CUDAGuard.h>
 #include <cublas_v2.h>
 #include <torch/library.h>
 
@@ -134,24 +133,6 @@ void xent_rows_cuda(const XentRows& a) {
   });
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> linear_cross_entropy_cuda(
-    const at::Tensor& hidden, const at::Tensor& weight, const at::Tensor& target,
-    const std::optional<at::Tensor>& bias, int64_t ignore_index, std::string_view reduction,
-    std::array<bool, 3> grad_mask) {
-  const c10::cuda::OptionalCUDAGuard guard(hidden.device());
-  return linear_cross_entropy_op(hidden, weight, target, bias, ignore_index, reduction, grad_mask,
-                        xent_cuda_backend());
-}
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_cross_entropy_backward_cuda(
-    const at::Tensor& grad_loss, const at::Tensor& hidden, const at::Tensor& weight,
-    const at::Tensor& target, const std::optional<at::Tensor>& bias, const at::Tensor& lse,
-    int64_t ignore_index, std::array<bool, 3> grad_mask) {
-  const c10::cuda::OptionalCUDAGuard guard(hidden.device());
-  return linear_cross_entropy_backward_op(grad_loss, hidden, weight, target, bias, lse,
-                                          ignore_index, grad_mask, xent_cuda_backend());
-}
-
 }  // namespace
 
 const XentBackend& xent_cuda_backend() {
@@ -159,9 +140,6 @@ const XentBackend& xent_cuda_backend() {
   return backend;
 }
 
-TORCH_LIBRARY_IMPL(jwae_ext, CUDA, m) {
-  m.impl("linear_cross_entropy", &linear_cross_entropy_cuda);
-  m.impl("linear_cross_entropy_backward", &linear_cross_entropy_backward_cuda);
-}
+TORCH_LIBRARY_IMPL(jwae_ext, CUDA, m) { register_linear_cross_entropy<xent_cuda_backend>(m); }
 
 }  // namespace jwae

@@ -12,7 +12,6 @@
 #include <ATen/Dispatch.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -411,47 +410,9 @@ const MhLossKernels& cuda_kernels() {
   return kernels;
 }
 
-// ---- registration: the device guard, then the operators of csrc/mh_loss.cpp ------------------
-
-Costs mh_loss_cuda(const at::Tensor& img_emb, const at::Tensor& txt_emb, double margin,
-                   bool max_violation, const Ids& img_ids, const Ids& txt_ids) {
-  const c10::cuda::OptionalCUDAGuard guard(img_emb.device());
-  return mh_loss_op(img_emb, txt_emb, margin, max_violation, img_ids, txt_ids, cuda_kernels());
-}
-
-std::tuple<at::Tensor, at::Tensor> mh_loss_backward_cuda(
-    const at::Tensor& grad_i2t, const at::Tensor& grad_t2i, const at::Tensor& img_emb,
-    const at::Tensor& txt_emb, double margin, bool max_violation, const Ids& img_ids,
-    const Ids& txt_ids, const at::Tensor& support_i2t, const at::Tensor& support_t2i) {
-  const c10::cuda::OptionalCUDAGuard guard(img_emb.device());
-  return mh_loss_backward_op(grad_i2t, grad_t2i, img_emb, txt_emb, margin, max_violation, img_ids,
-                             txt_ids, support_i2t, support_t2i, cuda_kernels());
-}
-
-Costs mh_loss_from_scores_cuda(const at::Tensor& scores, double margin, bool max_violation,
-                               const Ids& img_ids, const Ids& txt_ids) {
-  const c10::cuda::OptionalCUDAGuard guard(scores.device());
-  return mh_loss_from_scores_op(scores, margin, max_violation, img_ids, txt_ids, cuda_kernels());
-}
-
-at::Tensor mh_loss_from_scores_backward_cuda(const at::Tensor& grad_i2t,
-                                             const at::Tensor& grad_t2i, const at::Tensor& scores,
-                                             double margin, bool max_violation,
-                                             const Ids& img_ids, const Ids& txt_ids,
-                                             const at::Tensor& support_i2t,
-                                             const at::Tensor& support_t2i) {
-  const c10::cuda::OptionalCUDAGuard guard(scores.device());
-  return mh_loss_from_scores_backward_op(grad_i2t, grad_t2i, scores, margin, max_violation,
-                                         img_ids, txt_ids, support_i2t, support_t2i,
-                                         cuda_kernels());
-}
-
 }  // namespace
 }  // namespace jwae::hinge
 
 TORCH_LIBRARY_IMPL(jwae_ext, CUDA, m) {
-  m.impl("mh_loss", &jwae::hinge::mh_loss_cuda);
-  m.impl("mh_loss_backward", &jwae::hinge::mh_loss_backward_cuda);
-  m.impl("mh_loss_from_scores", &jwae::hinge::mh_loss_from_scores_cuda);
-  m.impl("mh_loss_from_scores_backward", &jwae::hinge::mh_loss_from_scores_backward_cuda);
+  jwae::hinge::register_mh_loss<jwae::hinge::cuda_kernels>(m);
 }

@@ -6,7 +6,6 @@
 #include <ATen/Dispatch.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -76,7 +75,6 @@ __global__ void count_above_kernel(const score_t* __restrict__ tile, int64_t row
 }
 
 at::Tensor own_scores_cuda(const at::Tensor& img, const at::Tensor& cap, const at::Tensor& owner) {
-  const c10::cuda::CUDAGuard guard(img.device());
   const TileGrid grid = score_grid(img.size(0), cap.size(0));
   const std::vector<int64_t> tiles =
       own_score_tiles(owner, grid.tile_rows, grid.tile_cols, grid.col_blocks());
@@ -99,7 +97,6 @@ std::tuple<at::Tensor, at::Tensor> count_above_cuda(const at::Tensor& img, const
                                                     const at::Tensor& owner,
                                                     const at::Tensor& img_thresholds,
                                                     const at::Tensor& cap_thresholds) {
-  const c10::cuda::CUDAGuard guard(img.device());
   const TileGrid grid = score_grid(img.size(0), cap.size(0));
   at::Tensor img_counts = at::zeros({img.size(0)}, owner.options());
   at::Tensor cap_counts = at::zeros({cap.size(0)}, owner.options());
@@ -124,12 +121,8 @@ std::tuple<at::Tensor, at::Tensor> count_above_cuda(const at::Tensor& img, const
 // Candidates sorted per step: bounds the (running top-k + tile) rows when k is large.
 constexpr int64_t kCandidateBudget = int64_t{1} << 24;
 
-std::tuple<at::Tensor, at::Tensor> topk_search_cuda(const at::Tensor& queries_in,
-                                                    const at::Tensor& gallery_in, int64_t k) {
-  check_topk_arguments(queries_in, gallery_in, k);
-  const c10::cuda::CUDAGuard guard(queries_in.device());
-  const at::Tensor queries = queries_in.contiguous();
-  const at::Tensor gallery = gallery_in.contiguous();
+std::tuple<at::Tensor, at::Tensor> topk_search_cuda(const at::Tensor& queries,
+                                                    const at::Tensor& gallery, int64_t k) {
   const int64_t n_queries = queries.size(0);
   const int64_t n_gallery = gallery.size(0);
   const TileGrid grid =
@@ -161,31 +154,14 @@ std::tuple<at::Tensor, at::Tensor> topk_search_cuda(const at::Tensor& queries_in
   return {scores, indices};
 }
 
-std::tuple<at::Tensor, at::Tensor> retrieval_ranks_cuda(const at::Tensor& img_emb,
-                                                        const at::Tensor& cap_emb,
-                                                        const at::Tensor& cap_to_img) {
-  return ranks_from(img_emb, cap_emb, cap_to_img, own_scores_cuda, count_above_cuda);
-}
-
-std::tuple<at::Tensor, at::Tensor> retrieval_thresholds_cuda(const at::Tensor& img_emb,
-                                                             const at::Tensor& cap_emb,
-                                                             const at::Tensor& cap_to_img) {
-  return thresholds_from(img_emb, cap_emb, cap_to_img, own_scores_cuda);
-}
-
-std::tuple<at::Tensor, at::Tensor> retrieval_count_above_cuda(
-    const at::Tensor& img_emb, const at::Tensor& cap_emb, const at::Tensor& cap_to_img,
-    const at::Tensor& img_thresholds, const at::Tensor& cap_thresholds) {
-  return checked_count_above(img_emb, cap_emb, cap_to_img, img_thresholds, cap_thresholds,
-                             count_above_cuda);
+const RetrievalKernels& cuda_kernels() {
+  static const RetrievalKernels kernels{own_scores_cuda, count_above_cuda, topk_search_cuda};
+  return kernels;
 }
 
 }  // namespace
 }  // namespace jwae::ranking
 
 TORCH_LIBRARY_IMPL(jwae_ext, CUDA, m) {
-  m.impl("retrieval_ranks", &jwae::ranking::retrieval_ranks_cuda);
-  m.impl("retrieval_thresholds", &jwae::ranking::retrieval_thresholds_cuda);
-  m.impl("retrieval_count_above", &jwae::ranking::retrieval_count_above_cuda);
-  m.impl("topk_search", &jwae::ranking::topk_search_cuda);
+  jwae::ranking::register_retrieval<jwae::ranking::cuda_kernels>(m);
 }
