@@ -76,8 +76,10 @@ def _extension():
             sources,
             define_macros=macros,
             extra_compile_args=extra,
-            # GEMMs go through ATen (at::mm_out), which brings its own cuBLAS: pip's CUDA wheels
-            # ship only libcublas.so.13, so "-lcublas" would not link.
+            # cuBLAS is not linked, as in CMakeLists.txt: GEMMs go through ATen, and the direct
+            # cublasGemmEx calls (csrc/cuda/linear_cross_entropy.cu) resolve at load time against
+            # the cuBLAS libtorch_cuda loads, so the module always uses torch's own cuBLAS (pip's
+            # CUDA wheels ship only libcublas.so.13: "-lcublas" would not even link).
             extra_link_args=["-fopenmp"],
         )
     return CppExtension(

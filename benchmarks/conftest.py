@@ -12,7 +12,6 @@ times drift between runs, ratios measured side by side hold).
 
 from __future__ import annotations
 
-import ctypes
 import gc
 import json
 import os
@@ -27,23 +26,6 @@ import torch
 
 SMOKE = os.environ.get("JWAE_BENCH_SMOKE", "0") == "1"
 DEVICE = os.environ.get("JWAE_BENCH_DEVICE", "cpu")
-
-
-def _serve_large_blocks_from_mmap() -> None:
-    """Make glibc return every buffer above 128 KiB to the OS on free.
-
-    By default it keeps freed blocks of up to 32 MiB resident for reuse, so the resident-set
-    measure below would miss a kernel's chunk buffers (and count them for whoever runs next).
-    """
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return
-    m_mmap_threshold = -3
-    libc.mallopt(m_mmap_threshold, 128 * 1024)
-
-
-_serve_large_blocks_from_mmap()
 
 
 def sizes(full: list, smoke: list) -> list:
@@ -63,8 +45,9 @@ def peak_extra_memory(fn: Callable[[], object], device: str) -> int:
     """Bytes of memory ``fn`` needs above what is allocated when it starts (its peak).
 
     CUDA: the caching allocator's peak. CPU: the process's peak resident set, reset through
-    /proc/self/clear_refs just before the call, minus the resident set at that moment; torch
-    returns large CPU buffers to the OS on free, so this tracks tensors, not allocator caching.
+    /proc/self/clear_refs just before the call, minus the resident set at that moment. The
+    allocator is left as a user's process has it (no tuning at import), so a buffer that glibc
+    keeps resident from an earlier call and hands out again is not counted: a lower bound.
     """
     gc.collect()
     if device == "cuda":

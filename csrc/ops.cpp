@@ -1,6 +1,7 @@
 // The operator schemas of the jwae_ext namespace and the Python module that loads them.
-// Backends register implementations from their own files (csrc/<op>.cpp, csrc/cuda/<op>.cu);
-// autograd and fake (meta) kernels are registered from Python in jwae_ext/ops/.
+// Backends register implementations from the files named after the operator (csrc/<op>.cpp,
+// csrc/cuda/<op>.cu); autograd and fake (meta) kernels are registered from Python, in
+// jwae_ext/ops/<op>.py, for every operator. docs/design.md#where-an-operator-lives.
 #include <torch/extension.h>
 
 #ifdef WITH_CUDA
@@ -10,7 +11,7 @@
 TORCH_LIBRARY(jwae_ext, m) {
   // Schemas are grouped by operator family; each family's kernels live in the file of its name.
 
-  // ---- hinge: max-of-hinges loss (csrc/hinge.cpp, csrc/cuda/hinge.cu, jwae_ext/ops/hinge.py).
+  // ---- hinge: max-of-hinges loss (csrc/mh_loss.cpp, csrc/cuda/mh_loss.cu, jwae_ext/ops/hinge.py).
   // Per-query costs of both directions and their support: the hardest negative's index (-1 where
   // the cost is 0) with max_violation, the number of active hinges without.
   m.def(
@@ -30,29 +31,31 @@ TORCH_LIBRARY(jwae_ext, m) {
       "float margin, bool max_violation, Tensor? img_ids, Tensor? txt_ids, Tensor support_i2t, "
       "Tensor support_t2i) -> Tensor grad_scores");
 
-  // ranking (csrc/ranking.cpp, csrc/cuda/ranking.cu): exact retrieval ranks and top-k search.
+  // ---- retrieval: exact retrieval ranks and top-k search (csrc/retrieval.cpp, cuda/retrieval.cu).
   m.def("retrieval_ranks(Tensor img_emb, Tensor cap_emb, Tensor cap_to_img) -> (Tensor, Tensor)");
-  m.def("retrieval_thresholds(Tensor img_emb, Tensor cap_emb, Tensor cap_to_img) -> (Tensor, Tensor)");
+  m.def(
+      "retrieval_thresholds(Tensor img_emb, Tensor cap_emb, Tensor cap_to_img) -> "
+      "(Tensor, Tensor)");
   m.def(
       "retrieval_count_above(Tensor img_emb, Tensor cap_emb, Tensor cap_to_img, "
       "Tensor img_thresholds, Tensor cap_thresholds) -> (Tensor, Tensor)");
   m.def("topk_search(Tensor queries, Tensor gallery, int k) -> (Tensor, Tensor)");
-  // end ranking
 
-  // linear_xent: vocabulary projection fused with cross-entropy (csrc/linear_xent.cpp,
-  // csrc/cuda/linear_xent.cu). For reduction sum/mean the forward also returns the gradients
-  // selected by grad_mask (hidden, weight, bias); reduction none uses linear_xent_backward.
+  // ---- linear_cross_entropy: vocabulary projection fused with cross-entropy. For reduction
+  // sum/mean the forward also returns the gradients selected by grad_mask (hidden, weight, bias);
+  // reduction none uses linear_cross_entropy_backward.
   m.def(
-      "linear_xent(Tensor hidden, Tensor weight, Tensor target, Tensor? bias, int ignore_index, "
-      "str reduction, bool[3] grad_mask) -> (Tensor loss, Tensor lse, Tensor grad_hidden, "
-      "Tensor grad_weight, Tensor grad_bias)");
+      "linear_cross_entropy(Tensor hidden, Tensor weight, Tensor target, Tensor? bias, "
+      "int ignore_index, str reduction, bool[3] grad_mask) -> (Tensor loss, Tensor lse, "
+      "Tensor grad_hidden, Tensor grad_weight, Tensor grad_bias)");
   m.def(
-      "linear_xent_backward(Tensor grad_loss, Tensor hidden, Tensor weight, Tensor target, "
-      "Tensor? bias, Tensor lse, int ignore_index, bool[3] grad_mask) -> (Tensor grad_hidden, "
-      "Tensor grad_weight, Tensor grad_bias)");
+      "linear_cross_entropy_backward(Tensor grad_loss, Tensor hidden, Tensor weight, "
+      "Tensor target, Tensor? bias, Tensor lse, int ignore_index, bool[3] grad_mask) -> "
+      "(Tensor grad_hidden, Tensor grad_weight, Tensor grad_bias)");
 
-  // wae: the jWAE regularizer (csrc/wae.cpp, csrc/cuda/wae.cu). Each returns its value and the
-  // gradients of it selected by grad_mask; wae_loss's caption term runs through linear_xent.
+  // ---- the jWAE regularizer: wae_loss, discriminator_loss, mmd_imq (a file each). Each returns
+  // its value and the gradients of it selected by grad_mask; wae_loss's caption term runs through
+  // linear_cross_entropy.
   m.def(
       "wae_loss(Tensor img_feat, Tensor img_rec, Tensor dec_hidden, Tensor vocab_weight, "
       "Tensor targets, Tensor? d_logits_img, Tensor? d_logits_txt, Tensor? vocab_bias, "

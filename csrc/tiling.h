@@ -1,34 +1,28 @@
-// The CPU GEMM-tile loop shared by the max-of-hinges loss and the retrieval kernels: the score
-// matrix S = A·Bᵀ is produced one cache-sized tile at a time and handed to an epilogue while it is
-// hot, so no kernel ever holds S whole.
+// The CPU GEMM-tile traversal that every tiled CPU kernel uses (mh_loss, the retrieval ranks and
+// counts, top-k search): the score matrix S = A·Bᵀ is produced one cache-sized tile at a time and
+// handed to an epilogue while it is hot, so no kernel ever holds S whole. docs/design.md#tiling.
 //
 // Why this shape: on these CPUs a single-threaded BLAS GEMM per tile, with tiles spread over
 // threads, runs as fast as one multi-threaded GEMM of the whole matrix, and the epilogue then reads
 // the tile from L2 instead of from memory (measured: 4096×4096×1024 fp32, 2 cores, MKL — tiles of
 // 256×1024 with a row-and-column max epilogue take 0.92–0.97x the time of the bare torch.mm).
-// Values can differ from one whole-matrix GEMM in the last bit (BLAS picks kernels by shape).
+// Values can differ from one whole-matrix GEMM in the last bit (BLAS picks kernels by shape), but a
+// tile has the same bits whichever thread, traversal or thread count computed it.
 #pragma once
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
-#include <algorithm>
 #include <cstdint>
 #include <vector>
 
+#include "tile_grid.h"
+
+// MKL's C entry point (mkl_service.h). Weak: where torch's BLAS is not MKL the symbol is absent,
+// the pointer null, and SingleThreadedBlas does nothing.
+extern "C" int MKL_Set_Num_Threads_Local(int threads) __attribute__((weak));
+
 namespace jwae {
-
-// How S is cut. Tile sizes are fixed (never derived from the thread count) so that any
-// per-tile partial results, reduced in tile order, are the same on every machine.
-struct TileGrid {
-  int64_t rows;             // rows of S (rows of A)
-  int64_t cols;             // columns of S (rows of B)
-  int64_t tile_rows = 256;  // 256×1024 fp32 = 1 MiB: one tile sits in a core's L2
-  int64_t tile_cols = 1024;
-
-  int64_t row_blocks() const { return (rows + tile_rows - 1) / tile_rows; }
-  int64_t col_blocks() const { return (cols + tile_cols - 1) / tile_cols; }
-};
 
 // One computed tile: element (i, j) is S[row0 + i][col0 + j]. Only valid inside the epilogue.
 template <typename scalar_t>
@@ -41,110 +35,140 @@ struct ScoreTile {
   const scalar_t* row(int64_t i) const { return data + i * ld; }
 };
 
-namespace detail {
+// While alive, the calling thread's BLAS calls run MKL's one-thread code. Why: MKL picks its GEMM
+// algorithm, and with it the summation order (the last bits), from the number of threads it may
+// use, which torch sets per calling thread to torch.get_num_threads(); inside a parallel region
+// MKL then runs that algorithm on one thread. So the same tile came out differently with 1, 2 or
+// 3 threads (measured: 256×1024 tiles of a 1100×1100×1024 fp32 product, and the 256×16 backward
+// products over K = 1024) until every tile GEMM ran under this guard.
+class SingleThreadedBlas {
+ public:
+  SingleThreadedBlas() : active_(MKL_Set_Num_Threads_Local != nullptr) {
+    if (active_) previous_ = MKL_Set_Num_Threads_Local(1);
+  }
+  ~SingleThreadedBlas() {
+    if (active_) MKL_Set_Num_Threads_Local(previous_);  // 0: back to MKL's global setting
+  }
+  SingleThreadedBlas(const SingleThreadedBlas&) = delete;
+  SingleThreadedBlas& operator=(const SingleThreadedBlas&) = delete;
 
-struct TileBounds {
-  int64_t row0, rows, col0, cols;
+ private:
+  bool active_;
+  int previous_ = 0;
 };
 
-inline TileBounds tile_bounds(const TileGrid& grid, int64_t row_block, int64_t col_block) {
-  const int64_t row0 = row_block * grid.tile_rows;
-  const int64_t col0 = col_block * grid.tile_cols;
-  return {row0, std::min(grid.tile_rows, grid.rows - row0), col0,
-          std::min(grid.tile_cols, grid.cols - col0)};
-}
-
-// Computes tile (row_block, col_block) of S = a·bᵀ into `buffer` (at least tile_rows×tile_cols
-// elements) and describes it. Every traversal below goes through here, so a tile has the same
-// bits whichever traversal computed it (same GEMM shape, same operands).
+// One thread's means of computing tiles of S = a·bᵀ (a: rows×d, b: cols×d, contiguous, same
+// dtype, CPU): a tile buffer and single-threaded BLAS. Every tile goes through compute(), so a tile
+// has the same bits whichever traversal computed it (same GEMM shape, same operands).
 template <typename scalar_t>
-ScoreTile<scalar_t> compute_tile(const at::Tensor& a, const at::Tensor& b, const TileGrid& grid,
-                                 int64_t row_block, int64_t col_block, at::Tensor& buffer,
-                                 at::Tensor& out) {
-  const TileBounds t = tile_bounds(grid, row_block, col_block);
-  out = buffer.view({-1}).narrow(0, 0, t.rows * t.cols).view({t.rows, t.cols});
-  // Kernels register their backward separately; below autograd, inputs that require grad do not
-  // make mm_out refuse to run (the guard is per thread, and this runs on worker threads).
-  at::AutoDispatchBelowADInplaceOrView below_autograd;
-  at::mm_out(out, a.narrow(0, t.row0, t.rows), b.narrow(0, t.col0, t.cols).t());
-  return {out.const_data_ptr<scalar_t>(), t.cols, t.row0, t.rows, row_block, t.col0, t.cols,
-          col_block};
-}
+class TileWorker {
+ public:
+  TileWorker(const at::Tensor& a, const at::Tensor& b, const TileGrid& grid)
+      : a_(a),
+        b_(b),
+        grid_(grid),
+        buffer_(at::empty({grid.tile_rows, grid.tile_cols}, a.options())) {}
 
-// Runs tiles tile_id(0) .. tile_id(count - 1) (ids row_block * col_blocks + col_block), spread
-// over threads in contiguous runs.
-template <typename scalar_t, typename TileId, typename Epilogue>
-void run_tiles(const at::Tensor& a, const at::Tensor& b, const TileGrid& grid, int64_t count,
-               TileId&& tile_id, Epilogue&& epilogue) {
-  if (count == 0) return;
-  const int64_t n_col_blocks = grid.col_blocks();
+  // The traversal over a row block and a column range: tiles (row_block, c) for c in
+  // [col_begin, col_end), left to right. `epilogue(const ScoreTile<scalar_t>&, at::Tensor& tile)`
+  // also gets the tile as a writable rows×cols tensor (this worker's buffer) to transform in place.
+  template <typename Epilogue>
+  void row_block(int64_t row_block, int64_t col_begin, int64_t col_end, Epilogue&& epilogue) {
+    for (int64_t c = col_begin; c < col_end; ++c) epilogue(compute(row_block, c), tile_);
+  }
+
+  // The same down a column block: tiles (r, col_block) for r in [row_begin, row_end).
+  template <typename Epilogue>
+  void col_block(int64_t col_block, int64_t row_begin, int64_t row_end, Epilogue&& epilogue) {
+    for (int64_t r = row_begin; r < row_end; ++r) epilogue(compute(r, col_block), tile_);
+  }
+
+ private:
+  ScoreTile<scalar_t> compute(int64_t row_block, int64_t col_block) {
+    const TileBounds t = tile_bounds(grid_, row_block, col_block);
+    tile_ = buffer_.view({-1}).narrow(0, 0, t.rows * t.cols).view({t.rows, t.cols});
+    // Kernels register their backward separately; below autograd, inputs that require grad do not
+    // make mm_out refuse to run (the guard is per thread, and this runs on worker threads).
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    at::mm_out(tile_, a_.narrow(0, t.row0, t.rows), b_.narrow(0, t.col0, t.cols).t());
+    return {tile_.const_data_ptr<scalar_t>(), t.cols, t.row0, t.rows, row_block, t.col0, t.cols,
+            col_block};
+  }
+
+  const at::Tensor& a_;
+  const at::Tensor& b_;
+  const TileGrid& grid_;
+  at::Tensor buffer_;
+  at::Tensor tile_;
+  SingleThreadedBlas blas_;
+};
+
+// Runs `work(TileWorker<scalar_t>&, item)` for every item in [0, count), spread over threads in
+// contiguous runs, each thread with its own worker. What an item is (a tile, a row block, a row
+// block's share of the columns) is the caller's; so is the rule that its epilogues write only state
+// owned by the item, which makes the result independent of the thread count.
+template <typename scalar_t, typename Work>
+void parallel_tiles(const at::Tensor& a, const at::Tensor& b, const TileGrid& grid, int64_t count,
+                    Work&& work) {
+  if (count <= 0) return;
   at::parallel_for(0, count, 1, [&](int64_t first, int64_t last) {
-    // One buffer per thread; the BLAS call inside a parallel region runs single-threaded.
-    at::Tensor buffer = at::empty({grid.tile_rows, grid.tile_cols}, a.options());
-    at::Tensor out;
-    for (int64_t k = first; k < last; ++k) {
-      const int64_t t = tile_id(k);
-      epilogue(compute_tile<scalar_t>(a, b, grid, t / n_col_blocks, t % n_col_blocks, buffer, out));
-    }
+    TileWorker<scalar_t> worker(a, b, grid);
+    for (int64_t item = first; item < last; ++item) work(worker, item);
   });
 }
 
-}  // namespace detail
-
-// Computes every tile of S = a·bᵀ (a: rows×d, b: cols×d, contiguous, same dtype, CPU) and calls
-// `epilogue(const ScoreTile<scalar_t>&)` on it. Tiles run concurrently on different threads, so
+// Computes the tiles `tile_ids` (row_block * col_blocks + col_block) of S = a·bᵀ and calls
+// `epilogue(const ScoreTile<scalar_t>&)` on each. Tiles run concurrently on different threads, so
 // the epilogue may only write state owned by its tile: per-row results of its row range into a
 // slot for its col_block, per-column results into a slot for its row_block (or, for reductions
 // that are order-independent such as integer counts or max with lowest-index ties, into per-tile
-// slots merged afterwards in any order).
-template <typename scalar_t, typename Epilogue>
-void for_each_score_tile(const at::Tensor& a, const at::Tensor& b, const TileGrid& grid,
-                         Epilogue&& epilogue) {
-  detail::run_tiles<scalar_t>(
-      a, b, grid, grid.row_blocks() * grid.col_blocks(), [](int64_t k) { return k; }, epilogue);
-}
-
-// The same for a subset of the tiles: `tile_ids` (row_block * col_blocks + col_block). A tile
-// computed here has the same bits as in the full loop, so a pre-pass over a few tiles can derive
-// per-row or per-column values (thresholds, say) that a later full pass compares its tiles
-// against consistently.
+// slots merged afterwards in any order). A pre-pass over a few tiles can so derive per-row or
+// per-column values (thresholds, say) that a later full pass compares its tiles against
+// consistently.
 template <typename scalar_t, typename Epilogue>
 void for_each_score_tile(const at::Tensor& a, const at::Tensor& b, const TileGrid& grid,
                          const std::vector<int64_t>& tile_ids, Epilogue&& epilogue) {
-  detail::run_tiles<scalar_t>(
-      a, b, grid, static_cast<int64_t>(tile_ids.size()), [&](int64_t k) { return tile_ids[k]; },
-      epilogue);
+  const int64_t n_col_blocks = grid.col_blocks();
+  parallel_tiles<scalar_t>(
+      a, b, grid, static_cast<int64_t>(tile_ids.size()),
+      [&](TileWorker<scalar_t>& worker, int64_t k) {
+        const int64_t t = tile_ids[k];
+        const int64_t col_block = t % n_col_blocks;
+        worker.row_block(t / n_col_blocks, col_block, col_block + 1,
+                         [&](const ScoreTile<scalar_t>& tile, at::Tensor&) { epilogue(tile); });
+      });
+}
+
+// The same over every tile.
+template <typename scalar_t, typename Epilogue>
+void for_each_score_tile(const at::Tensor& a, const at::Tensor& b, const TileGrid& grid,
+                         Epilogue&& epilogue) {
+  std::vector<int64_t> all(grid.tiles());
+  for (size_t t = 0; t < all.size(); ++t) all[t] = static_cast<int64_t>(t);
+  for_each_score_tile<scalar_t>(a, b, grid, all, epilogue);
 }
 
 // Which blocks of S one thread owns in for_each_score_tile_in_order.
 enum class Sweep { by_row_block, by_col_block };
 
 // Like for_each_score_tile, but one thread handles every tile of a row block (visited left to
-// right) or of a column block (top to bottom), and the epilogue also gets the tile as a writable
-// rows×cols tensor (the thread's buffer) to transform in place:
-// `epilogue(const ScoreTile<scalar_t>&, at::Tensor& tile)`. Floating-point accumulation into
-// state owned by the block (a gradient slice, say) is then race-free and in a fixed order, so
-// deterministic. Each tile is the same GEMM as in for_each_score_tile, so it has the same bits.
+// right) or of a column block (top to bottom), and the epilogue gets the writable tile too:
+// `epilogue(const ScoreTile<scalar_t>&, at::Tensor& tile)`. Floating-point accumulation into state
+// owned by the block (a gradient slice, say) is then race-free and in a fixed order, so
+// deterministic.
 template <typename scalar_t, typename Epilogue>
 void for_each_score_tile_in_order(const at::Tensor& a, const at::Tensor& b, const TileGrid& grid,
                                   Sweep sweep, Epilogue&& epilogue) {
   const bool by_rows = sweep == Sweep::by_row_block;
-  const int64_t n_owned = by_rows ? grid.row_blocks() : grid.col_blocks();
-  const int64_t n_inner = by_rows ? grid.col_blocks() : grid.row_blocks();
-  if (n_owned == 0 || n_inner == 0) return;
-  at::parallel_for(0, n_owned, 1, [&](int64_t first, int64_t last) {
-    at::Tensor buffer = at::empty({grid.tile_rows, grid.tile_cols}, a.options());
-    at::Tensor out;
-    for (int64_t owned = first; owned < last; ++owned) {
-      for (int64_t inner = 0; inner < n_inner; ++inner) {
-        const int64_t row_block = by_rows ? owned : inner;
-        const int64_t col_block = by_rows ? inner : owned;
-        const auto tile =
-            detail::compute_tile<scalar_t>(a, b, grid, row_block, col_block, buffer, out);
-        epilogue(tile, out);
-      }
-    }
-  });
+  if (grid.tiles() == 0) return;
+  parallel_tiles<scalar_t>(a, b, grid, by_rows ? grid.row_blocks() : grid.col_blocks(),
+                           [&](TileWorker<scalar_t>& worker, int64_t owned) {
+                             if (by_rows) {
+                               worker.row_block(owned, 0, grid.col_blocks(), epilogue);
+                             } else {
+                               worker.col_block(owned, 0, grid.row_blocks(), epilogue);
+                             }
+                           });
 }
 
 // Hands the tiles of an already computed matrix (rows×cols, rows contiguous) to the same kind of
@@ -153,15 +177,14 @@ void for_each_score_tile_in_order(const at::Tensor& a, const at::Tensor& b, cons
 template <typename scalar_t, typename Epilogue>
 void for_each_tile_of(const at::Tensor& scores, const TileGrid& grid, Epilogue&& epilogue) {
   const int64_t n_col_blocks = grid.col_blocks();
-  const int64_t n_tiles = grid.row_blocks() * n_col_blocks;
-  if (n_tiles == 0) return;
   const int64_t ld = scores.stride(0);
   const scalar_t* data = scores.const_data_ptr<scalar_t>();
-  at::parallel_for(0, n_tiles, 1, [&](int64_t first, int64_t last) {
+  if (grid.tiles() == 0) return;
+  at::parallel_for(0, grid.tiles(), 1, [&](int64_t first, int64_t last) {
     for (int64_t t = first; t < last; ++t) {
       const int64_t row_block = t / n_col_blocks;
       const int64_t col_block = t % n_col_blocks;
-      const detail::TileBounds b = detail::tile_bounds(grid, row_block, col_block);
+      const TileBounds b = tile_bounds(grid, row_block, col_block);
       epilogue(ScoreTile<scalar_t>{data + b.row0 * ld + b.col0, ld, b.row0, b.rows, row_block,
                                    b.col0, b.cols, col_block});
     }

@@ -1,5 +1,5 @@
-// Per-element math of the jWAE terms, shared by the CPU (csrc/wae.cpp) and CUDA
-// (csrc/cuda/wae.cu) kernels so both backends evaluate exactly the same formulas.
+// Per-element math of the jWAE terms, shared by the CPU (csrc/wae_backend.cpp) and CUDA
+// (csrc/cuda/wae_backend.cu) element kernels so both backends evaluate exactly the same formulas.
 #pragma once
 
 #include <c10/macros/Macros.h>

@@ -1,182 +1,531 @@
-"""R@K tables and the COCO protocols: hand-made cases with known answers, and VSE++ itself."""
+"""Retrieval ranks, thresholds, counts and top-k against the full-matrix references."""
 
 from __future__ import annotations
 
-import numpy
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
-from jwae_ext import retrieval
+from jwae_ext import ops
+from jwae_ext.reference import retrieval as reference
 
-# ---- VSE++'s evaluation, transcribed ------------------------------------------------------------
-# i2t / t2i of VSE++ (Faghri et al., evaluation.py, Apache-2.0), dot-product measure, kept as
-# written: images come repeated once per caption (5 per image), captions 5 per image in order.
-
-
-def vsepp_i2t(images, captions):
-    npts = images.shape[0] // 5
-    ranks = numpy.zeros(npts)
-    for index in range(npts):
-        im = images[5 * index].reshape(1, images.shape[1])
-        d = numpy.dot(im, captions.T).flatten()
-        inds = numpy.argsort(d)[::-1]
-        rank = 1e20
-        for i in range(5 * index, 5 * index + 5, 1):
-            tmp = numpy.where(inds == i)[0][0]
-            if tmp < rank:
-                rank = tmp
-        ranks[index] = rank
-    return _vsepp_metrics(ranks)
+# ---- inputs -------------------------------------------------------------------------------------
 
 
-def vsepp_t2i(images, captions):
-    npts = images.shape[0] // 5
-    ims = numpy.array([images[i] for i in range(0, len(images), 5)])
-    ranks = numpy.zeros(5 * npts)
-    for index in range(npts):
-        queries = captions[5 * index : 5 * index + 5]
-        d = numpy.dot(queries, ims.T)
-        inds = numpy.zeros(d.shape)
-        for i in range(len(inds)):
-            inds[i] = numpy.argsort(d[i])[::-1]
-            ranks[5 * index + i] = numpy.where(inds[i] == index)[0][0]
-    return _vsepp_metrics(ranks)
+def caption_owners(counts: list[int], shuffle: bool, generator: torch.Generator) -> torch.Tensor:
+    """cap_to_img for images with counts[i] captions each, grouped (COCO order) or shuffled."""
+    owners = torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(counts))
+    return owners[torch.randperm(len(owners), generator=generator)] if shuffle else owners
 
 
-def _vsepp_metrics(ranks):
-    r1 = 100.0 * len(numpy.where(ranks < 1)[0]) / len(ranks)
-    r5 = 100.0 * len(numpy.where(ranks < 5)[0]) / len(ranks)
-    r10 = 100.0 * len(numpy.where(ranks < 10)[0]) / len(ranks)
-    medr = numpy.floor(numpy.median(ranks)) + 1
-    meanr = ranks.mean() + 1
-    return (r1, r5, r10, medr, meanr)
+def embeddings(rows: int, d: int, integer: bool, generator: torch.Generator, dtype=None):
+    """Random float64 rows (tie-free scores), or small integers in float32 (many exact ties; every
+    dot product is exact whatever the summation order, so every path computes the same scores)."""
+    if integer:
+        return torch.randint(-2, 3, (rows, d), generator=generator).to(dtype or torch.float32)
+    return torch.randn(rows, d, generator=generator, dtype=dtype or torch.float64)
 
 
-def _as_tuple(table):
-    return tuple(table[key] for key in ("r1", "r5", "r10", "medr", "meanr"))
-
-
-def _coco_like(n_images: int, d: int, seed: int):
-    """Tie-free float64 embeddings, 5 captions per image in order; captions near their image."""
+@st.composite
+def retrieval_cases(draw, max_images: int = 200, max_dim: int = 300):
+    seed = draw(st.integers(0, 2**31 - 1))
+    n_images = draw(st.integers(1, max_images))
+    if draw(st.booleans()):
+        counts = [draw(st.integers(1, 7))] * n_images
+    else:
+        counts = draw(st.lists(st.integers(1, 7), min_size=n_images, max_size=n_images))
+    d = draw(st.integers(1, max_dim))
+    integer = draw(st.booleans())
+    shuffle = draw(st.booleans())
     g = torch.Generator().manual_seed(seed)
-    img = torch.randn(n_images, d, generator=g, dtype=torch.float64)
-    cap = img.repeat_interleave(5, dim=0) + 1.5 * torch.randn(
-        5 * n_images, d, generator=g, dtype=torch.float64
-    )
-    return img, cap, torch.arange(5 * n_images) // 5
-
-
-def test_full_protocol_equals_vsepp():
-    img, cap, cap_to_img = _coco_like(300, 16, seed=0)
-    result = retrieval.evaluate(img, cap, cap_to_img)
-    images = img.repeat_interleave(5, dim=0).numpy()
-    assert _as_tuple(result["i2t"]) == vsepp_i2t(images, cap.numpy())
-    assert _as_tuple(result["t2i"]) == vsepp_t2i(images, cap.numpy())
-    assert 0 < result["i2t"]["r1"] < 100  # a case that discriminates
-    recalls = ("r1", "r5", "r10")
-    assert result["rsum"] == sum(result[d][r] for d in ("i2t", "t2i") for r in recalls)
-
-
-def test_1k_protocol_equals_vsepp_fold5():
-    img, cap, cap_to_img = _coco_like(5000, 8, seed=1)
-    images = img.repeat_interleave(5, dim=0).numpy()
-    captions = cap.numpy()
-    folds = [
-        (
-            vsepp_i2t(images[i * 5000 : (i + 1) * 5000], captions[i * 5000 : (i + 1) * 5000]),
-            vsepp_t2i(images[i * 5000 : (i + 1) * 5000], captions[i * 5000 : (i + 1) * 5000]),
-        )
-        for i in range(5)
-    ]
-    # VSE++ averages each metric over the folds, and the per-fold rsum
-    i2t_mean = tuple(numpy.array([f[0] for f in folds]).mean(axis=0))
-    t2i_mean = tuple(numpy.array([f[1] for f in folds]).mean(axis=0))
-    rsum = numpy.mean([sum(f[0][:3]) + sum(f[1][:3]) for f in folds])
-    result = retrieval.evaluate(img, cap, cap_to_img, protocol="1k")
-    numpy.testing.assert_allclose(_as_tuple(result["i2t"]), i2t_mean, rtol=1e-12)
-    numpy.testing.assert_allclose(_as_tuple(result["t2i"]), t2i_mean, rtol=1e-12)
-    assert result["rsum"] == pytest.approx(rsum, rel=1e-12)
-
-
-def _fold_case(shuffle: bool):
-    """COCO-5K-shaped case with known answers. Images of fold f are all e_f, their captions e_f,
-    except caption 0 of image 0 (fold 0): 2 * (e_0 + ... + e_4), which scores 2 against every
-    image while every own score is 1 and other folds score 0."""
-    eye = torch.eye(5)
-    img = eye.repeat_interleave(1000, dim=0)
-    cap_to_img = torch.arange(25000) // 5
-    cap = img[cap_to_img].clone()
-    cap[0] = 2.0
-    if shuffle:
-        order = torch.randperm(25000, generator=torch.Generator().manual_seed(2))
-        cap, cap_to_img = cap[order], cap_to_img[order]
+    cap_to_img = caption_owners(counts, shuffle, g)
+    img = embeddings(n_images, d, integer, g)
+    cap = embeddings(len(cap_to_img), d, integer, g)
+    # Exact duplicates (another image's caption, an image twice) tie in exact arithmetic; only
+    # integer-valued scores are exact on every path (a small float GEMM may round two identical
+    # columns differently, the reference's included).
+    if integer and draw(st.booleans()):
+        j = torch.randint(0, len(cap), (max(1, len(cap) // 10),), generator=g)
+        cap[j] = cap[torch.randint(0, len(cap), (len(j),), generator=g)]
+        img[-1] = img[0]
     return img, cap, cap_to_img
 
 
+# ---- retrieval_ranks ----------------------------------------------------------------------------
+
+
+@given(retrieval_cases())
+def test_ranks_equal_the_vsepp_procedure(case):
+    img, cap, cap_to_img = case
+    i2t, t2i = ops.retrieval_ranks(img, cap, cap_to_img)
+    ref_i2t, ref_t2i = reference.retrieval_ranks(img, cap, cap_to_img)
+    assert i2t.dtype == t2i.dtype == torch.int64
+    assert torch.equal(i2t, ref_i2t)
+    assert torch.equal(t2i, ref_t2i)
+
+
 @pytest.mark.parametrize("shuffle", [False, True])
-def test_protocols_on_a_known_case(shuffle):
-    img, cap, cap_to_img = _fold_case(shuffle)
-    # 5K: every image but image 0 has the super caption (another image's) above: i2t rank 1.
-    # t2i: own image scores 1, its fold's images tie (not above), others 0: rank 0; the super
-    # caption's own image scores 2 like every other image: rank 0.
-    five_k = retrieval.evaluate(img, cap, cap_to_img, protocol="5k")
-    assert five_k["i2t"] == pytest.approx(
-        {"r1": 100 / 5000, "r5": 100.0, "r10": 100.0, "medr": 2.0, "meanr": 1 + 4999 / 5000}
+@pytest.mark.parametrize("integer", [False, True])
+def test_ranks_across_many_tiles(shuffle, integer):
+    # 600 x 3100 spans 3 x 4 tiles of 256 x 1024, with partial tiles on both edges.
+    g = torch.Generator().manual_seed(1)
+    cap_to_img = caption_owners([5] * 500 + [6] * 100, shuffle, g)
+    img = embeddings(600, 24, integer, g)
+    cap = embeddings(len(cap_to_img), 24, integer, g)
+    for got, want in zip(
+        ops.retrieval_ranks(img, cap, cap_to_img),
+        reference.retrieval_ranks(img, cap, cap_to_img),
+        strict=True,
+    ):
+        assert torch.equal(got, want)
+
+
+def test_duplicate_captions_tie_in_fp32():
+    # Copies tie exactly in exact arithmetic. The ranks count those ties in the query's favour
+    # although the copies and the own scores sit in different GEMM tiles (thresholds come from
+    # the tiles themselves): the duplicated image and the original rank alike, as do the copied
+    # captions, and all equal the reference's.
+    g = torch.Generator().manual_seed(2)
+    cap_to_img = torch.arange(3000) // 5
+    img = torch.randn(600, 64, generator=g)
+    cap = torch.randn(3000, 64, generator=g)
+    cap[2995:] = cap[:5]  # image 599's captions copy image 0's
+    img[599] = img[0]
+    i2t, t2i = ops.retrieval_ranks(img, cap, cap_to_img)
+    assert i2t[0] == i2t[599]
+    assert torch.equal(t2i[:5], t2i[2995:])
+    ref_i2t, ref_t2i = reference.retrieval_ranks(img, cap, cap_to_img)
+    assert torch.equal(i2t, ref_i2t) and torch.equal(t2i, ref_t2i)
+
+
+def test_ties_count_in_favour_of_the_query():
+    # Every score is equal: nothing scores strictly higher, every rank is 0.
+    img = torch.ones(4, 3)
+    cap = torch.ones(9, 3)
+    cap_to_img = torch.tensor([0, 0, 1, 1, 1, 2, 3, 3, 3])
+    i2t, t2i = ops.retrieval_ranks(img, cap, cap_to_img)
+    assert torch.equal(i2t, torch.zeros(4, dtype=torch.int64))
+    assert torch.equal(t2i, torch.zeros(9, dtype=torch.int64))
+
+
+def test_ranks_on_a_hand_made_case():
+    img = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    cap = torch.tensor([[2.0, 0.0], [0.0, 1.0], [3.0, 3.0], [1.0, 0.0]])
+    cap_to_img = torch.tensor([1, 0, 2, 2])
+    # S = [[2, 0, 3, 1], [0, 1, 3, 0], [2, 1, 6, 1]]
+    i2t, t2i = ops.retrieval_ranks(img, cap, cap_to_img)
+    # image 0: own {1}: best 0 -> captions 0, 2, 3 above -> 3; image 1: own {0}: best 0 ->
+    # captions 1 and 2 (other images) above -> 2; image 2: own {2, 3}: best 6 -> 0.
+    assert i2t.tolist() == [3, 2, 0]
+    # caption 0 (image 1, S=0): images 0 and 2 above -> 2; caption 1 (image 0, S=0): 1 and 2 -> 2;
+    # caption 2 (image 2, S=6): 0; caption 3 (image 2, S=1): image 0 ties (not above) -> 0.
+    assert t2i.tolist() == [2, 2, 0, 0]
+
+
+def test_ranks_do_not_depend_on_the_thread_count():
+    g = torch.Generator().manual_seed(3)
+    cap_to_img = caption_owners([5] * 700, True, g)
+    img = torch.randn(700, 48, generator=g)
+    cap = torch.randn(len(cap_to_img), 48, generator=g)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        single = ops.retrieval_ranks(img, cap, cap_to_img)
+    finally:
+        torch.set_num_threads(threads)
+    for got, want in zip(ops.retrieval_ranks(img, cap, cap_to_img), single, strict=True):
+        assert torch.equal(got, want)
+
+
+def test_non_contiguous_inputs():
+    g = torch.Generator().manual_seed(4)
+    img = torch.randn(40, 16, generator=g, dtype=torch.float64)
+    cap = torch.randn(120, 16, generator=g, dtype=torch.float64)
+    cap_to_img = torch.arange(120) // 3
+    expected = ops.retrieval_ranks(img, cap, cap_to_img)
+    img_t = img.T.contiguous().T  # transposed storage
+    cap_sliced = torch.stack([cap, torch.zeros_like(cap)], dim=-1)[..., 0]  # column stride 2
+    owners_sliced = torch.stack([cap_to_img, cap_to_img], dim=1)[:, 0]  # stride 2
+    got = ops.retrieval_ranks(img_t, cap_sliced, owners_sliced)
+    assert not img_t.is_contiguous() and not cap_sliced.is_contiguous()
+    for a, b in zip(got, expected, strict=True):
+        assert torch.equal(a, b)
+    # expanded (stride-0) inputs: one image, every caption its own
+    one = img[:1].expand(1, 16)
+    i2t, t2i = ops.retrieval_ranks(one, cap, torch.zeros(1, dtype=torch.int64).expand(120))
+    assert i2t.tolist() == [0] and t2i.tolist() == [0] * 120
+
+
+def test_inputs_that_require_grad_give_plain_ranks():
+    img = torch.randn(5, 3, requires_grad=True)
+    cap = torch.randn(10, 3, requires_grad=True)
+    cap_to_img = torch.arange(10) // 2
+    for out in (
+        *ops.retrieval_ranks(img, cap, cap_to_img),
+        *ops.retrieval_thresholds(img, cap, cap_to_img),
+    ):
+        assert not out.requires_grad
+
+
+# ---- retrieval_thresholds and retrieval_count_above ---------------------------------------------
+
+
+@given(retrieval_cases(max_images=60, max_dim=40))
+def test_thresholds_and_counts_equal_the_reference(case):
+    img, cap, cap_to_img = case
+    img, cap = img.float().round(), cap.float().round()  # exact scores on every path
+    thresholds = ops.retrieval_thresholds(img, cap, cap_to_img)
+    for got, want in zip(
+        thresholds, reference.retrieval_thresholds(img, cap, cap_to_img), strict=True
+    ):
+        assert torch.equal(got, want)
+    # external thresholds: the own ones shifted to land on, between and beside the scores
+    img_thr = thresholds[0] + torch.randint(-2, 3, thresholds[0].shape).float() * 0.5
+    cap_thr = thresholds[1] + torch.randint(-2, 3, thresholds[1].shape).float() * 0.5
+    for got, want in zip(
+        ops.retrieval_count_above(img, cap, cap_to_img, img_thr, cap_thr),
+        reference.retrieval_count_above(img, cap, cap_to_img, img_thr, cap_thr),
+        strict=True,
+    ):
+        assert torch.equal(got, want)
+
+
+def test_ranks_are_counts_above_the_thresholds():
+    g = torch.Generator().manual_seed(5)
+    cap_to_img = torch.arange(2600) // 5
+    img = torch.randn(520, 32, generator=g)
+    cap = torch.randn(2600, 32, generator=g)
+    thresholds = ops.retrieval_thresholds(img, cap, cap_to_img)
+    counts = ops.retrieval_count_above(img, cap, cap_to_img, *thresholds)
+    for got, want in zip(counts, ops.retrieval_ranks(img, cap, cap_to_img), strict=True):
+        assert torch.equal(got, want)
+
+
+def test_sharded_gallery_sums_to_the_ranks():
+    # Captions split in two shards: best own scores reduce with max, counts with sum.
+    g = torch.Generator().manual_seed(6)
+    cap_to_img = caption_owners([1, 3, 5, 2] * 30, True, g)
+    img = embeddings(120, 6, True, g)
+    cap = embeddings(len(cap_to_img), 6, True, g)
+    shards = torch.arange(len(cap)).chunk(2)
+    per_shard = [ops.retrieval_thresholds(img, cap[s], cap_to_img[s]) for s in shards]
+    img_thr = torch.maximum(per_shard[0][0], per_shard[1][0])
+    counts = [
+        ops.retrieval_count_above(img, cap[s], cap_to_img[s], img_thr, thr[1])
+        for s, thr in zip(shards, per_shard, strict=True)
+    ]
+    i2t, t2i = ops.retrieval_ranks(img, cap, cap_to_img)
+    assert torch.equal(counts[0][0] + counts[1][0], i2t)
+    assert torch.equal(torch.cat([counts[0][1], counts[1][1]]), t2i)
+
+
+def test_image_thresholds_without_captions_are_minus_infinity():
+    img = torch.eye(3)
+    cap = torch.eye(3)[:2]
+    img_thr, cap_thr = ops.retrieval_thresholds(img, cap, torch.tensor([0, 0]))
+    assert img_thr.tolist() == [1.0, float("-inf"), float("-inf")]
+    assert cap_thr.tolist() == [1.0, 0.0]
+
+
+def test_count_above_skips_captions_of_absent_images():
+    img = torch.tensor([[1.0], [2.0]])
+    cap = torch.tensor([[1.0], [3.0], [5.0]])
+    cap_to_img = torch.tensor([0, -1, 1])  # caption 1 belongs to an image of another shard
+    img_counts, cap_counts = ops.retrieval_count_above(
+        img, cap, cap_to_img, torch.tensor([2.0, 2.0]), torch.tensor([0.0, 2.0, 0.0])
     )
-    assert five_k["t2i"] == {"r1": 100.0, "r5": 100.0, "r10": 100.0, "medr": 1.0, "meanr": 1.0}
-    assert five_k["rsum"] == pytest.approx(100 / 5000 + 500)
-    assert retrieval.evaluate(img, cap, cap_to_img, protocol="full") == five_k
-    # 1K: only fold 0 holds the super caption: R@1 is 0.1% there and 100% in folds 1-4.
-    one_k = retrieval.evaluate(img, cap, cap_to_img, protocol="1k")
-    assert one_k["i2t"]["r1"] == pytest.approx((0.1 + 4 * 100) / 5)
-    assert one_k["i2t"]["medr"] == pytest.approx((2 + 4 * 1) / 5)
-    assert one_k["i2t"]["meanr"] == pytest.approx((1 + 999 / 1000 + 4 * 1) / 5)
-    assert one_k["t2i"]["r1"] == 100.0
-    assert one_k["rsum"] == pytest.approx((0.1 + 4 * 100) / 5 + 500)
+    # S = [[1, 3, 5], [2, 6, 10]]
+    assert img_counts.tolist() == [2, 1]  # image 0: 3, 5 (not its own 1); image 1: 6 (not 10)
+    assert cap_counts.tolist() == [1, 2, 1]  # caption 0: image 1 only; caption 1: both
 
 
-def test_recall_table_known_answers():
-    table = retrieval.recall_table(torch.tensor([0, 0, 1, 4, 5, 9, 10, 100]))
-    assert table["r1"] == 25.0
-    assert table["r5"] == 50.0
-    assert table["r10"] == 75.0
-    assert table["medr"] == 5.0  # median (4 + 5) / 2 = 4.5 -> floor 4, + 1
-    assert table["meanr"] == (129 / 8) + 1
-    assert retrieval.recall_table(torch.tensor([7]))["medr"] == 8.0
+# ---- topk_search --------------------------------------------------------------------------------
 
 
-def test_recall_table_equals_vsepp_metrics():
-    ranks = torch.randint(0, 50, (1001,), generator=torch.Generator().manual_seed(3))
-    assert _as_tuple(retrieval.recall_table(ranks)) == _vsepp_metrics(ranks.numpy().astype(float))
+@st.composite
+def topk_cases(draw):
+    seed = draw(st.integers(0, 2**31 - 1))
+    n_queries = draw(st.integers(1, 40))
+    n_gallery = draw(st.integers(1, 2500))
+    k = draw(st.integers(1, min(n_gallery, 1100)))
+    d = draw(st.integers(1, 64))
+    integer = draw(st.booleans())
+    g = torch.Generator().manual_seed(seed)
+    return (
+        embeddings(n_queries, d, integer, g),
+        embeddings(n_gallery, d, integer, g),
+        k,
+    )
+
+
+@given(topk_cases())
+def test_topk_equals_a_stable_sort(case):
+    queries, gallery, k = case
+    scores, indices = ops.topk_search(queries, gallery, k)
+    ref_scores, ref_indices = reference.topk_search(queries, gallery, k)
+    assert scores.shape == indices.shape == (queries.shape[0], k)
+    assert torch.equal(indices, ref_indices)
+    torch.testing.assert_close(scores, ref_scores, rtol=1e-12, atol=1e-12)
+
+
+def test_topk_breaks_ties_by_lower_index_across_tiles():
+    gallery = torch.zeros(5000, 2)
+    gallery[::7, 0] = 1.0  # 715 equal best scores spread over five 1024-wide tiles
+    queries = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    scores, indices = ops.topk_search(queries, gallery, 1024)
+    assert indices[0, :715].tolist() == list(range(0, 5000, 7))
+    assert indices[0, 715:].tolist() == [i for i in range(5000) if i % 7][: 1024 - 715]
+    assert indices[1].tolist() == list(range(1024))  # all scores 0: the lowest indices
+    assert scores[0, :715].eq(1).all() and scores[0, 715:].eq(0).all()
+
+
+def _in_torch_sort_order(scores: torch.Tensor, indices: torch.Tensor) -> bool:
+    """Per row: NaN first, then descending, ties by lower index (torch.sort's stable order)."""
+    key = torch.where(scores.isnan(), torch.inf, scores)
+    nan = scores.isnan()
+    for row in range(scores.shape[0]):
+        for a, b in zip(range(scores.shape[1] - 1), range(1, scores.shape[1]), strict=True):
+            if nan[row, b] and not nan[row, a]:
+                return False
+            same = (nan[row, a] and nan[row, b]) or (not nan[row, a] and key[row, a] == key[row, b])
+            if key[row, a] < key[row, b] or (same and indices[row, a] > indices[row, b]):
+                return False
+    return True
+
+
+@pytest.mark.parametrize("k", [1, 5, 40])
+def test_topk_of_overflowing_scores(k):
+    # Finite embeddings whose scores overflow to +inf, -inf or NaN (inf - inf, where the GEMM's
+    # summation order decides: a tile's GEMM and the full one may differ there). Every slot must
+    # still be a distinct gallery item in torch.sort's order, the same for any thread count, and
+    # rows without NaN must equal the reference.
+    g = torch.Generator().manual_seed(3)
+    gallery = torch.randn(3000, 2, generator=g, dtype=torch.float64)
+    gallery[0::4] = torch.tensor([1e300, -1e300], dtype=torch.float64)
+    gallery[1::4] = torch.tensor([1e300, 1e300], dtype=torch.float64)
+    gallery[2::4] = torch.tensor([-1e300, -1e300], dtype=torch.float64)
+    queries = torch.tensor(
+        [[1e10, 1e10], [1e10, -1e10], [-1e10, 0.0], [0.0, 0.0]], dtype=torch.float64
+    )
+    previous = torch.get_num_threads()
+    try:
+        results = []
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            results.append(ops.topk_search(queries, gallery, k))
+    finally:
+        torch.set_num_threads(previous)
+    (scores, indices), (scores2, indices2) = results
+    assert torch.equal(indices, indices2)
+    torch.testing.assert_close(scores, scores2, equal_nan=True, rtol=0, atol=0)
+    assert indices.min() >= 0 and indices.max() < len(gallery)
+    assert all(len(set(row)) == k for row in indices.tolist())
+    assert _in_torch_sort_order(scores, indices)
+    ref_scores, ref_indices = reference.topk_search(queries[2:], gallery, k)
+    assert ref_scores[0].isinf().all()  # query 2 meets +inf and -inf scores, never NaN
+    assert torch.equal(indices[2:], ref_indices)
+    assert torch.equal(scores[2:], ref_scores)
+
+
+@pytest.mark.parametrize("k", [1, 3, 7])
+def test_topk_ranks_nan_scores_first_like_torch_sort(k):
+    big = 1e300
+    gallery = torch.tensor(
+        [[big, -big], [1, 2], [big, big], [-big, -big], [3, 1], [big, -big], [0, 0]],
+        dtype=torch.float64,
+    )
+    queries = torch.tensor([[1e10, 1e10], [1e10, -1e10], [0, 1]], dtype=torch.float64)
+    ref_scores, ref_indices = reference.topk_search(queries, gallery, k)
+    assert ref_scores[:2, 0].isnan().all()  # inf - inf: this is what the NaN case is about
+    scores, indices = ops.topk_search(queries, gallery, k)
+    assert torch.equal(indices, ref_indices)
+    torch.testing.assert_close(scores, ref_scores, equal_nan=True, rtol=0, atol=0)
+
+
+def test_topk_when_every_score_is_minus_infinity():
+    gallery = torch.full((50, 1), -1e300, dtype=torch.float64)
+    scores, indices = ops.topk_search(torch.tensor([[1e300]], dtype=torch.float64), gallery, 50)
+    assert indices.tolist() == [list(range(50))]
+    assert scores.eq(-torch.inf).all()
+
+
+def test_topk_gradients():
+    g = torch.Generator().manual_seed(7)
+    queries = torch.randn(4, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    gallery = torch.randn(30, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda q, g: ops.topk_search(q, g, 7)[0], (queries, gallery))
+
+
+# ---- operator registration ----------------------------------------------------------------------
+
+
+def _opcheck_cases():
+    g = torch.Generator().manual_seed(8)
+    img = torch.randn(6, 4, generator=g)
+    cap = torch.randn(13, 4, generator=g)
+    cap_to_img = torch.tensor([0, 1, 2, 3, 4, 5, 0, 1, 2, 3, 4, 5, 5])
+    img_thr, cap_thr = ops.retrieval_thresholds(img, cap, cap_to_img)
+    return [
+        ("retrieval_ranks", (img, cap, cap_to_img)),
+        ("retrieval_thresholds", (img, cap, cap_to_img)),
+        ("retrieval_count_above", (img, cap, cap_to_img, img_thr, cap_thr)),
+        ("topk_search", (img, cap, 5)),
+        ("topk_search", (img.double().requires_grad_(), cap.double().requires_grad_(), 13)),
+    ]
+
+
+@pytest.mark.parametrize(("name", "args"), _opcheck_cases())
+def test_opcheck(name, args):
+    torch.library.opcheck(getattr(torch.ops.jwae_ext, name).default, args)
+
+
+# ---- bad input ----------------------------------------------------------------------------------
+
+
+def _valid():
+    return torch.randn(4, 3), torch.randn(8, 3), torch.arange(8) // 2
 
 
 @pytest.mark.parametrize(
-    ("ranks", "error", "message"),
+    ("change", "error", "message"),
     [
-        (torch.tensor([]), ValueError, "non-empty 1-D"),
-        (torch.zeros(2, 2, dtype=torch.int64), ValueError, "non-empty 1-D"),
-        (torch.tensor([0.0, 1.0]), TypeError, "integer tensor"),
-        ([0, 1], TypeError, "torch.Tensor"),
+        (lambda i, c, o: (i, c[:, :2], o), ValueError, "same embedding size"),
+        (lambda i, c, o: (i[0], c, o), ValueError, "'img_emb' must be a 2-D tensor"),
+        (lambda i, c, o: (i, c.double(), o), TypeError, "same dtype"),
+        (lambda i, c, o: (i.int(), c.int(), o), TypeError, "float32 or float64"),
+        (lambda i, c, o: (i.half(), c.half(), o), TypeError, "float16/bfloat16 are CUDA-only"),
+        (lambda i, c, o: (i, c, o[:7]), ValueError, "'cap_to_img' must have 8 entries"),
+        (lambda i, c, o: (i, c, o.int()), TypeError, "'cap_to_img' must be int64"),
+        (lambda i, c, o: (i, c, o.float()), TypeError, "'cap_to_img' must be int64"),
+        (lambda i, c, o: (i, c, o[:, None]), ValueError, "'cap_to_img' must be a 1-D"),
+        (lambda i, c, o: (i, c, o + 1), ValueError, r"image ids in \[0, 4\)"),
+        (lambda i, c, o: (i, c, o - 1), ValueError, r"image ids in \[0, 4\)"),
+        (lambda i, c, o: (i, c, o.clamp(max=2)), ValueError, "the first is image 3"),
+        (lambda i, c, o: (i[:0], c, o), ValueError, "'img_emb' must not be empty"),
+        (lambda i, c, o: (i, c[:0], o[:0]), ValueError, "'cap_emb' must not be empty"),
+        (lambda i, c, o: (i[:, :0], c[:, :0], o), ValueError, "must not be empty"),
+        (
+            lambda i, c, o: (i.index_fill(0, torch.tensor([1]), float("nan")), c, o),
+            ValueError,
+            "finite",
+        ),
+        (
+            lambda i, c, o: (i, c.index_fill(0, torch.tensor([1]), float("inf")), o),
+            ValueError,
+            "finite",
+        ),
+        (lambda i, c, o: (i.numpy(), c, o), TypeError, "must be a torch.Tensor"),
     ],
 )
-def test_bad_ranks(ranks, error, message):
+def test_bad_retrieval_input(change, error, message):
     with pytest.raises(error, match=message):
-        retrieval.recall_table(ranks)
+        ops.retrieval_ranks(*change(*_valid()))
 
 
-def test_bad_protocol_input():
-    img, cap, cap_to_img = _coco_like(10, 4, seed=4)
-    with pytest.raises(ValueError, match="'protocol' must be one of"):
-        retrieval.evaluate(img, cap, cap_to_img, protocol="10k")
-    for protocol in ("1k", "5k"):
-        with pytest.raises(ValueError, match="must have 5000 rows"):
-            retrieval.evaluate(img, cap, cap_to_img, protocol=protocol)
-    img, cap, cap_to_img = _fold_case(shuffle=False)
-    with pytest.raises(ValueError, match=r"image ids in \[0, 5000\)"):
-        retrieval.evaluate(img, cap, cap_to_img + 1, protocol="1k")
-    with pytest.raises(ValueError, match="one entry per row of 'cap_emb'"):
-        retrieval.evaluate(img, cap[:-1], cap_to_img, protocol="1k")
-    with pytest.raises(TypeError, match="1-D int64"):
-        retrieval.evaluate(img, cap, cap_to_img.int(), protocol="1k")
-    with pytest.raises(ValueError, match="the first is image 4999"):
-        retrieval.evaluate(img, cap[:-5], cap_to_img[:-5], protocol="1k")
+@pytest.mark.parametrize(
+    ("change", "error", "message"),
+    [
+        (lambda it, ct: (it[:3], ct), ValueError, "'img_thresholds' must have 4 entries"),
+        (lambda it, ct: (it, ct[:, None]), ValueError, "'cap_thresholds' must be a 1-D"),
+        (lambda it, ct: (it.double(), ct), TypeError, "score dtype"),
+        (lambda it, ct: (it, ct.fill_(float("nan"))), ValueError, "must not hold NaN"),
+    ],
+)
+def test_bad_thresholds(change, error, message):
+    img, cap, owners = _valid()
+    thresholds = ops.retrieval_thresholds(img, cap, owners)
+    with pytest.raises(error, match=message):
+        ops.retrieval_count_above(img, cap, owners, *change(*thresholds))
+
+
+def test_count_above_takes_minus_one_but_nothing_lower():
+    img, cap, owners = _valid()
+    thresholds = ops.retrieval_thresholds(img, cap, owners)
+    with pytest.raises(ValueError, match=r"image ids in \[-1, 4\)"):
+        ops.retrieval_count_above(img, cap, owners - 2, *thresholds)
+
+
+@pytest.mark.parametrize(
+    ("k", "error", "message"),
+    [
+        (0, ValueError, r"'k' must be in \[1, 8\]"),
+        (-3, ValueError, r"'k' must be in \[1, 8\]"),
+        (9, ValueError, r"'k' must be in \[1, 8\]"),
+        (2.0, TypeError, "'k' must be an int"),
+        (True, TypeError, "'k' must be an int"),
+    ],
+)
+def test_bad_k(k, error, message):
+    img, cap, _ = _valid()
+    with pytest.raises(error, match=message):
+        ops.topk_search(img, cap, k)
+
+
+def test_bad_topk_embeddings():
+    img, cap, _ = _valid()
+    with pytest.raises(ValueError, match="same embedding size"):
+        ops.topk_search(img, cap[:, :2], 1)
+    with pytest.raises(ValueError, match="'gallery' must not be empty"):
+        ops.topk_search(img, cap[:0], 1)
+
+
+# ---- CUDA against CPU ---------------------------------------------------------------------------
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_cuda_ranks_equal_cpu(dtype, shuffle):
+    # Small integers: every dtype holds them and every product sum exactly, so CPU fp32 is the
+    # exact answer; 1500 x 9000 spans several CUDA tiles.
+    g = torch.Generator().manual_seed(9)
+    cap_to_img = caption_owners([6] * 1500, shuffle, g)
+    img = embeddings(1500, 40, True, g)
+    cap = embeddings(len(cap_to_img), 40, True, g)
+    expected = ops.retrieval_ranks(img, cap, cap_to_img)
+    got = ops.retrieval_ranks(img.to("cuda", dtype), cap.to("cuda", dtype), cap_to_img.cuda())
+    for a, b in zip(got, expected, strict=True):
+        assert a.is_cuda and torch.equal(a.cpu(), b)
+    thresholds = ops.retrieval_thresholds(
+        img.to("cuda", dtype), cap.to("cuda", dtype), cap_to_img.cuda()
+    )
+    assert thresholds[0].dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+
+
+@pytest.mark.cuda
+def test_cuda_ranks_random_float64():
+    g = torch.Generator().manual_seed(10)
+    cap_to_img = caption_owners([5] * 1200, True, g)
+    img = torch.randn(1200, 32, generator=g, dtype=torch.float64)
+    cap = torch.randn(len(cap_to_img), 32, generator=g, dtype=torch.float64)
+    expected = ops.retrieval_ranks(img, cap, cap_to_img)
+    got = ops.retrieval_ranks(img.cuda(), cap.cuda(), cap_to_img.cuda())
+    for a, b in zip(got, expected, strict=True):
+        assert torch.equal(a.cpu(), b)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("k", [1, 10, 1024])
+def test_cuda_topk_equals_cpu(dtype, k):
+    g = torch.Generator().manual_seed(11)
+    queries = embeddings(300, 20, True, g)
+    gallery = embeddings(9000, 20, True, g)
+    scores, indices = ops.topk_search(queries.to("cuda", dtype), gallery.to("cuda", dtype), k)
+    ref_scores, ref_indices = ops.topk_search(queries, gallery, k)
+    assert scores.dtype == torch.float32
+    assert torch.equal(indices.cpu(), ref_indices) and torch.equal(scores.cpu(), ref_scores)
+
+
+@pytest.mark.cuda
+def test_cuda_opcheck_and_mixed_devices():
+    img, cap, owners = (t.cuda() for t in _valid())
+    torch.library.opcheck(torch.ops.jwae_ext.retrieval_ranks.default, (img, cap, owners))
+    torch.library.opcheck(torch.ops.jwae_ext.topk_search.default, (img, cap, 3))
+    with pytest.raises(ValueError, match="same device"):
+        ops.retrieval_ranks(img, cap.cpu(), owners)
+    with pytest.raises(ValueError, match="same device"):
+        ops.retrieval_ranks(img, cap, owners.cpu())
+    with pytest.raises(ValueError, match="same device"):
+        ops.topk_search(img.cpu(), cap, 2)

@@ -1,12 +1,33 @@
-// Block-wide reductions for the fused-loss kernels. The combination order depends only on
-// blockDim (warp shuffles, then warp results in warp order), so results are reproducible.
+// Block-wide reductions for every CUDA kernel (losses, hinge partials). The combination order
+// depends only on blockDim (warp shuffles, then warp results in warp order), so results are
+// reproducible.
 #pragma once
 
 #include <cuda_runtime.h>
 
+#include <cstring>
+#include <type_traits>
+
 namespace jwae {
 
 constexpr int kWarpSize = 32;
+
+// __shfl_down_sync for numbers and for small aggregates (a partial result: value and index),
+// the latter moved as 32-bit words.
+template <typename T>
+__device__ T shfl_down(T value, int offset) {
+  if constexpr (std::is_arithmetic_v<T>) {
+    return __shfl_down_sync(0xffffffffu, value, offset);
+  } else {
+    static_assert(sizeof(T) % sizeof(int) == 0 && std::is_trivially_copyable_v<T>,
+                  "shfl_down moves aggregates as whole 32-bit words");
+    int words[sizeof(T) / sizeof(int)];
+    memcpy(words, &value, sizeof(T));
+    for (int& word : words) word = __shfl_down_sync(0xffffffffu, word, offset);
+    memcpy(&value, words, sizeof(T));
+    return value;
+  }
+}
 
 // Reduces `value` over the block with the associative `op`; every thread gets the result.
 // blockDim.x must be a multiple of 32 and every thread of the block must call it.
@@ -14,7 +35,7 @@ template <typename T, typename Op>
 __device__ T block_reduce(T value, Op op) {
   __shared__ T warp_results[kWarpSize];
   for (int offset = kWarpSize / 2; offset > 0; offset /= 2) {
-    value = op(value, __shfl_down_sync(0xffffffffu, value, offset));
+    value = op(value, shfl_down(value, offset));
   }
   const int lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
   __syncthreads();  // the previous call's readers are done with warp_results
@@ -34,6 +55,16 @@ __device__ T block_reduce(T value, Op op) {
 struct SumOp {
   template <typename T>
   __device__ T operator()(T a, T b) const { return a + b; }
+};
+
+// For partial results with a merge() (csrc/mh_loss.h): any tree gives the same result where merge
+// is a total order (the hardest negative), a fixed one where it is a sum.
+struct MergeOp {
+  template <typename T>
+  __device__ T operator()(T a, const T& b) const {
+    a.merge(b);
+    return a;
+  }
 };
 
 struct MaxOp {

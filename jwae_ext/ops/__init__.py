@@ -1,20 +1,24 @@
 """The compiled operators, with autograd and fake (meta) kernels registered from Python.
 
-Each operator family has one module here, named like its C++ file in ``csrc/`` and its CUDA file
-in ``csrc/cuda/``; its pure-PyTorch reference lives under the same name in
-:mod:`jwae_ext.reference`.
+Each operator has one module here, named after it (``mh_loss`` and ``retrieval`` hold a family:
+``mh_loss_from_scores``; the ranks, thresholds, counts and top-k search). The same stem names its
+kernels (``csrc/STEM.cpp``, ``csrc/cuda/STEM.cu``), its pure-PyTorch reference
+(:mod:`jwae_ext.reference`), its tests (``python_tests/test_STEM.py``) and its benchmark
+(``benchmarks/bench_STEM.py``); see docs/design.md#where-an-operator-lives.
 """
 
 from jwae_ext import _C  # noqa: F401  (loading the library registers torch.ops.jwae_ext)
-from jwae_ext.ops.hinge import mh_loss, mh_loss_from_scores
-from jwae_ext.ops.linear_xent import linear_cross_entropy
-from jwae_ext.ops.ranking import (
+from jwae_ext.ops.discriminator_loss import discriminator_loss
+from jwae_ext.ops.linear_cross_entropy import linear_cross_entropy
+from jwae_ext.ops.mh_loss import mh_loss, mh_loss_from_scores
+from jwae_ext.ops.mmd_imq import mmd_imq
+from jwae_ext.ops.retrieval import (
     retrieval_count_above,
     retrieval_ranks,
     retrieval_thresholds,
     topk_search,
 )
-from jwae_ext.ops.wae import discriminator_loss, mmd_imq, wae_loss
+from jwae_ext.ops.wae_loss import wae_loss
 from jwae_ext.ops.xattn_scores import xattn_ranks, xattn_scores
 
 __all__ = [

@@ -1,18 +1,19 @@
-"""Backward of the operators that compute their gradients during the forward.
+"""Autograd for the operators that compute their gradients during the forward.
 
 The fused losses (linear cross-entropy with reduction sum/mean, ``wae_loss``,
 ``discriminator_loss``, ``mmd_imq``) return the gradients of their scalar output along with it,
-so their backward only scales those by the incoming gradient. When that is exactly 1 (a plain
-``loss.backward()``) the saved gradients are handed to autograd as they are, so no second copy
-of a vocabulary-sized gradient is made; otherwise they are scaled out of place, so a repeated
-backward (``retain_graph=True``, gradcheck, Jacobians) sees them unchanged.
+so their backward only scales those by the incoming gradient. The scaling is always done, out of
+place: reading the incoming gradient's value on the host to skip a multiplication by 1 would
+synchronise the GPU on every step, and a repeated backward (``retain_graph=True``, gradcheck,
+Jacobians) must see the saved gradients unchanged.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
+from torch.autograd.function import once_differentiable
 
 
 def save(ctx, grads: Sequence[torch.Tensor], computed: Sequence[bool]) -> None:
@@ -21,12 +22,12 @@ def save(ctx, grads: Sequence[torch.Tensor], computed: Sequence[bool]) -> None:
     ctx.computed = tuple(computed)
 
 
-def _is_one(grad_output: torch.Tensor) -> bool:
-    # While tracing (torch.compile, export, AOT autograd) the value is unknown and the tensor is a
-    # fake or functional subclass: always scale there, the graph must not bake in the branch.
-    if type(grad_output) is not torch.Tensor or torch.compiler.is_compiling():
-        return False
-    return grad_output.numel() == 1 and bool(grad_output == 1)
+def setup(ctx, non_differentiable: Sequence[torch.Tensor], grads, computed) -> None:
+    """``setup_context`` of such an operator: its extra outputs (terms, the gradients) get no
+    gradient, and none is materialised for them (no zero-filled V x H tensors in backward)."""
+    ctx.mark_non_differentiable(*non_differentiable, *grads)
+    ctx.set_materialize_grads(False)
+    save(ctx, grads, computed)
 
 
 def scaled(
@@ -40,7 +41,6 @@ def scaled(
     grads = ctx.saved_tensors
     if grad_output is None:  # nothing reached the value (gradients are not materialized)
         return [None] * len(needed)
-    unit = _is_one(grad_output)
     out: list[torch.Tensor | None] = []
     for index, (need, computed) in enumerate(zip(needed, ctx.computed, strict=True)):
         if need and not computed:
@@ -48,8 +48,28 @@ def scaled(
                 f"jwae_ext.{op}: input {index} needs a gradient but the forward was called with "
                 "grad_mask leaving it out; call the public jwae_ext.ops function instead"
             )
-        if not need:
-            out.append(None)
-        else:
-            out.append(grads[index] if unit else grads[index] * grad_output)
+        out.append(grads[index] * grad_output if need else None)
     return out
+
+
+def two_input_backward(op: str) -> Callable:
+    """The backward of an operator ``op(a, b, ..., grad_mask) -> (value, grad_a, grad_b)``."""
+
+    @once_differentiable
+    def backward(ctx, grad_value, *_unused):
+        needed = ctx.needs_input_grad[:2]
+        first, second = scaled(ctx, grad_value, needed, op)
+        return first, second, *([None] * (len(ctx.needs_input_grad) - 2))
+
+    return backward
+
+
+def setup_two_input_op(ctx, inputs, output) -> None:
+    """``setup_context`` of an operator ``op(a, b, ..., grad_mask) -> (value, grad_a, grad_b)``."""
+    _value, *grads = output
+    setup(ctx, (), grads, inputs[-1])
+
+
+def fake_grads(pairs: Iterable[tuple[torch.Tensor, bool]]) -> tuple[torch.Tensor, ...]:
+    """Gradient outputs of a fake kernel: like the input when asked for, else empty."""
+    return tuple(t.new_empty(t.shape if wanted else (0,)) for t, wanted in pairs)

@@ -1,0 +1,71 @@
+"""Max-of-hinges loss, forward + backward, d = 1024, fp32: ours (the fused tiled kernels), the
+VSE++ reference (full score matrix) and the bare GEMM (B x d) @ (d x B) that any implementation
+has to do, into a preallocated output (a fresh B x B output would time page faults), side by side
+(the summary prints the ratios).
+
+    python -m pytest benchmarks/bench_mh_loss.py                          # CPU, all sizes
+    JWAE_BENCH_DEVICE=cuda python -m pytest benchmarks/bench_mh_loss.py   # GPU
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import DEVICE, sizes
+
+from jwae_ext import ops, reference
+
+DIM = sizes([1024], [32])[0]
+BATCHES = sizes([128, 1024, 4096, 16384], [64, 300])
+SUM_BATCHES = sizes([1024, 4096], [300])  # sum of hinges (VSE0), informational
+IMPLS = {"ours": ops.mh_loss, "reference": reference.mh_loss}
+
+
+def _rounds(batch: int, impl: str) -> int:
+    """Few rounds where one call takes seconds (the CPU reference at B = 16384 needs GBs)."""
+    if DEVICE == "cuda":
+        return 3 if impl == "reference" and batch >= 16384 else 10
+    if batch >= 16384:
+        return 1
+    return 2 if batch >= 4096 and impl == "reference" else 3
+
+
+def _embeddings(batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Unit-norm embeddings (what the loss sees in training), leaves that require grad."""
+    gen = torch.Generator().manual_seed(batch)
+    img, txt = F.normalize(torch.randn(2, batch, DIM, generator=gen), dim=-1)
+    return img.to(DEVICE).requires_grad_(), txt.to(DEVICE).requires_grad_()
+
+
+def _forward_backward(loss_fn, img, txt, **kwargs):
+    def run():
+        loss = loss_fn(img, txt, **kwargs)
+        return torch.autograd.grad(loss, (img, txt))
+
+    return run
+
+
+def _gemm(img, txt):
+    a, b = img.detach(), txt.detach()
+    out = a.new_empty((a.shape[0], b.shape[0]))
+    return lambda: torch.mm(a, b.t(), out=out)
+
+
+def _measure(measure, case, impl, batch, **kwargs):
+    img, txt = _embeddings(batch)
+    fn = _gemm(img, txt) if impl == "gemm" else _forward_backward(IMPLS[impl], img, txt, **kwargs)
+    measure(case, impl, fn, rounds=_rounds(batch, impl))
+
+
+@pytest.mark.parametrize("impl", ["ours", "reference", "gemm"])
+@pytest.mark.parametrize("batch", BATCHES)
+def test_mh_loss_max_violation(measure, batch, impl):
+    _measure(measure, f"mh_loss hardest fwd+bwd B={batch} d={DIM}", impl, batch)
+
+
+@pytest.mark.parametrize("impl", ["ours", "reference", "gemm"])
+@pytest.mark.parametrize("batch", SUM_BATCHES)
+def test_mh_loss_sum_of_hinges(measure, batch, impl):
+    case = f"mh_loss sum fwd+bwd B={batch} d={DIM}"
+    _measure(measure, case, impl, batch, max_violation=False)
