@@ -17,6 +17,7 @@
 #include "checks.h"
 #include "ordered_sum.h"
 #include "single_threaded_blas.h"
+#include "tile_grid.h"
 
 namespace jwae {
 
@@ -225,30 +226,27 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_cross_entropy_backward_op(
 
 namespace {
 
-// Rows of `out` per block of gemm_cpu: fixed, so the blocks, and with them the bits, do not depend
-// on the thread count.
-constexpr int64_t kGemmBlockRows = 128;
-
-// out (+)= a @ b as row blocks of `out`, spread over threads, each one single-threaded BLAS call
-// over the whole inner dimension. Why not one multi-threaded GEMM: MKL picks its algorithm, and
-// so the summation order, by the thread count, and the loss and gradients must not change with
-// torch.set_num_threads (measured: d hidden differed in the last bit between 1 and 2 threads).
+// out (+)= a @ b in output tiles of a fixed grid (tile_grid.h), spread over threads, each one
+// single-threaded BLAS call over the whole inner dimension. Why not one multi-threaded GEMM: MKL
+// picks its algorithm, and so the summation order, by the thread count, and the loss and gradients
+// must not change with torch.set_num_threads (measured: d hidden differed in the last bit between
+// 1 and 2 threads). The grid, not the thread count, fixes every tile's GEMM.
 void gemm_cpu(const at::Tensor& a, const at::Tensor& b, const at::Tensor& out, bool accumulate) {
-  const int64_t rows = a.size(0);
-  const int64_t blocks = (rows + kGemmBlockRows - 1) / kGemmBlockRows;
-  at::parallel_for(0, blocks, 1, [&](int64_t first, int64_t last) {
+  const TileGrid grid{out.size(0), out.size(1)};
+  at::parallel_for(0, grid.tiles(), 1, [&](int64_t first, int64_t last) {
     const SingleThreadedBlas blas;
     // Below autograd on worker threads too (the dispatcher's guard is per thread): inputs that
     // require grad must not make the out= and in-place variants refuse to run.
     at::AutoDispatchBelowADInplaceOrView below_autograd;
-    for (int64_t block = first; block < last; ++block) {
-      const int64_t row0 = block * kGemmBlockRows;
-      const int64_t n = std::min(kGemmBlockRows, rows - row0);
-      at::Tensor target = out.narrow(0, row0, n);
+    for (int64_t t = first; t < last; ++t) {
+      const TileBounds tile = tile_bounds(grid, t / grid.col_blocks(), t % grid.col_blocks());
+      at::Tensor target = out.narrow(0, tile.row0, tile.rows).narrow(1, tile.col0, tile.cols);
+      const at::Tensor rows = a.narrow(0, tile.row0, tile.rows);
+      const at::Tensor cols = b.narrow(1, tile.col0, tile.cols);
       if (accumulate) {
-        target.addmm_(a.narrow(0, row0, n), b);
+        target.addmm_(rows, cols);
       } else {
-        at::mm_out(target, a.narrow(0, row0, n), b);
+        at::mm_out(target, rows, cols);
       }
     }
   });

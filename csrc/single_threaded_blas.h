@@ -1,7 +1,7 @@
 // A guard that makes the calling thread's BLAS calls single-threaded, so that a GEMM's bits depend
 // on its shape and operands only, never on the thread count (the CPU kernels' determinism
 // contract, docs/design.md#tiling). Used by the tile traversal (tiling.h) and by the fused linear
-// cross-entropy's GEMMs.
+// cross-entropy's GEMMs (linear_cross_entropy.cpp).
 #pragma once
 
 // MKL's C entry point (mkl_service.h). Weak: where torch's BLAS is not MKL the symbol is absent,
