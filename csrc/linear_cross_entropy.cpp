@@ -16,6 +16,8 @@
 
 #include "checks.h"
 #include "ordered_sum.h"
+#include "single_threaded_blas.h"
+#include "tile_grid.h"
 
 namespace jwae {
 
@@ -224,13 +226,30 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_cross_entropy_backward_op(
 
 namespace {
 
+// out (+)= a @ b in output tiles of a fixed grid (tile_grid.h), spread over threads, each one
+// single-threaded BLAS call over the whole inner dimension. Why not one multi-threaded GEMM: MKL
+// picks its algorithm, and so the summation order, by the thread count, and the loss and gradients
+// must not change with torch.set_num_threads (measured: d hidden differed in the last bit between
+// 1 and 2 threads). The grid, not the thread count, fixes every tile's GEMM.
 void gemm_cpu(const at::Tensor& a, const at::Tensor& b, const at::Tensor& out, bool accumulate) {
-  if (accumulate) {
-    out.addmm_(a, b);
-  } else {
-    at::Tensor target = out;
-    at::mm_out(target, a, b);
-  }
+  const TileGrid grid{out.size(0), out.size(1)};
+  at::parallel_for(0, grid.tiles(), 1, [&](int64_t first, int64_t last) {
+    const SingleThreadedBlas blas;
+    // Below autograd on worker threads too (the dispatcher's guard is per thread): inputs that
+    // require grad must not make the out= and in-place variants refuse to run.
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    for (int64_t t = first; t < last; ++t) {
+      const TileBounds tile = tile_bounds(grid, t / grid.col_blocks(), t % grid.col_blocks());
+      at::Tensor target = out.narrow(0, tile.row0, tile.rows).narrow(1, tile.col0, tile.cols);
+      const at::Tensor rows = a.narrow(0, tile.row0, tile.rows);
+      const at::Tensor cols = b.narrow(1, tile.col0, tile.cols);
+      if (accumulate) {
+        target.addmm_(rows, cols);
+      } else {
+        at::mm_out(target, rows, cols);
+      }
+    }
+  });
 }
 
 void add_column_sums_cpu(const at::Tensor& m, const at::Tensor& acc) {

@@ -133,7 +133,15 @@ struct RetrievalKernels {
                                              int64_t k);
 };
 
-// (best own score per image, own score per caption).
+// (best own score per image, own score per caption) of checked, contiguous inputs.
+inline std::tuple<at::Tensor, at::Tensor> own_thresholds(const RetrievalKernels& kernels,
+                                                         const at::Tensor& img,
+                                                         const at::Tensor& cap,
+                                                         const at::Tensor& owner) {
+  at::Tensor cap_thresholds = kernels.own_scores(img, cap, owner);
+  return {best_own_scores(cap_thresholds, owner, img.size(0)), cap_thresholds};
+}
+
 inline std::tuple<at::Tensor, at::Tensor> retrieval_thresholds_op(const RetrievalKernels& kernels,
                                                                   const at::Tensor& img_emb,
                                                                   const at::Tensor& cap_emb,
@@ -141,9 +149,8 @@ inline std::tuple<at::Tensor, at::Tensor> retrieval_thresholds_op(const Retrieva
   const c10::OptionalDeviceGuard guard(at::device_of(img_emb));
   check_embedding_pair(img_emb, "img_emb", cap_emb, "cap_emb");
   check_cap_to_img(cap_to_img, img_emb, cap_emb, 0);
-  at::Tensor cap_thresholds = kernels.own_scores(img_emb.contiguous(), cap_emb.contiguous(),
-                                                 cap_to_img.contiguous());
-  return {best_own_scores(cap_thresholds, cap_to_img, img_emb.size(0)), cap_thresholds};
+  return own_thresholds(kernels, img_emb.contiguous(), cap_emb.contiguous(),
+                        cap_to_img.contiguous());
 }
 
 // Thresholds from the tiles + one counting pass over the same tiles. Captions not grouped by image
@@ -170,8 +177,7 @@ inline std::tuple<at::Tensor, at::Tensor> retrieval_ranks_op(const RetrievalKern
     owner = owner.index_select(0, order);
   }
   const at::Tensor img = img_emb.contiguous();
-  const at::Tensor cap_thresholds = kernels.own_scores(img, cap, owner);
-  const at::Tensor img_thresholds = best_own_scores(cap_thresholds, owner, img.size(0));
+  const auto [img_thresholds, cap_thresholds] = own_thresholds(kernels, img, cap, owner);
   auto [i2t, t2i] = kernels.count_above(img, cap, owner, img_thresholds, cap_thresholds);
   if (!grouped) t2i = at::empty_like(t2i).index_copy_(0, order, t2i);
   return {i2t, t2i};

@@ -16,11 +16,8 @@
 #include <cstdint>
 #include <vector>
 
+#include "single_threaded_blas.h"
 #include "tile_grid.h"
-
-// MKL's C entry point (mkl_service.h). Weak: where torch's BLAS is not MKL the symbol is absent,
-// the pointer null, and SingleThreadedBlas does nothing.
-extern "C" int MKL_Set_Num_Threads_Local(int threads) __attribute__((weak));
 
 namespace jwae {
 
@@ -33,28 +30,6 @@ struct ScoreTile {
   int64_t col0, cols, col_block;
 
   const scalar_t* row(int64_t i) const { return data + i * ld; }
-};
-
-// While alive, the calling thread's BLAS calls run MKL's one-thread code. Why: MKL picks its GEMM
-// algorithm, and with it the summation order (the last bits), from the number of threads it may
-// use, which torch sets per calling thread to torch.get_num_threads(); inside a parallel region
-// MKL then runs that algorithm on one thread. So the same tile came out differently with 1, 2 or
-// 3 threads (measured: 256×1024 tiles of a 1100×1100×1024 fp32 product, and the 256×16 backward
-// products over K = 1024) until every tile GEMM ran under this guard.
-class SingleThreadedBlas {
- public:
-  SingleThreadedBlas() : active_(MKL_Set_Num_Threads_Local != nullptr) {
-    if (active_) previous_ = MKL_Set_Num_Threads_Local(1);
-  }
-  ~SingleThreadedBlas() {
-    if (active_) MKL_Set_Num_Threads_Local(previous_);  // 0: back to MKL's global setting
-  }
-  SingleThreadedBlas(const SingleThreadedBlas&) = delete;
-  SingleThreadedBlas& operator=(const SingleThreadedBlas&) = delete;
-
- private:
-  bool active_;
-  int previous_ = 0;
 };
 
 // One thread's means of computing tiles of S = a·bᵀ (a: rows×d, b: cols×d, contiguous, same
