@@ -42,6 +42,51 @@ inline T larger(T a, T b) {
   return a < b ? b : a;
 }
 
+// Reductions over a block row in 8 interleaved partial results, combined in a fixed order: the
+// compiler vectorizes them (a plain left-to-right sum it may not reorder), and the result depends
+// only on the values, not on where the block row sits in the tile.
+constexpr int kLanes = 8;
+
+template <typename T>
+inline T combine(const T* lane) {
+  return ((lane[0] + lane[1]) + (lane[2] + lane[3])) + ((lane[4] + lane[5]) + (lane[6] + lane[7]));
+}
+
+template <typename T>
+inline T lane_sum(const T* x, int64_t n) {
+  T lane[kLanes] = {};
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    for (int j = 0; j < kLanes; ++j) lane[j] += x[i + j];
+  }
+  for (int j = 0; i + j < n; ++j) lane[j] += x[i + j];
+  return combine(lane);
+}
+
+template <typename T>
+inline T lane_dot(const T* x, const T* y, int64_t n) {
+  T lane[kLanes] = {};
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    for (int j = 0; j < kLanes; ++j) lane[j] += x[i + j] * y[i + j];
+  }
+  for (int j = 0; i + j < n; ++j) lane[j] += x[i + j] * y[i + j];
+  return combine(lane);
+}
+
+template <typename T>
+inline T lane_max(const T* x, int64_t n) {
+  T lane[kLanes];
+  for (int j = 0; j < kLanes; ++j) lane[j] = x[0];
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    for (int j = 0; j < kLanes; ++j) lane[j] = larger(lane[j], x[i + j]);
+  }
+  for (int j = 0; i + j < n; ++j) lane[j] = larger(lane[j], x[i + j]);
+  return larger(larger(larger(lane[0], lane[1]), larger(lane[2], lane[3])),
+                larger(larger(lane[4], lane[5]), larger(lane[6], lane[7])));
+}
+
 // One tile as the epilogue sees it.
 template <typename T>
 struct TileView {
@@ -173,8 +218,7 @@ class PairMath {
       T* x = alpha + q * cols;
       for (int64_t b = 0; b < nb; ++b) {
         const int64_t k0 = t.col_offsets[b], k1 = t.col_offsets[b + 1];
-        T m = x[k0];
-        for (int64_t k = k0 + 1; k < k1; ++k) m = x[k] > m ? x[k] : m;
+        const T m = lane_max(x + k0, k1 - k0);
         for (int64_t k = k0; k < k1; ++k) x[k] -= m;
       }
     }
@@ -185,15 +229,9 @@ class PairMath {
       const T* s = t.s + q * cols;
       for (int64_t b = 0; b < nb; ++b) {
         const int64_t k0 = t.col_offsets[b], k1 = t.col_offsets[b + 1];
-        T sum = 0;
-        for (int64_t k = k0; k < k1; ++k) sum += x[k];
-        const T inv = T(1) / sum;
-        T dot = 0;
-        for (int64_t k = k0; k < k1; ++k) {
-          x[k] *= inv;
-          dot += x[k] * s[k];
-        }
-        num[q * nb + b] = dot;
+        const T inv = T(1) / lane_sum(x + k0, k1 - k0);
+        for (int64_t k = k0; k < k1; ++k) x[k] *= inv;
+        num[q * nb + b] = lane_dot(x + k0, s + k0, k1 - k0);
       }
     }
     const at::Tensor alpha_2d = alpha_.narrow(0, 0, t.rows * cols).view({t.rows, cols});
@@ -210,10 +248,9 @@ class PairMath {
     const T eps = static_cast<T>(kEps);
     for (int64_t q = 0; q < t.rows; ++q) {
       for (int64_t b = 0; b < nb; ++b) {
-        T q2 = 0;
-        for (int64_t k = t.col_offsets[b]; k < t.col_offsets[b + 1]; ++k) {
-          q2 += alpha[q * cols + k] * product[q * cols + k];
-        }
+        const int64_t k0 = t.col_offsets[b];
+        const T q2 = lane_dot(alpha + q * cols + k0, product + q * cols + k0,
+                              t.col_offsets[b + 1] - k0);
         const T an = std::sqrt(larger(q2, T(0)));  // αᵀGα >= 0 up to rounding
         const int64_t i = q * nb + b;
         attended_norm()[i] = an;
