@@ -13,7 +13,6 @@
 // where such terms are below rounding next to exp(0) = 1); NaN stays NaN.
 #pragma once
 
-#include <bit>
 #include <cstdint>
 
 namespace jwae {
@@ -53,20 +52,29 @@ struct ExpConstants<double> {
 
 }  // namespace detail
 
+// Floating-point comparisons may be evaluated for every lane (no trap is ever checked here);
+// without this GCC keeps the selects below as branches and does not vectorize the loop.
+#pragma GCC push_options
+#pragma GCC optimize("no-trapping-math")
+
 template <typename T>
 inline T uniform_exp(T x) {
   using C = detail::ExpConstants<T>;
   using Bits = typename C::Bits;
-  const T clamped = x < C::kLowest ? C::kLowest : (x > C::kHighest ? C::kHighest : x);
+  // (Not std::min/max: functions outside this options region would not be inlined.)
+  const T low = x < C::kLowest ? C::kLowest : x;
+  const T clamped = low > C::kHighest ? C::kHighest : low;
   const T shifted = clamped * C::kLog2e + C::kRound;
   const T n = shifted - C::kRound;
   const T r = (clamped - n * C::kLn2Hi) - n * C::kLn2Lo;
   // Horner form of the Taylor series: 1 + r (1 + r/2 (1 + r/3 (...))).
   T p = 1;
+#pragma GCC unroll 16
   for (int k = C::kDegree; k >= 1; --k) p = T(1) + p * (r * (T(1) / T(k)));
   // The low mantissa bits of `shifted` hold n: rebuild 2^n's exponent field from them.
-  const Bits n_bits = std::bit_cast<Bits>(shifted) - std::bit_cast<Bits>(C::kRound);
-  const T scale = std::bit_cast<T>(static_cast<Bits>((n_bits + C::kBias) << C::kMantissa));
+  // (The builtin, not std::bit_cast, for the same reason as the selects above.)
+  const Bits n_bits = __builtin_bit_cast(Bits, shifted) - __builtin_bit_cast(Bits, C::kRound);
+  const T scale = __builtin_bit_cast(T, static_cast<Bits>((n_bits + C::kBias) << C::kMantissa));
   const T y = p * scale;
   return x < C::kLowest ? T(0) : (x != x ? x : y);
 }
@@ -77,5 +85,7 @@ inline void uniform_exp_inplace(T* x, int64_t n) {
 #pragma omp simd
   for (int64_t i = 0; i < n; ++i) x[i] = uniform_exp(x[i]);
 }
+
+#pragma GCC pop_options
 
 }  // namespace jwae

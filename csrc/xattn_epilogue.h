@@ -27,7 +27,65 @@
 #include "uniform_exp.h"
 #include "xattn_scores.h"
 
+// The elementwise loops below may evaluate comparisons for every lane (no floating-point trap is
+// ever checked): without this GCC keeps selects such as the LeakyReLU as branches and does not
+// vectorize them. Only code defined in this header is affected (std:: helpers are avoided in the
+// hot loops for that reason: functions compiled with other options are not inlined here).
+#pragma GCC push_options
+#pragma GCC optimize("no-trapping-math")
+
 namespace jwae::xattn {
+
+// max(a, b) defined here, so that it is inlined into the loops below.
+template <typename T>
+inline T larger(T a, T b) {
+  return a < b ? b : a;
+}
+
+// Reductions over a block row in 8 interleaved partial results, combined in a fixed order: the
+// compiler vectorizes them (a plain left-to-right sum it may not reorder), and the result depends
+// only on the values, not on where the block row sits in the tile.
+constexpr int kLanes = 8;
+
+template <typename T>
+inline T combine(const T* lane) {
+  return ((lane[0] + lane[1]) + (lane[2] + lane[3])) + ((lane[4] + lane[5]) + (lane[6] + lane[7]));
+}
+
+template <typename T>
+inline T lane_sum(const T* x, int64_t n) {
+  T lane[kLanes] = {};
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    for (int j = 0; j < kLanes; ++j) lane[j] += x[i + j];
+  }
+  for (int j = 0; i + j < n; ++j) lane[j] += x[i + j];
+  return combine(lane);
+}
+
+template <typename T>
+inline T lane_dot(const T* x, const T* y, int64_t n) {
+  T lane[kLanes] = {};
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    for (int j = 0; j < kLanes; ++j) lane[j] += x[i + j] * y[i + j];
+  }
+  for (int j = 0; i + j < n; ++j) lane[j] += x[i + j] * y[i + j];
+  return combine(lane);
+}
+
+template <typename T>
+inline T lane_max(const T* x, int64_t n) {
+  T lane[kLanes];
+  for (int j = 0; j < kLanes; ++j) lane[j] = x[0];
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    for (int j = 0; j < kLanes; ++j) lane[j] = larger(lane[j], x[i + j]);
+  }
+  for (int j = 0; i + j < n; ++j) lane[j] = larger(lane[j], x[i + j]);
+  return larger(larger(larger(lane[0], lane[1]), larger(lane[2], lane[3])),
+                larger(larger(lane[4], lane[5]), larger(lane[6], lane[7])));
+}
 
 // One tile as the epilogue sees it.
 template <typename T>
@@ -94,7 +152,7 @@ class PairMath {
         const T dr = d_num[i];
         const T an = attended_norm()[i];
         const T prod = qn * an;
-        const T den = std::max(prod, eps);
+        const T den = larger(prod, eps);
         d_num[i] = dr / den;
         d_q2[i] = 0;
         if (prod >= eps) {  // the clamp passes its gradient only there
@@ -160,7 +218,7 @@ class PairMath {
       T* x = alpha + q * cols;
       for (int64_t b = 0; b < nb; ++b) {
         const int64_t k0 = t.col_offsets[b], k1 = t.col_offsets[b + 1];
-        const T m = *std::max_element(x + k0, x + k1);
+        const T m = lane_max(x + k0, k1 - k0);
         for (int64_t k = k0; k < k1; ++k) x[k] -= m;
       }
     }
@@ -171,15 +229,9 @@ class PairMath {
       const T* s = t.s + q * cols;
       for (int64_t b = 0; b < nb; ++b) {
         const int64_t k0 = t.col_offsets[b], k1 = t.col_offsets[b + 1];
-        T sum = 0;
-        for (int64_t k = k0; k < k1; ++k) sum += x[k];
-        const T inv = T(1) / sum;
-        T dot = 0;
-        for (int64_t k = k0; k < k1; ++k) {
-          x[k] *= inv;
-          dot += x[k] * s[k];
-        }
-        num[q * nb + b] = dot;
+        const T inv = T(1) / lane_sum(x + k0, k1 - k0);
+        for (int64_t k = k0; k < k1; ++k) x[k] *= inv;
+        num[q * nb + b] = lane_dot(x + k0, s + k0, k1 - k0);
       }
     }
     const at::Tensor alpha_2d = alpha_.narrow(0, 0, t.rows * cols).view({t.rows, cols});
@@ -196,14 +248,13 @@ class PairMath {
     const T eps = static_cast<T>(kEps);
     for (int64_t q = 0; q < t.rows; ++q) {
       for (int64_t b = 0; b < nb; ++b) {
-        T q2 = 0;
-        for (int64_t k = t.col_offsets[b]; k < t.col_offsets[b + 1]; ++k) {
-          q2 += alpha[q * cols + k] * product[q * cols + k];
-        }
-        const T an = std::sqrt(std::max(q2, T(0)));  // αᵀGα >= 0 up to rounding
+        const int64_t k0 = t.col_offsets[b];
+        const T q2 = lane_dot(alpha + q * cols + k0, product + q * cols + k0,
+                              t.col_offsets[b + 1] - k0);
+        const T an = std::sqrt(larger(q2, T(0)));  // αᵀGα >= 0 up to rounding
         const int64_t i = q * nb + b;
         attended_norm()[i] = an;
-        ratio()[i] = num[i] / std::max(t.query_norms[q] * an, eps);
+        ratio()[i] = num[i] / larger(t.query_norms[q] * an, eps);
       }
     }
   }
@@ -214,40 +265,44 @@ class PairMath {
 
   // out = λ_softmax · raw_feature_norm(s) for n rows of the full width, normalized over the rows.
   void raw_norm_forward(const T* s, int64_t n, int64_t cols, T* out) {
-    T* acc = column_.data();
-    T* scale = column_.data() + cols;
-    const T eps = static_cast<T>(kEps);
     switch (o_.norm) {
       case RawNorm::no_norm:
+        for (int64_t i = 0; i < n * cols; ++i) out[i] = lambda_ * s[i];
+        return;
       case RawNorm::clipped:
-        for (int64_t q = 0; q < n; ++q) {
-          for (int64_t k = 0; k < cols; ++k) {
-            const T x = s[q * cols + k];
-            out[q * cols + k] = lambda_ * (clips() ? leaky(x) : x);
-          }
-        }
+        for (int64_t i = 0; i < n * cols; ++i) out[i] = lambda_ * leaky(s[i]);
         return;
       case RawNorm::l2norm:
+        l2_normalize<false>(s, n, cols, out);
+        return;
       case RawNorm::clipped_l2norm:
-        std::fill_n(acc, cols, T(0));
-        for (int64_t q = 0; q < n; ++q) {
-          for (int64_t k = 0; k < cols; ++k) {
-            const T x = clips() ? leaky(s[q * cols + k]) : s[q * cols + k];
-            acc[k] += x * x;
-          }
-        }
-        for (int64_t k = 0; k < cols; ++k) scale[k] = lambda_ / (std::sqrt(acc[k]) + eps);
-        for (int64_t q = 0; q < n; ++q) {
-          for (int64_t k = 0; k < cols; ++k) {
-            const T x = clips() ? leaky(s[q * cols + k]) : s[q * cols + k];
-            out[q * cols + k] = x * scale[k];
-          }
-        }
+        l2_normalize<true>(s, n, cols, out);
         return;
       case RawNorm::softmax:
         softmax_over_rows(s, n, cols, out);
         for (int64_t i = 0; i < n * cols; ++i) out[i] *= lambda_;
         return;
+    }
+  }
+
+  // out = λ_softmax · t / (‖t‖ + eps) with t = s (or LeakyReLU(s)), the norm over the n rows.
+  template <bool clip>
+  void l2_normalize(const T* s, int64_t n, int64_t cols, T* out) {
+    T* acc = column_.data();
+    const T eps = static_cast<T>(kEps);
+    for (int64_t k = 0; k < cols; ++k) acc[k] = 0;
+    for (int64_t q = 0; q < n; ++q) {
+      for (int64_t k = 0; k < cols; ++k) {
+        const T x = clip ? leaky(s[q * cols + k]) : s[q * cols + k];
+        acc[k] += x * x;
+      }
+    }
+    for (int64_t k = 0; k < cols; ++k) acc[k] = lambda_ / (std::sqrt(acc[k]) + eps);
+    for (int64_t q = 0; q < n; ++q) {
+      for (int64_t k = 0; k < cols; ++k) {
+        const T x = clip ? leaky(s[q * cols + k]) : s[q * cols + k];
+        out[q * cols + k] = x * acc[k];
+      }
     }
   }
 
@@ -258,7 +313,7 @@ class PairMath {
     std::fill_n(top, cols, -std::numeric_limits<T>::infinity());
     std::fill_n(sum, cols, T(0));
     for (int64_t q = 0; q < n; ++q) {
-      for (int64_t k = 0; k < cols; ++k) top[k] = std::max(top[k], s[q * cols + k]);
+      for (int64_t k = 0; k < cols; ++k) top[k] = larger(top[k], s[q * cols + k]);
     }
     for (int64_t q = 0; q < n; ++q) {
       for (int64_t k = 0; k < cols; ++k) {
@@ -362,14 +417,14 @@ class PairMath {
       case Agg::lse: {
         const T lam = static_cast<T>(o_.lambda_lse);
         T m = -std::numeric_limits<T>::infinity();
-        for (int64_t q = q0; q < q1; ++q) m = std::max(m, lam * r[q * nb + b]);
+        for (int64_t q = q0; q < q1; ++q) m = larger(m, lam * r[q * nb + b]);
         T sum = 0;
         for (int64_t q = q0; q < q1; ++q) sum += std::exp(lam * r[q * nb + b] - m);
         return (m + std::log(sum)) / lam;
       }
       case Agg::max: {
         T m = r[q0 * nb + b];
-        for (int64_t q = q0 + 1; q < q1; ++q) m = std::max(m, r[q * nb + b]);
+        for (int64_t q = q0 + 1; q < q1; ++q) m = larger(m, r[q * nb + b]);
         return m;
       }
       case Agg::mean:
@@ -391,7 +446,7 @@ class PairMath {
       case Agg::lse: {  // the softmax of λ_lse r over the rows
         const T lam = static_cast<T>(o_.lambda_lse);
         T m = -std::numeric_limits<T>::infinity();
-        for (int64_t q = q0; q < q1; ++q) m = std::max(m, lam * r[q * nb + b]);
+        for (int64_t q = q0; q < q1; ++q) m = larger(m, lam * r[q * nb + b]);
         T sum = 0;
         for (int64_t q = q0; q < q1; ++q) sum += std::exp(lam * r[q * nb + b] - m);
         for (int64_t q = q0; q < q1; ++q) {
@@ -426,3 +481,5 @@ class PairMath {
 };
 
 }  // namespace jwae::xattn
+
+#pragma GCC pop_options

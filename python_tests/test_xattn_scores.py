@@ -313,3 +313,48 @@ def test_bad_option_in_a_direct_operator_call(index, value, message):
     args[index] = value
     with pytest.raises(ValueError, match=message):
         torch.ops.jwae_ext.xattn_scores(*args)
+
+
+# ---- CUDA against CPU ---------------------------------------------------------------------------
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize(("direction", "agg", "norm"), ALL_OPTIONS)
+def test_cuda_matches_cpu(direction, agg, norm, dtype):
+    # 300 images of 36 regions span two image tiles of the CUDA kernel.
+    images, captions, lengths = make_inputs(300, 36, 50, 16, 64, seed=13)
+    kwargs = options(direction, agg, norm)
+    weights = torch.randn(300, 50, dtype=torch.float64)
+    want = scores_and_grads(ops.xattn_scores, images, captions, lengths, weights, **kwargs)
+    cuda = [t.to("cuda", dtype) for t in (images, captions)]
+    got = scores_and_grads(ops.xattn_scores, *cuda, lengths.cuda(), weights.cuda(), **kwargs)
+    assert got[0].dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+    assert got[1].dtype == got[2].dtype == dtype
+    tolerances = {torch.float64: 1e-9, torch.float32: 1e-4}.get(dtype, 3e-2)
+    for g, w in zip(got, want, strict=True):
+        assert_close(g.cpu(), torch.nan_to_num(w), tolerances, "cuda vs cpu")
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("direction", DIRECTIONS)
+def test_cuda_ranks_equal_cpu(direction):
+    g = torch.Generator().manual_seed(14)
+    images, captions, lengths = make_inputs(600, 36, 3000, 16, 32, seed=14)
+    cap_to_img = torch.randperm(3000, generator=g) % 600
+    want = ops.xattn_ranks(images, captions, lengths, cap_to_img, direction=direction)
+    got = ops.xattn_ranks(images.cuda(), captions.cuda(), lengths.cuda(), cap_to_img.cuda(),
+                          direction=direction)  # fmt: skip
+    for r, w in zip(got, want, strict=True):
+        assert torch.equal(r.cpu(), w)
+
+
+@pytest.mark.cuda
+def test_cuda_opcheck_and_mixed_devices():
+    images, captions, lengths = make_inputs(4, 3, 5, 6, 7, seed=15)
+    captions = captions.nan_to_num(0.0)
+    opts = ("t2i", 9.0, "lse", 6.0, "clipped_l2norm")
+    x, y, n = images.cuda().requires_grad_(), captions.cuda().requires_grad_(), lengths.cuda()
+    torch.library.opcheck(torch.ops.jwae_ext.xattn_scores.default, (x, y, n, *opts))
+    with pytest.raises(ValueError, match="same device"):
+        ops.xattn_scores(x, captions, lengths)
