@@ -8,6 +8,7 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
+from test_train import train as _train  # the trainer's command line on a tiny embedded slice
 
 from jwae_ext import ops, reference
 from jwae_ext.data import PairDataset, Vocabulary, collate, synthetic_split
@@ -16,12 +17,6 @@ from jwae_ext.evaluation import evaluate_split
 from jwae_ext.losses import LossConfig
 from jwae_ext.models import SCAN, ModelConfig, XattnConfig, build_model, masked_words
 from jwae_ext.retrieval import evaluate
-
-TINY = [
-    "--train-images", "48", "--eval-images", "24", "--batch-size", "16",
-    "--embed-size", "16", "--img-hidden", "16", "--word-dim", "8", "--warmup-epochs", "1",
-    "--no-progress",
-]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -153,18 +148,6 @@ def test_pooled_codes_of_a_scan_model(tiny):
     img, cap = codes.pooled()
     assert img.shape == (12, 16) and cap.shape == (60, 16)
     torch.testing.assert_close(img, F.normalize(codes.regions.mean(1), dim=1))
-
-
-def _train(run_dir, *args, check=True):
-    proc = subprocess.run(
-        [sys.executable, "-m", "jwae_ext.train", "--run-dir", str(run_dir), *TINY, *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    if check and proc.returncode != 0:
-        raise AssertionError(f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
-    return proc
 
 
 @pytest.mark.parametrize("variant", ["scan", "scan-jwae-mh"])
