@@ -21,8 +21,7 @@ import torch
 import torch.nn.functional as F
 from conftest import DEVICE, sizes
 
-from jwae_ext import ops
-from jwae_ext.reference import ranking
+from jwae_ext import ops, reference
 from jwae_ext.reference.xattn_scores import xattn_scores as reference_scores
 
 REGIONS, MAX_WORDS, DIM = sizes([(36, 16, 1024)], [(6, 5, 32)])[0]
@@ -101,7 +100,7 @@ def test_evaluation_ranks(measure, n_images, n_captions, direction, impl):
         def fn():
             with torch.no_grad():
                 scores = reference_scores(images, captions, lengths, **options)
-            return ranking.retrieval_ranks(scores, eye, cap_to_img)
+            return reference.retrieval_ranks(scores, eye, cap_to_img)
 
     else:
         fn = _floor(images, captions, lengths)

@@ -8,8 +8,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from jwae_ext import ops, retrieval
-from jwae_ext.reference import ranking
+from jwae_ext import ops, reference, retrieval
 from jwae_ext.reference.xattn_scores import AGGREGATIONS, DIRECTIONS, RAW_FEATURE_NORMS
 from jwae_ext.reference.xattn_scores import xattn_scores as reference_scores
 
@@ -71,7 +70,7 @@ def test_tables_equal_evaluate_on_the_reference_score_matrix(case):
     got = retrieval.evaluate_xattn(images, captions, lengths, cap_to_img, **kwargs)
     assert got == want
     ranks = ops.xattn_ranks(images, captions, lengths, cap_to_img, **kwargs)
-    want_ranks = ranking.retrieval_ranks(scores, torch.eye(len(cap_to_img), dtype=scores.dtype),
+    want_ranks = reference.retrieval_ranks(scores, torch.eye(len(cap_to_img), dtype=scores.dtype),
                                          cap_to_img)  # fmt: skip
     for r, w in zip(ranks, want_ranks, strict=True):
         assert torch.equal(r, w)
@@ -91,7 +90,7 @@ def test_ranks_across_many_tiles_with_duplicates(direction):
     kwargs = {"direction": direction}
     scores = reference_scores(images, captions, lengths, **kwargs)
     got = ops.xattn_ranks(images, captions, lengths, cap_to_img, **kwargs)
-    want = ranking.retrieval_ranks(scores, torch.eye(200, dtype=scores.dtype), cap_to_img)
+    want = reference.retrieval_ranks(scores, torch.eye(200, dtype=scores.dtype), cap_to_img)
     for r, w in zip(got, want, strict=True):
         assert torch.equal(r, w)
 
@@ -112,7 +111,7 @@ def test_counting_helper_equals_the_reference_ranks():
     g = torch.Generator().manual_seed(3)
     cap_to_img = owners([1, 3, 2, 5], True, g)
     scores = torch.randint(-3, 4, (4, 11), generator=g).double()  # many ties
-    want = ranking.retrieval_ranks(scores, torch.eye(11, dtype=torch.float64), cap_to_img)
+    want = reference.retrieval_ranks(scores, torch.eye(11, dtype=torch.float64), cap_to_img)
     for r, w in zip(_ranks_from_scores(scores, cap_to_img), want, strict=True):
         assert torch.equal(r, w)
 
