@@ -229,7 +229,7 @@ class GradEpilogue {
         norm_grads_(std::max(p.grid.max_group_words, p.grid.max_group_regions())) {
     if (captions_owned) {
       grad_words_ = at::zeros({p.grid.max_group_words, p.images.size(2)}, p.images.options());
-    } else {
+    } else if (!p.i2t) {  // the regions are the context: their Gram's gradient
       gram_grads_ = at::zeros({p.grid.images_per_group, p.grid.regions, p.grid.regions},
                               p.images.options());
     }
@@ -287,11 +287,12 @@ class GradEpilogue {
     gram_grad_views_.clear();
     if (captions_owned_) {
       grad_words_.zero_();
-      for (int64_t c = 0; c < tile.n_captions; ++c) {
+      // The words are the context (i2t): each caption's word Gram gets a gradient.
+      for (int64_t c = 0; p_.i2t && c < tile.n_captions; ++c) {
         const int64_t n = offsets_[c + 1] - offsets_[c];
         gram_grad_views_.push_back(at::zeros({n, n}, p_.images.options()));
       }
-    } else {
+    } else if (!p_.i2t) {
       gram_grads_.zero_();
       for (int64_t i = 0; i < tile.n_images; ++i) gram_grad_views_.push_back(gram_grads_[i]);
     }
