@@ -10,7 +10,7 @@ from matplotlib.image import imread
 
 from jwae_ext import experiments, figures
 
-VARIANTS = ("vse0", "vse++", "jwae-mse", "jwae-mh")
+VARIANTS = experiments.VARIANTS  # the poster rows, SCAN and SCAN+jWAE-MH included
 SEEDS = (0, 1)
 
 
