@@ -76,7 +76,7 @@ def _train_step(model: JWAE, batch: tuple[torch.Tensor, ...]):
 def test_train_step(measure, benchmark, monkeypatch, shape, impl):
     if impl == "reference":
         # The model and the losses look the operators up at call time through these modules.
-        monkeypatch.setattr(models, "ops", REFERENCE_OPS)
+        monkeypatch.setattr(models.parts, "ops", REFERENCE_OPS)
         monkeypatch.setattr(losses, "ops", REFERENCE_OPS)
     torch.manual_seed(0)
     cfg = ModelConfig(**SHAPES[shape])
