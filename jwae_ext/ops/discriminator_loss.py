@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from jwae_ext.ops import _forward_grads
+import jwae_ext.ops._forward_grads as _forward_grads
 from jwae_ext.ops._checks import check_same_device, check_tensor
 from jwae_ext.ops._dtypes import loss_dtype
 

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import torch
 from torch.autograd.function import once_differentiable
 
-from jwae_ext.ops import _forward_grads
+import jwae_ext.ops._forward_grads as _forward_grads
 from jwae_ext.ops._checks import (
     check_choice,
     check_int,
