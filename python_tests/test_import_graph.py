@@ -75,8 +75,12 @@ def imports_of(module: str, path: Path, modules: dict[str, Path]) -> set[str]:
             if node.level:  # relative: up level - 1 packages from this module's package
                 anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
                 base = ".".join([*anchor, base] if base else anchor)
-            # ``from p import x`` imports the module p.x when there is one, else a name of p.
+            # ``from p import x`` imports the module p.x when there is one, else a name of p;
+            # either way p itself runs first, so p is imported too (except the root package,
+            # which every module's import passes through).
             names += [f"{base}.{alias.name}" for alias in node.names]
+            if "." in base:
+                names.append(base)
     found = {_known_prefix(name, modules) for name in names}
     return {target for target in found if target is not None and target != module}
 
