@@ -1,6 +1,6 @@
 // The per-pair epilogue of the CPU cross-attention kernels: from one tile of word-region products
 // to the SCAN scores of the tile's (image, caption) pairs, and back to the gradient of those
-// products, without the attended vectors (DESIGN.md §3.4).
+// products, without the attended vectors (docs/design.md#scan).
 //
 // A tile holds rows × cols products s(q, k) = query_q · context_k: the query items (words for t2i,
 // regions for i2t) are its rows, the context items its columns. Rows are cut into row segments

@@ -415,7 +415,7 @@ inline void atomic_add(int64_t* target, int64_t value) {
   if (value != 0) __atomic_fetch_add(target, value, __ATOMIC_RELAXED);
 }
 
-// Exact ranks (DESIGN.md §3.3) in two passes over the same tiles: the own pairs' scores (only the
+// Exact ranks (docs/design.md#retrieval-ranks) in two passes over the same tiles: the own pairs' scores (only the
 // tiles that hold one), then one counting pass over every tile. Both passes compute each tile
 // identically (same packing, GEMM shapes and epilogue), so a pair's score has the same bits in
 // both and ties count as in one score matrix.

@@ -14,7 +14,7 @@ from collections.abc import Callable
 import torch
 
 from jwae_ext import ops
-from jwae_ext.ops._checks import check_choice, check_tensor
+from jwae_ext.ops._checks import check_choice, check_tensor, check_tensors
 
 __all__ = [
     "PROTOCOLS",
@@ -231,13 +231,7 @@ def evaluate_xattn(
     Ranks come from :func:`jwae_ext.ops.xattn_ranks`: the positive pairs' scores first, then one
     counting pass over the same tiles; memory grows with N + M, never with N * M.
     """
-    for name, value in (
-        ("images", images),
-        ("captions", captions),
-        ("cap_lens", cap_lens),
-        ("cap_to_img", cap_to_img),
-    ):
-        check_tensor(name, value)
+    check_tensors(images=images, captions=captions, cap_lens=cap_lens, cap_to_img=cap_to_img)
     check_protocol(protocol, images, name="images", dims=3)
     options = {
         "direction": direction,

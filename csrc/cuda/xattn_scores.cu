@@ -1,7 +1,7 @@
 // CUDA kernels of the stacked cross-attention scores, with the CPU kernel's structure: tiles of
 // (the real words of a range of captions) × (the regions of a range of images) from one GEMM, and
 // an epilogue kernel with one thread block per (image, caption) pair that turns the tile into
-// scores with e·a = Σ α s and ‖a‖² = αᵀ G α (DESIGN.md §3.4), or into the gradient of the tile's
+// scores with e·a = Σ α s and ‖a‖² = αᵀ G α (docs/design.md#scan), or into the gradient of the tile's
 // products; the backward recomputes the tiles and accumulates the inputs' gradients with two GEMMs
 // per tile. Everything runs in the accumulation dtype: fp16/bf16 inputs are converted to fp32 once
 // (a copy of the inputs), fp32 and fp64 are used as given. Gradient accumulation into norms and

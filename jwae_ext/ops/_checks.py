@@ -34,6 +34,12 @@ def check_tensor(name: str, value: object) -> torch.Tensor:
     return value
 
 
+def check_tensors(**named: object) -> None:
+    """:func:`check_tensor` on every keyword argument (its name is the argument's)."""
+    for name, value in named.items():
+        check_tensor(name, value)
+
+
 def check_finite_number(name: str, value: object) -> float:
     """Raise unless ``value`` is a finite real number (numpy scalars included); return a float."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):

@@ -3,7 +3,7 @@
 Kernels: ``csrc/xattn_scores.cpp`` (CPU) and ``csrc/cuda/xattn_scores.cu`` (CUDA); reference:
 :func:`jwae_ext.reference.xattn_scores.xattn_scores`. The word-by-region products are computed
 one tile (whole captions by whole images) at a time and turned into scores in the tile, with
-``e.a = sum(attn * s)`` and ``|a|^2 = attn^T G attn`` (DESIGN.md §3.4): the attended vectors
+``e.a = sum(attn * s)`` and ``|a|^2 = attn^T G attn`` (docs/design.md#scan): the attended vectors
 never exist, and the backward recomputes the tiles instead of saving anything per pair. Tensor
 shapes, dtypes, devices and lengths are checked in C++; the options here and there.
 """
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from jwae_ext.ops._checks import check_choice, check_finite_number, check_same_device, check_tensor
+from jwae_ext.ops._checks import check_choice, check_finite_number, check_same_device, check_tensors
 from jwae_ext.ops._dtypes import accumulation_dtype
 from jwae_ext.reference.xattn_scores import AGGREGATIONS, DIRECTIONS, RAW_FEATURE_NORMS
 
@@ -69,8 +69,7 @@ def xattn_scores(
         float32 otherwise), differentiable with respect to ``images`` and ``captions``.
     """
     options = _options(direction, lambda_softmax, agg, lambda_lse, raw_feature_norm)
-    for name, value in (("images", images), ("captions", captions), ("cap_lens", cap_lens)):
-        check_tensor(name, value)
+    check_tensors(images=images, captions=captions, cap_lens=cap_lens)
     return _ops.xattn_scores(images, captions, cap_lens, *options)
 
 
@@ -88,23 +87,17 @@ def xattn_ranks(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact i2t and t2i ranks under the cross-attention scores, without the score matrix.
 
-    The ranks of :func:`jwae_ext.ops.retrieval_ranks` (DESIGN.md §3.3: strictly higher scores
-    count; any number of captions per image, in any order; every image needs one) for the scores
-    of :func:`xattn_scores` with the same options. Two passes over the same tiles: the own pairs'
-    scores, then one counting pass; extra memory is a few tiles per thread plus O(n_image +
-    n_caption), whatever the product n_image * n_caption.
+    The ranks of :func:`jwae_ext.ops.retrieval_ranks` (docs/design.md#retrieval-ranks: strictly
+    higher scores count; any number of captions per image, in any order; every image needs one)
+    for the scores of :func:`xattn_scores` with the same options. Two passes over the same
+    tiles: the own pairs' scores, then one counting pass; extra memory is a few tiles per thread
+    plus O(n_image + n_caption), whatever the product n_image * n_caption.
 
     Returns:
         ``(i2t_ranks, t2i_ranks)``, int64 ``(n_image,)`` and ``(n_caption,)``.
     """
     options = _options(direction, lambda_softmax, agg, lambda_lse, raw_feature_norm)
-    for name, value in (
-        ("images", images),
-        ("captions", captions),
-        ("cap_lens", cap_lens),
-        ("cap_to_img", cap_to_img),
-    ):
-        check_tensor(name, value)
+    check_tensors(images=images, captions=captions, cap_lens=cap_lens, cap_to_img=cap_to_img)
     return _ops.xattn_ranks(images, captions, cap_lens, cap_to_img, *options)
 
 
