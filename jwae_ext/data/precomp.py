@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -206,8 +207,19 @@ def write_precomp_splits(
         if folder / name in files:
             raise ValueError(f"jwae_ext: extra file {name} would replace a split's file")
         files[folder / name] = partial(_write_bytes, data=bytes(data))
-    created = [d for d in (folder, *folder.parents) if not d.exists()]  # innermost first
-    folder.mkdir(parents=True, exist_ok=True)
+    write_files(files)
+
+
+def write_files(files: Mapping[Path, Callable[[BinaryIO], object]]) -> None:
+    """Write every file of ``{path: write}`` (``write(f)`` fills the open binary file) as one
+    transaction: each to a temporary name first, renamed into place only when all are complete.
+    A failure leaves existing files as they were, with no partial file, and removes the folders
+    this call created."""
+    parents = sorted({path.parent for path in files}, key=lambda d: len(d.parts))
+    created: list[Path] = []
+    for parent in parents:
+        created += [d for d in (parent, *parent.parents) if not d.exists()]
+        parent.mkdir(parents=True, exist_ok=True)
     temporaries: list[Path] = []
     try:
         for path, write in files.items():
@@ -224,7 +236,7 @@ def write_precomp_splits(
     except BaseException:
         for tmp in temporaries:
             tmp.unlink(missing_ok=True)
-        for empty in created:
+        for empty in sorted(created, key=lambda d: -len(d.parts)):
             empty.rmdir()
         raise
 
