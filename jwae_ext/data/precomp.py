@@ -199,14 +199,14 @@ def write_precomp_splits(
     for split, (features, captions) in splits.items():
         features = _checked_split(split, features, captions)
         text = "".join(f"{c.strip()}\n" for c in captions).encode("utf-8")
-        files[folder / _IMS.format(split)] = partial(_write_array, array=features)
-        files[folder / _CAPS.format(split)] = partial(_write_bytes, data=text)
+        files[folder / _IMS.format(split)] = partial(write_array, array=features)
+        files[folder / _CAPS.format(split)] = partial(write_bytes, data=text)
     for name, data in (extra_files or {}).items():
         if not isinstance(name, str) or Path(name).name != name or name in ("", ".", ".."):
             raise ValueError(f"jwae_ext: extra file names must be plain file names, got {name!r}")
         if folder / name in files:
             raise ValueError(f"jwae_ext: extra file {name} would replace a split's file")
-        files[folder / name] = partial(_write_bytes, data=bytes(data))
+        files[folder / name] = partial(write_bytes, data=bytes(data))
     write_files(files)
 
 
@@ -241,7 +241,8 @@ def write_files(files: Mapping[Path, Callable[[BinaryIO], object]]) -> None:
         raise
 
 
-def _write_bytes(f, data: bytes) -> None:
+def write_bytes(f: BinaryIO, data: bytes) -> None:
+    """A :func:`write_files` writer of ``data``."""
     f.write(data)
 
 
@@ -253,7 +254,8 @@ class _Writes:
         self.write = f.write
 
 
-def _write_array(f, array: np.ndarray) -> None:
+def write_array(f: BinaryIO, array: np.ndarray) -> None:
+    """A :func:`write_files` writer of ``array`` as a ``.npy`` file (no pickles)."""
     np.save(_Writes(f), array, allow_pickle=False)
 
 
