@@ -145,6 +145,7 @@ class GroundingSplit:
         """Size of a proposal's model input: appearance features and the spatial values."""
         return self.box_feats.shape[2] + SPATIAL_DIM
 
+    @functools.cached_property
     def sizes(self) -> np.ndarray:
         """``(N, 2)`` int64: each image's width and height."""
         return np.array([(a.width, a.height) for a in self.annotations], dtype=np.int64)
@@ -153,7 +154,7 @@ class GroundingSplit:
         """``(len(images), P, D + 5)`` float32 model inputs of the proposals of ``images``:
         appearance features followed by :func:`spatial_features`."""
         images = np.asarray(images, dtype=np.int64)
-        size = self.sizes()[images]
+        size = self.sizes[images]
         spatial = spatial_features(self.boxes[images], size[:, None, 0], size[:, None, 1])
         return np.concatenate([np.asarray(self.box_feats[images]), spatial], axis=2)
 
