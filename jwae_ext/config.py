@@ -38,6 +38,7 @@ PRESETS = {
             "batch_size": 128,
             "embed_size": 256,
             "img_hidden": 512,
+            "word_dim": 300,
             "warmup_epochs": 2,
         },
         "precomp": {
@@ -47,20 +48,22 @@ PRESETS = {
             "batch_size": 128,
             "embed_size": 1024,
             "img_hidden": 1024,
+            "word_dim": 300,
             "warmup_epochs": 0,
         },
     },
     "grounding": {
         "embedded": {
-            "epochs": 8,
+            "epochs": 6,
             "lr": 5e-4,
-            "lr_update": 6,
+            "lr_update": 5,
             "batch_size": 32,
             "embed_size": 256,
-            "img_hidden": 512,
-            "concept_dim": 128,
+            "img_hidden": 256,
+            "concept_dim": 64,
+            "word_dim": 128,
             "warmup_epochs": 0,
-            "train_images": 2000,
+            "train_images": 1500,
         },
         "entities": {
             "epochs": 20,
@@ -70,6 +73,7 @@ PRESETS = {
             "embed_size": 1024,
             "img_hidden": 1024,
             "concept_dim": 256,
+            "word_dim": 300,
             "warmup_epochs": 0,
         },
     },
@@ -116,7 +120,7 @@ class TrainConfig:
         metadata={"help": "first epochs with the sum of hinges instead of the hardest negative"},
     )
     embed_size: int | None = field(default=None, metadata={"help": "latent size d"})
-    word_dim: int = field(default=300, metadata={"help": "word embedding size"})
+    word_dim: int | None = field(default=None, metadata={"help": "word embedding size"})
     img_hidden: int | None = field(default=None, metadata={"help": "image MLP hidden size"})
     bidirectional: bool | None = field(
         default=None,

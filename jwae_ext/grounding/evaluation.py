@@ -13,13 +13,14 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from jwae_ext.checkpoint import LoadedModel
 from jwae_ext.data import Vocabulary
 from jwae_ext.grounding.batches import GroundingDataset, collate_grounding
 from jwae_ext.grounding.boxes import rank_proposals, recall_at
 from jwae_ext.grounding.data import GroundingSplit
 from jwae_ext.grounding.models import GroundingModel
 
-__all__ = ["KS", "evaluate_grounding", "format_grounding", "localize"]
+__all__ = ["KS", "evaluate_grounding", "evaluate_loaded_grounding", "format_grounding", "localize"]
 
 KS = (1, 5)
 
@@ -77,6 +78,28 @@ def evaluate_grounding(
         t: {"r1": 100.0 * float(np.mean(v)), "phrases": len(v)} for t, v in sorted(by_type.items())
     }
     return result
+
+
+def evaluate_loaded_grounding(
+    loaded: LoadedModel, split: GroundingSplit, *, batch_size: int = 64
+) -> dict:
+    """:func:`evaluate_grounding` of a model rebuilt from a checkpoint, with what it is."""
+    expected = loaded.model.grounding.region_dim
+    if split.feature_dim != expected:
+        raise ValueError(
+            f"data {split.name} has {split.feature_dim}-dimensional proposal features (with the "
+            f"5 spatial values), but the model in {loaded.path} was trained on {expected}"
+        )
+    device = next(loaded.model.parameters()).device
+    return {
+        "checkpoint": str(loaded.path),
+        "variant": loaded.config.get("variant"),
+        "trained_on": loaded.config.get("data"),
+        "data": split.name,
+        **evaluate_grounding(
+            loaded.model, split, loaded.vocab, batch_size=batch_size, device=device
+        ),
+    }
 
 
 def format_grounding(result: dict) -> str:
