@@ -415,10 +415,12 @@ inline void atomic_add(int64_t* target, int64_t value) {
   if (value != 0) __atomic_fetch_add(target, value, __ATOMIC_RELAXED);
 }
 
-// Exact ranks (docs/design.md#retrieval-ranks) in two passes over the same tiles: the own pairs' scores (only the
-// tiles that hold one), then one counting pass over every tile. Both passes compute each tile
-// identically (same packing, GEMM shapes and epilogue), so a pair's score has the same bits in
-// both and ties count as in one score matrix.
+// Exact ranks (docs/design.md#retrieval-ranks) in two passes over disjoint tiles: first the tiles
+// that hold an own pair (captions are grouped by image, so they form a staircase of few tiles),
+// keeping every score they produce; the thresholds follow from the own pairs' scores. Then the
+// other tiles are computed and counted, and the kept scores counted too. Every tile is computed
+// once, and a pair's score is the one every other score is compared with: ties count as in one
+// score matrix.
 std::tuple<at::Tensor, at::Tensor> xattn_ranks_cpu(
     const at::Tensor& images, const at::Tensor& captions, const at::Tensor& cap_lens,
     const at::Tensor& cap_to_img, std::string_view direction, double lambda_softmax,
@@ -430,14 +432,35 @@ std::tuple<at::Tensor, at::Tensor> xattn_ranks_cpu(
   check_cap_to_img(cap_to_img, n_images, n_captions, captions);
   const at::Tensor owner_t = cap_to_img.to(at::kCPU).contiguous();
   const int64_t* owner = owner_t.const_data_ptr<int64_t>();
-  // Captions grouped by image: the own pairs then fill a staircase of few tiles.
   const Problem p = make_problem(images, captions, cap_lens, options, captions_by_image(owner_t));
-  std::vector<std::vector<int64_t>> own_groups(p.grid.caption_groups());
-  for (int64_t g = 0; g < p.grid.caption_groups(); ++g) {
-    for (int64_t k = p.grid.group_first[g]; k < p.grid.group_first[g + 1]; ++k) {
-      own_groups[g].push_back(p.grid.group_of_image(owner[p.grid.order[k]]));
+  const PairGrid& grid = p.grid;
+  // The image groups of each caption group's own pairs, and where each caption keeps the scores
+  // of its group's own tiles: images_per_group slots per own image group.
+  std::vector<std::vector<int64_t>> own_groups(grid.caption_groups());
+  std::vector<int64_t> kept_first(n_captions);
+  std::vector<int64_t> group_of_caption(n_captions);
+  for (int64_t g = 0; g < grid.caption_groups(); ++g) {
+    auto& groups = own_groups[g];
+    for (int64_t k = grid.group_first[g]; k < grid.group_first[g + 1]; ++k) {
+      const int64_t ig = grid.group_of_image(owner[grid.order[k]]);
+      if (std::find(groups.begin(), groups.end(), ig) == groups.end()) groups.push_back(ig);
     }
   }
+  int64_t n_kept = 0;
+  for (int64_t g = 0; g < grid.caption_groups(); ++g) {
+    for (int64_t k = grid.group_first[g]; k < grid.group_first[g + 1]; ++k) {
+      const int64_t c = grid.order[k];
+      group_of_caption[c] = g;
+      kept_first[c] = n_kept;
+      n_kept += static_cast<int64_t>(own_groups[g].size()) * grid.images_per_group;
+    }
+  }
+  auto kept_slot = [&](int64_t image, int64_t caption) {
+    const auto& groups = own_groups[group_of_caption[caption]];
+    const int64_t ig = grid.group_of_image(image);
+    const int64_t which = std::find(groups.begin(), groups.end(), ig) - groups.begin();
+    return kept_first[caption] + which * grid.images_per_group + image % grid.images_per_group;
+  };
   auto holds_own_pair = [&](int64_t cg, int64_t ig) {
     const auto& groups = own_groups[cg];
     return std::find(groups.begin(), groups.end(), ig) != groups.end();
@@ -445,9 +468,11 @@ std::tuple<at::Tensor, at::Tensor> xattn_ranks_cpu(
   at::Tensor i2t = at::zeros({n_images}, owner_t.options());
   at::Tensor t2i = at::zeros({n_captions}, owner_t.options());
   AT_DISPATCH_FLOATING_TYPES(p.images.scalar_type(), "xattn_ranks", [&] {
+    std::vector<scalar_t> kept(n_kept);
     std::vector<scalar_t> cap_thr(n_captions);
     for_each_score<scalar_t>(p, holds_own_pair, [&](int64_t image, int64_t caption, scalar_t s) {
-      if (owner[caption] == image) cap_thr[caption] = s;  // each own pair in one tile
+      kept[kept_slot(image, caption)] = s;  // each pair in one tile, each slot one pair
+      if (owner[caption] == image) cap_thr[caption] = s;
     });
     std::vector<scalar_t> img_thr(n_images, -std::numeric_limits<scalar_t>::infinity());
     for (int64_t c = 0; c < n_captions; ++c) {
@@ -455,15 +480,24 @@ std::tuple<at::Tensor, at::Tensor> xattn_ranks_cpu(
     }
     int64_t* img_count = i2t.mutable_data_ptr<int64_t>();
     int64_t* cap_count = t2i.mutable_data_ptr<int64_t>();
+    auto count = [&](int64_t image, int64_t caption, scalar_t s) {
+      if (owner[caption] == image) return;
+      if (s > img_thr[image]) atomic_add(img_count + image, 1);
+      if (s > cap_thr[caption]) atomic_add(cap_count + caption, 1);
+    };
     // Caption counts are owned by the thread sweeping the caption's group; image counts are
     // shared, so they are added atomically.
     for_each_score<scalar_t>(
-        p, [](int64_t, int64_t) { return true; },
-        [&](int64_t image, int64_t caption, scalar_t s) {
-          if (owner[caption] == image) return;
-          if (s > img_thr[image]) atomic_add(img_count + image, 1);
-          if (s > cap_thr[caption]) ++cap_count[caption];
-        });
+        p, [&](int64_t cg, int64_t ig) { return !holds_own_pair(cg, ig); }, count);
+    for (int64_t c = 0; c < n_captions; ++c) {
+      for (const int64_t ig : own_groups[group_of_caption[c]]) {
+        const int64_t first = ig * grid.images_per_group;
+        const int64_t last = std::min(first + grid.images_per_group, n_images);
+        for (int64_t image = first; image < last; ++image) {
+          count(image, c, kept[kept_slot(image, c)]);
+        }
+      }
+    }
   });
   return {i2t.to(images.device()), t2i.to(images.device())};
 }

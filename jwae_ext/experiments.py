@@ -284,12 +284,21 @@ def _chance(baselines: dict[int, dict]) -> dict:
 # ---- figures -----------------------------------------------------------------------------------
 
 
-def draw_figures(out: Path, seeds: list[int], splits: Splits, device: str) -> list[Path]:
-    """Latent space of ``vse++`` vs ``jwae-mh`` (first seed) on both test sets, their
-    cross-domain retrieval examples, and every run's training curves."""
+def draw_figures(
+    out: Path, variants: list[str], seeds: list[int], splits: Splits, device: str
+) -> list[Path]:
+    """Latent space of ``vse++`` vs ``jwae-mh`` (first seed, when both ran) on both test sets,
+    their cross-domain retrieval examples, and every run's training curves."""
     seed = seeds[0]
     fig_dir = out / "figures"
-    written = []
+    written = [
+        figures.training_curves(
+            out / "runs" / name / "metrics.jsonl", fig_dir / f"curves-{name}.png"
+        )
+        for name in (run_name(v, s) for v in variants for s in seeds)
+    ]
+    if not set(LATENT_PAIR) <= set(variants):
+        return written
     names = SceneAttributes.class_names("shape")
     loaded = {
         v: load_model(out / "runs" / run_name(v, seed), resolve_device(device)) for v in LATENT_PAIR
@@ -313,23 +322,23 @@ def draw_figures(out: Path, seeds: list[int], splits: Splits, device: str) -> li
                     fig_dir, ev.img_codes, ev.cap_codes, split, prefix=f"{variant}-{data}-"
                 )
         written.append(figures.latent_space(fig_dir / f"latent-{data}.png", panels, names))
-    for name in (run_name(v, s) for v in VARIANTS for s in seeds):
-        metrics = out / "runs" / name / "metrics.jsonl"
-        written.append(figures.training_curves(metrics, fig_dir / f"curves-{name}.png"))
     return written
 
 
 # ---- the command -------------------------------------------------------------------------------
 
 
-def poster(out: Path, settings: Settings, command: str) -> dict:
-    """Run (or resume) the whole experiment; returns ``results.json``'s content."""
+def poster(
+    out: Path, settings: Settings, command: str, variants: tuple[str, ...] = VARIANTS
+) -> dict:
+    """Run (or resume) the experiment for ``variants`` (the tables then have those rows);
+    returns ``results.json``'s content."""
     _check_settings(out, settings)
     seeds = list(settings.seeds)
     splits = Splits(num_images=QUICK_EVAL_IMAGES if settings.quick else None)
-    evaluations: dict[str, dict[int, dict]] = {v: {} for v in VARIANTS}
+    evaluations: dict[str, dict[int, dict]] = {v: {} for v in variants}
     for seed in seeds:
-        for variant in VARIANTS:
+        for variant in variants:
             folder = train_run(out, settings, variant, seed)
             evaluations[variant][seed] = evaluate_run(folder, seed, splits, settings.device)
             result = evaluations[variant][seed][IN_DOMAIN]
@@ -351,13 +360,13 @@ def poster(out: Path, settings: Settings, command: str) -> dict:
         "settings": asdict(settings),
         "summary": summary,
         "chance": chance,
-        "runs": {run_name(v, s): evaluations[v][s] for v in VARIANTS for s in seeds},
+        "runs": {run_name(v, s): evaluations[v][s] for v in variants for s in seeds},
     }
     (out / "results.json").write_text(json.dumps(results, indent=1))
-    any_run = evaluations[VARIANTS[0]][seeds[0]]
+    any_run = evaluations[variants[0]][seeds[0]]
     sizes = {data: (any_run[data]["images"], any_run[data]["captions"]) for data in any_run}
     (out / "results.md").write_text(markdown(summary, chance, sizes, seeds, command))
-    written = draw_figures(out, seeds, splits, settings.device)
+    written = draw_figures(out, list(variants), seeds, splits, settings.device)
     log(f"wrote {out / 'results.md'}, {out / 'results.json'} and {len(written)} figures")
     return results
 
@@ -374,6 +383,13 @@ def parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     q.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    q.add_argument(
+        "--variants",
+        nargs="+",
+        choices=VARIANTS,
+        default=list(VARIANTS),
+        help="the rows to train and tabulate (runs of a folder are kept: add rows later)",
+    )
     q.add_argument("--out", default="runs/poster", help="output folder (resumable)")
     q.add_argument("--quick", action="store_true", help="tiny sizes, 1 epoch: a smoke test")
     q.add_argument("--epochs", type=int, help="override the trainer's epochs")
@@ -389,10 +405,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if len(set(args.seeds)) != len(args.seeds) or min(args.seeds) < 0:
             raise ValueError(f"--seeds must be distinct non-negative integers, got {args.seeds}")
+        if len(set(args.variants)) != len(args.variants):
+            raise ValueError(f"--variants must be distinct, got {args.variants}")
         if args.epochs is not None and args.epochs < 1:
             raise ValueError(f"--epochs must be >= 1, got {args.epochs}")
         settings = Settings(tuple(args.seeds), args.quick, args.epochs, args.device)
-        poster(Path(args.out), settings, command)
+        poster(Path(args.out), settings, command, tuple(args.variants))
     except (ValueError, OSError, RunFailed, CheckpointError) as err:
         print(f"{prog}: error: {err}", file=sys.stderr)
         return 2

@@ -1,6 +1,7 @@
 """``python -m jwae_ext.experiments poster --quick``: the whole job on tiny data, and its resume."""
 
 import json
+import shutil
 import statistics
 import subprocess
 import sys
@@ -136,3 +137,18 @@ def test_one_seed_shows_no_spread():
     stats = experiments._stats([42.0])
     assert experiments._cell(stats) == "42.0"
     assert experiments._cell(experiments._stats([1.0, 2.0])) == "1.5 ± 0.7"
+
+
+def test_a_subset_of_rows_reuses_the_folder_s_runs(job, tmp_path):
+    out = tmp_path / "poster"
+    shutil.copytree(job[0], out)
+    proc = poster(out, "--quick", "--seeds", *map(str, SEEDS), "--variants", "scan", "vse0")
+    assert proc.stdout.count("trained, skipping") == 2 * len(SEEDS)
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["summary"]) == {"scan", "vse0", "image features"}
+    assert "| jwae-mh |" not in (out / "results.md").read_text()
+
+
+def test_bad_variants_are_refused(capsys):
+    assert experiments.main(["poster", "--variants", "scan", "scan"]) == 2
+    assert "--variants must be distinct" in capsys.readouterr().err
