@@ -22,7 +22,7 @@ XML = """<annotation><size><width>100</width><height>50</height><depth>3</depth>
 <object><name>3</name><nobndbox>0</nobndbox><scene>1</scene></object>
 <object><name>4</name><nobndbox>1</nobndbox><scene>0</scene></object>
 </annotation>
-"""  # noqa: E501
+"""
 
 
 @pytest.fixture

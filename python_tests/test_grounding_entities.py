@@ -32,7 +32,7 @@ ANNOTATION = """<annotation>
   <object><name>21</name><nobndbox>0</nobndbox><scene>1</scene></object>
   <object><name>19</name><nobndbox>1</nobndbox><scene>0</scene></object>
 </annotation>
-"""  # noqa: E501 (one object per line, as the dataset's files)
+"""
 
 
 def test_sentences_with_several_types_and_notvisual(tmp_path):

@@ -62,7 +62,8 @@ def test_cite_negatives_are_sampled_below_the_threshold():
     assert negative[0].sum() == 2 and not negative[0, [0, 4, 5]].any()  # 2 per positive, < 0.3
     assert not negative[1].any()  # no positive, no negative
     few = torch.tensor([[0.9, 0.35, 0.36, 0.1, 0.7, 0.2]])
-    wide = _sample_negatives(few, torch.ones_like(few, dtype=bool), few >= 0.6, GroundingLossConfig())
+    every = torch.ones_like(few, dtype=torch.bool)
+    wide = _sample_negatives(few, every, few >= 0.6, GroundingLossConfig())
     assert wide.sum() == 4 and not wide[0, [0, 4]].any()  # too few < 0.3: CITE takes < 0.4
 
 
@@ -81,9 +82,9 @@ def test_padding_never_changes_the_scores_of_real_proposals(tiny):
 
 
 def test_config_errors_name_the_field():
-    with pytest.raises(ValueError, match="GroundingConfig.variant"):
+    with pytest.raises(ValueError, match=r"GroundingConfig\.variant"):
         GroundingConfig("vse++", 10, 10)
-    with pytest.raises(ValueError, match="GroundingConfig.num_concepts"):
+    with pytest.raises(ValueError, match=r"GroundingConfig\.num_concepts"):
         GroundingConfig("cite", 10, 10, num_concepts=0)
     with pytest.raises(ValueError, match="neg_iou <= pos_iou"):
         GroundingLossConfig(pos_iou=0.2, neg_iou=0.3)

@@ -49,6 +49,7 @@ __all__ = [
 
 SPLITS = ("train", "val", "test")
 SPATIAL_DIM = 5
+_IOU_CHUNK = 4096  # phrases per IoU computation
 _BOXES, _FEATS, _COUNTS = "{}_boxes.npy", "{}_box_feats.npy", "{}_num_boxes.npy"
 
 
@@ -177,11 +178,14 @@ class GroundingSplit:
                     gt.append(union_box(boxes))
         image_ids = np.array(image, dtype=np.int64)
         gt_boxes = np.array(gt, dtype=np.int64).reshape(-1, 4)
-        proposals = self.boxes[image_ids]
-        iou = box_iou(proposals, gt_boxes[:, None, :]).astype(np.float32)
-        real = np.arange(self.num_proposals) < self.num_boxes[image_ids][:, None]
+        iou = np.zeros((len(text), self.num_proposals), dtype=np.float32)
+        real = np.arange(self.num_proposals)
+        for start in range(0, len(text), _IOU_CHUNK):  # bounded float64 temporaries
+            rows = slice(start, start + _IOU_CHUNK)
+            chunk = box_iou(self.boxes[image_ids[rows]], gt_boxes[rows, None, :])
+            iou[rows] = chunk * (real < self.num_boxes[image_ids[rows]][:, None])
         return PhraseTable(
-            image_ids, np.array(sentence, dtype=np.int64), text, types, gt_boxes, iou * real
+            image_ids, np.array(sentence, dtype=np.int64), text, types, gt_boxes, iou
         )
 
     def upper_bound(self) -> float:
