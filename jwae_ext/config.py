@@ -54,16 +54,16 @@ PRESETS = {
     },
     "grounding": {
         "embedded": {
-            "epochs": 6,
+            "epochs": 5,
             "lr": 5e-4,
-            "lr_update": 5,
+            "lr_update": 4,
             "batch_size": 32,
             "embed_size": 256,
             "img_hidden": 256,
             "concept_dim": 64,
             "word_dim": 128,
             "warmup_epochs": 0,
-            "train_images": 1500,
+            "train_images": 1000,
         },
         "entities": {
             "epochs": 20,
