@@ -341,7 +341,7 @@ def phrase_localization(
 ) -> tuple[dict, str, list[Path]]:
     """Train (or resume) every localization method on the embedded grounding set for every
     seed; returns the results (per-run test results and the summary), the Markdown table and the
-    figure (the first seed's methods on its test split)."""
+    figures (the first seed's methods on its test split, every run's training curves)."""
     seeds = list(settings.seeds)
     tests: dict[str, dict[int, dict]] = {m: {} for m in methods}
     for seed in seeds:
@@ -367,10 +367,12 @@ def phrase_localization(
         num_images=config["eval_images"],
         num_proposals=config["proposals"],
     )
-    figure = figures.grounding_examples(
-        out / "figures" / f"grounding-{IN_DOMAIN}.png", loaded, split
-    )
-    return results, table, [figure]
+    fig_dir = out / "figures"
+    written = [figures.grounding_examples(fig_dir / f"grounding-{IN_DOMAIN}.png", loaded, split)]
+    for name in (run_name(m, s, "grounding") for m in methods for s in seeds):
+        metrics = out / "runs" / name / "metrics.jsonl"
+        written.append(figures.training_curves(metrics, fig_dir / f"curves-{name}.png"))
+    return results, table, written
 
 
 def retrieval_tables(

@@ -366,7 +366,9 @@ def _curve_panels(records: list[dict]) -> list[str]:
     terms: list[str] = []
     for record in records:
         terms += [t for t in record.get("train", {}) if t not in terms]
-    return [*terms, "R@1", "rsum"]
+    if "rsum" in records[-1].get("dev", {}):
+        return [*terms, "R@1", "rsum"]
+    return [*terms, "R@K"]  # a phrase-localization run: dev R@1 and R@5
 
 
 def training_curves_size(path: str | Path) -> tuple[int, int]:
@@ -378,7 +380,8 @@ def training_curves_size(path: str | Path) -> tuple[int, int]:
 
 def training_curves(metrics: str | Path, path: str | Path, title: str = "") -> Path:
     """One panel per training loss term (epoch means), then dev R@1 (both directions) and dev
-    rsum, the best epoch marked; write the PNG to ``path`` and return it."""
+    rsum (for a phrase-localization run: dev R@1 and R@5), the best epoch marked; write the PNG
+    to ``path`` and return it."""
     records = read_metrics(metrics)
     panels = _curve_panels(records)
     height, width = training_curves_size(metrics)
@@ -406,6 +409,11 @@ def training_curves(metrics: str | Path, path: str | Path, title: str = "") -> P
                 )
             ax.legend(fontsize=7)
             ax.set_title("dev R@1", fontsize=9)
+        elif name == "R@K":
+            for k in ("r1", "r5"):
+                ax.plot(epochs, [r["dev"][k] for r in records], marker=".", label=f"R@{k[1:]}")
+            ax.legend(fontsize=7)
+            ax.set_title("dev localization", fontsize=9)
         elif name == "rsum":
             ax.plot(epochs, [r["dev"]["rsum"] for r in records], marker=".", color="black")
             ax.set_title("dev rsum", fontsize=9)

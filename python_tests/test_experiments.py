@@ -91,7 +91,9 @@ def test_figures_are_drawn(job):
             path = fig_dir / f"{variant}-synthetic-b-retrieval-{direction}.png"
             assert imread(path).shape[:2] == figures.retrieval_size(4)
     curves = sorted(p.name for p in fig_dir.glob("curves-*.png"))
-    assert curves == sorted(f"curves-{v}-s{s}.png" for v in VARIANTS for s in SEEDS)
+    want = [f"curves-{v}-s{s}.png" for v in VARIANTS for s in SEEDS]
+    want += [f"curves-grounding-{m}-s{s}.png" for m in GROUNDING for s in SEEDS]
+    assert curves == sorted(want)
 
 
 def test_a_second_start_skips_done_work_and_resumes_the_rest(job):
