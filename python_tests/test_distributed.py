@@ -90,9 +90,8 @@ def _single_process_step(run_dir: Path, variant: str):
         trainer.model.sample_prior = lambda n, like: prior[:n]
         pairs = worker.as_float64(collate([trainer.dataset[j] for j in batch]))
         with torch.no_grad():
-            codes = (
-                trainer.model.encode_images(pairs.images),
-                trainer.model.encode_captions(pairs.captions, pairs.lengths),
+            codes = trainer.model.encode_images(pairs.images), trainer.model.encode_captions(
+                pairs.captions, pairs.lengths
             )
         values = trainer.train_step(pairs)
     finally:

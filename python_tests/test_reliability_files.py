@@ -194,7 +194,9 @@ _json = st.recursive(
 )
 
 
-@given(st.dictionaries(st.sampled_from([f.name for f in dataclasses.fields(TrainConfig)]), _json))
+@given(
+    st.dictionaries(st.sampled_from([f.name for f in dataclasses.fields(TrainConfig)]), _json)
+)
 def test_config_json_fuzz(tmp_path_factory, edits):
     """Any JSON values for any fields: a checked configuration or a ValueError, nothing else."""
     run = _saved_run(tmp_path_factory.mktemp("cfg"), **edits)

@@ -155,7 +155,9 @@ ENTRIES = {
         {"queries": "rows", "gallery": "rows"},
         "error",
     ),
-    "evaluate": Entry(retrieval.evaluate, None, _retrieval_inputs, _RETRIEVAL_KINDS, "error"),
+    "evaluate": Entry(
+        retrieval.evaluate, None, _retrieval_inputs, _RETRIEVAL_KINDS, "error"
+    ),
     "recall_table": Entry(
         retrieval.recall_table,
         None,

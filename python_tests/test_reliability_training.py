@@ -288,11 +288,8 @@ def test_disk_full_is_a_clear_error_and_the_previous_checkpoint_survives(straigh
 
     proc = train(tmp_path, *EPOCHS, "--resume", "--name", "run", preexec_fn=disk_full)
     assert proc.returncode == 2, proc.stderr
-    assert re.search(
-        rf"error: cannot write checkpoint {run}/(last|best)\.pt: File too large "
-        r"\(the previous checkpoint, if any, is intact\)",
-        proc.stderr,
-    ), proc.stderr
+    assert re.search(rf"error: cannot write checkpoint {run}/(last|best)\.pt: File too large "
+                     r"\(the previous checkpoint, if any, is intact\)", proc.stderr), proc.stderr
     assert "Traceback" not in proc.stderr
     assert (run / "last.pt").read_bytes() == last
     assert not [p.name for p in run.iterdir() if p.name.endswith(".tmp")]
