@@ -31,7 +31,7 @@ from jwae_ext.data import Vocabulary
 from jwae_ext.metrics_log import log_epoch
 from jwae_ext.models import JointModel
 
-__all__ = ["NonFiniteLoss", "RunLoop", "epoch_batches", "seed"]
+__all__ = ["NonFiniteLoss", "RunLoop", "epoch_batches", "seed_streams"]
 
 
 class NonFiniteLoss(RuntimeError):
@@ -77,7 +77,7 @@ def _set_rng_state(state: dict, device: torch.device) -> None:
             torch.cuda.set_rng_state(state["cuda"], device)
 
 
-def seed(value: int) -> None:
+def seed_streams(value: int) -> None:
     """Seed the random streams a run draws from (torch and Python)."""
     torch.manual_seed(value)
     random.seed(value)
@@ -143,7 +143,7 @@ class RunLoop:
                 "--name to start another run"
             )
 
-        seed(cfg.seed)  # the same on every rank: identical initial weights
+        seed_streams(cfg.seed)  # the same on every rank: identical initial weights
         self._build()
         self.model = self.model.to(self.device)
         self.optimizer = torch.optim.Adam(self.model.autoencoder_parameters(), lr=cfg.lr)
@@ -158,7 +158,7 @@ class RunLoop:
                 (self.dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
                 self.vocab.save(self.dir / "vocab.json")
             if self.ctx.enabled:
-                seed(distributed.rank_seed(cfg.seed, self.ctx.rank))
+                seed_streams(distributed.rank_seed(cfg.seed, self.ctx.rank))
         self._prepare()
 
     # -- what a task supplies --------------------------------------------------------------------
@@ -238,7 +238,7 @@ class RunLoop:
                 "re-derived, so the continuation is not the one the original run would have made",
                 file=sys.stderr,
             )
-        seed(distributed.rank_seed(self.cfg.seed, self.ctx.rank, self.global_step))
+        seed_streams(distributed.rank_seed(self.cfg.seed, self.ctx.rank, self.global_step))
 
     def save(self, name: str) -> Path:
         """Write a checkpoint (rank 0) once every rank's state is in it. Collective: every rank
