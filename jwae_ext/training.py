@@ -102,8 +102,9 @@ class RunLoop:
 
     A subclass builds its data and model in :meth:`_build` (setting ``vocab``, ``dataset``,
     ``collate``, ``model_cfg`` and ``model``), and supplies the loss of a batch
-    (:meth:`batch_loss`), the validation (:meth:`validate`, with :meth:`selection_score` and
-    :meth:`describe`) and the test (:meth:`test_split`, :meth:`evaluate`).
+    (:meth:`batch_loss`, :attr:`uses_discriminator`), the validation (:meth:`validate`, with
+    :meth:`selection_score` and :meth:`describe`), the test (:meth:`test_split`,
+    :meth:`evaluate`) and what the run prints (:meth:`describe_run`, :meth:`format_result`).
     """
 
     vocab: Vocabulary
