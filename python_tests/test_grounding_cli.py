@@ -10,6 +10,7 @@ import pytest
 import torch
 from matplotlib.image import imread
 
+from jwae_ext import figures
 from jwae_ext.grounding.synthetic import export_entities
 
 TINY = [
@@ -58,7 +59,8 @@ def test_train_writes_the_run_and_prints_the_localization_table(finished):
 
 
 def test_resume_continues_exactly(tmp_path):
-    args = [*TINY, "--run-dir", str(tmp_path), "--variant", "cite"]
+    # cite-jwae: both optimizers, and random streams (negatives, proposals, word dropout, prior).
+    args = [*TINY, "--run-dir", str(tmp_path), "--variant", "cite-jwae"]
     run("train", *args, "--epochs", "2", "--name", "straight")
     run("train", *args, "--epochs", "1", "--name", "resumed")
     run("train", "--run-dir", str(tmp_path), "--resume", "--epochs", "2", "--name", "resumed")
@@ -94,7 +96,8 @@ def test_evaluate_in_domain_cross_dataset_and_on_an_entities_folder(finished, tm
     assert {k: files[k] for k in ("r1", "r5", "upper_bound")} == {
         k: other[k] for k in ("r1", "r5", "upper_bound")
     }
-    assert imread(tmp_path / "figures" / "grounding.png").ndim == 3
+    drawn = imread(tmp_path / "figures" / "grounding.png")
+    assert drawn.shape[:2] == figures.grounding_size(6)  # 6 phrases of 6 of the 8 images
 
 
 @pytest.mark.parametrize(
