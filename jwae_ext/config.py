@@ -100,7 +100,7 @@ class TrainConfig:
         metadata={
             "help": f"objective (default: {DEFAULT_VARIANTS['retrieval']}; grounding: "
             f"{DEFAULT_VARIANTS['grounding']})",
-            "choices": (*VARIANTS, *GROUNDING_VARIANTS),
+            "choices": tuple(dict.fromkeys((*VARIANTS, *GROUNDING_VARIANTS))),
         },
     )
     prior: str = field(default="gan", metadata={"help": "prior matching", "choices": PRIORS})
