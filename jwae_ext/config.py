@@ -59,7 +59,7 @@ PRESETS = {
             "lr_update": 4,
             "batch_size": 32,
             "embed_size": 256,
-            "img_hidden": 256,
+            "img_hidden": 512,
             "concept_dim": 64,
             "word_dim": 128,
             "warmup_epochs": 0,

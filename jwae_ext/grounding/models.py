@@ -66,13 +66,14 @@ class GroundingBatch(NamedTuple):
 @dataclass(frozen=True)
 class GroundingConfig:
     """Sizes of a localization network (CITE's defaults: embedding 1024 = 4 x 256, hidden 1024,
-    concept embedding 256, 4 concepts). ``embed_size`` is also the jWAE latent size."""
+    concept embedding 256, 4 concepts). ``embed_size`` is also the jWAE latent size;
+    ``img_hidden`` is the width of every FC-BN-ReLU layer (CITE's hidden size) and of the
+    proposal decoder."""
 
     variant: str
     region_dim: int
     vocab_size: int
     embed_size: int = 1024
-    hidden: int = 1024
     concept_dim: int = 256
     num_concepts: int = 4
     word_dim: int = 300
@@ -86,7 +87,7 @@ class GroundingConfig:
             raise ValueError(
                 f"GroundingConfig.variant must be one of {GROUNDING_VARIANTS}, got {self.variant!r}"
             )
-        for name in ("hidden", "concept_dim", "num_concepts"):
+        for name in ("concept_dim", "num_concepts"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(
@@ -163,13 +164,13 @@ class GroundingModel(JointModel):
         self.variant = cfg.variant
         d = cfg.embed_size
         self.txt_enc = TextEncoder(self.cfg)
-        self.phrase_branch = Branch(d, cfg.hidden, d, normalize=True)
-        self.region_branch = Branch(cfg.region_dim, cfg.hidden, d, normalize=True)
+        self.phrase_branch = Branch(d, cfg.img_hidden, d, normalize=True)
+        self.region_branch = Branch(cfg.region_dim, cfg.img_hidden, d, normalize=True)
         if cfg.variant in _CITE_VARIANTS:
-            self.concept_logits = Branch(d, cfg.hidden, cfg.num_concepts, normalize=False)
-            self.joint_fc = fc_bn_relu(d, cfg.hidden)
+            self.concept_logits = Branch(d, cfg.img_hidden, cfg.num_concepts, normalize=False)
+            self.joint_fc = fc_bn_relu(d, cfg.img_hidden)
             self.concepts = nn.ModuleList(
-                fc_bn_relu(cfg.hidden, cfg.concept_dim) for _ in range(cfg.num_concepts)
+                fc_bn_relu(cfg.img_hidden, cfg.concept_dim) for _ in range(cfg.num_concepts)
             )
             self.score_fc = nn.Linear(cfg.concept_dim, 1)
         self._add_jwae_networks(self.cfg)
