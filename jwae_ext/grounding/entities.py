@@ -83,7 +83,9 @@ def parse_sentence(line: str, where: str = "sentence") -> Sentence:
     for token in line.split():
         if token.startswith("["):
             if open_phrase is not None:
-                raise ValueError(f"jwae_ext: {where}: nested '[' in {token!r} (phrases cannot nest)")
+                raise ValueError(
+                    f"jwae_ext: {where}: nested '[' in {token!r} (phrases cannot nest)"
+                )
             header = _HEADER.fullmatch(token)
             if header is None:
                 raise ValueError(
