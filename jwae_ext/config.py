@@ -121,7 +121,9 @@ class TrainConfig:
     )
     embed_size: int | None = field(default=None, metadata={"help": "latent size d"})
     word_dim: int | None = field(default=None, metadata={"help": "word embedding size"})
-    img_hidden: int | None = field(default=None, metadata={"help": "image MLP hidden size"})
+    img_hidden: int | None = field(
+        default=None, metadata={"help": "image MLP hidden size (grounding: every FC-BN-ReLU layer)"}
+    )
     bidirectional: bool | None = field(
         default=None,
         metadata={"help": "bi-GRU text encoder (default: on for the SCAN variants, as SCAN)"},
