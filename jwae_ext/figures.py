@@ -289,6 +289,7 @@ def _draw_i2t(split: CaptionSplit, queries: np.ndarray, ranked: np.ndarray) -> F
 
 _GROUNDING_PANEL = 2.6  # inches per phrase (square image panels)
 _GROUNDING_COLUMNS = 3
+_INSET, _INSET_SCALE = 0.4, 48  # pixels per method for a 48-pixel image, scaled with its size
 _METHOD_COLOURS = ("#d7191c", "#2b83ba", "#fdae61", "#abd9e9", "#984ea3", "#ffff33")
 
 
@@ -306,8 +307,11 @@ def grounding_examples(
     with an evaluated phrase in every ``N / phrases`` images), each over its image (a grey
     canvas of the image's size when the split has no pixels) with its ground-truth box (green,
     thick) and the box each of ``models`` chose (one colour each, legend below)."""
-    if not models:
-        raise ValueError("jwae_ext: grounding_examples needs at least one model")
+    if not 1 <= len(models) <= len(_METHOD_COLOURS):
+        raise ValueError(
+            f"jwae_ext: grounding_examples draws 1 to {len(_METHOD_COLOURS)} models, "
+            f"got {len(models)}"
+        )
     table = split.phrases
     if not len(table):
         raise ValueError(f"jwae_ext: split {split.name} has no evaluated phrase to draw")
@@ -332,28 +336,33 @@ def grounding_examples(
         ax.set_yticks([])
         ax.set_title(textwrap.fill(table.text[row], 28), fontsize=9)
         _box(ax, table.gt[row], _GROUND_TRUTH, 3.0, "ground truth")
-        for (name, boxes), colour in zip(chosen.items(), _METHOD_COLOURS, strict=False):
+        colours = _METHOD_COLOURS[: len(chosen)]
+        for i, ((name, boxes), colour) in enumerate(zip(chosen.items(), colours, strict=True)):
             proposal = int(boxes[row, 0])
             if proposal >= 0:
-                _box(ax, split.boxes[image, proposal], colour, 1.5, name, dashed=True)
+                # Each method's box a little further inside: methods that chose the same
+                # proposal stay visible as parallel dashed lines.
+                inset = _INSET * (i + 1) * split.sizes[image].max() / _INSET_SCALE
+                _box(ax, split.boxes[image, proposal], colour, 1.5, name, inset=inset)
     handles, labels = fig.axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=9, frameon=False)
     fig.subplots_adjust(left=0.02, right=0.98, top=0.93, bottom=0.1, wspace=0.1, hspace=0.35)
     return _save(fig, Path(path))
 
 
-def _box(ax, box: np.ndarray, colour: str, width: float, label: str, dashed: bool = False) -> None:
-    """An inclusive pixel box drawn around its pixels (edges at half-pixel positions)."""
+def _box(ax, box: np.ndarray, colour: str, width: float, label: str, inset: float = 0.0) -> None:
+    """An inclusive pixel box drawn around its pixels (edges at half-pixel positions), dashed
+    and moved ``inset`` pixels inwards when ``inset`` > 0."""
     x1, y1, x2, y2 = (float(v) for v in box)
     ax.add_patch(
         Rectangle(
-            (x1 - 0.5, y1 - 0.5),
-            x2 - x1 + 1,
-            y2 - y1 + 1,
+            (x1 - 0.5 + inset, y1 - 0.5 + inset),
+            x2 - x1 + 1 - 2 * inset,
+            y2 - y1 + 1 - 2 * inset,
             fill=False,
             edgecolor=colour,
             linewidth=width,
-            linestyle="--" if dashed else "-",
+            linestyle="--" if inset else "-",
             label=label,
         )
     )
