@@ -22,6 +22,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "single_threaded_blas.h"
 #include "tiling.h"
 
 namespace jwae::xattn {
@@ -180,6 +181,7 @@ class PairTiler {
   at::Tensor buffer_;
   std::vector<int64_t> offsets_;
   int64_t packed_ = -1;
+  SingleThreadedBlas blas_;  // a tile's bits must not depend on the thread count
 };
 
 // The tiles that `keep(caption_group, image_group)` accepts, one thread owning each caption group
