@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from jwae_ext import checkpoint, distributed
 from jwae_ext.checkpoint import TrainingState, load_training_state
+from jwae_ext.collapse import code_spread, collapse_message
 from jwae_ext.config import TrainConfig, from_args, resolve, resolve_device
 from jwae_ext.data import CaptionSplit, PairBatch, PairDataset, Vocabulary, collate, load_split
 from jwae_ext.losses import LossConfig
@@ -36,7 +37,7 @@ from jwae_ext.losses_distributed import AutoencoderLoss
 from jwae_ext.metrics_log import log_epoch
 from jwae_ext.models import ModelConfig, build_model
 from jwae_ext.retrieval import format_table
-from jwae_ext.retrieval_sharded import evaluate_split_sharded
+from jwae_ext.retrieval_sharded import encode_and_rank_sharded, evaluate_split_sharded
 
 
 class NonFiniteLoss(RuntimeError):
@@ -146,6 +147,7 @@ class Trainer:
         # The current epoch's summed loss terms and counted steps, for its metrics record.
         self.epoch_sums: dict[str, float] = {}
         self.epoch_counted = 0
+        self.collapse_warned = False  # collapse is reported once per process
 
         last = self.dir / "last.pt"
         if cfg.resume and not last.exists():
@@ -296,7 +298,21 @@ class Trainer:
         )
 
     def validate(self) -> dict:
-        return self._evaluate(self.dev_split)
+        """The dev table, with the spread of the dev codes under ``"codes"`` (rank 0's caption
+        shard under torchrun; :mod:`jwae_ext.collapse`); warns once per run when they collapse."""
+        table, img, cap = encode_and_rank_sharded(
+            self.model, self.dev_split, self.vocab, self.ctx, batch_size=self.cfg.eval_batch_size
+        )
+        spreads = {
+            name: code_spread(codes)
+            for name, codes in (("image", img), ("caption", cap))
+            if len(codes) >= 2
+        }
+        message = collapse_message(self.epoch, spreads)
+        if message and self.ctx.is_main and not self.collapse_warned:
+            tqdm.write(message, file=sys.stderr)
+            self.collapse_warned = True
+        return {**table, "codes": {name: s.to_dict() for name, s in spreads.items()}}
 
     def fit(self) -> None:
         cfg = self.cfg
