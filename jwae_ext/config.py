@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from jwae_ext.losses import PRIORS, RECONS, SCAN_VARIANTS, VARIANTS
+from jwae_ext.losses import JWAE_VARIANTS, PRIORS, RECONS, SCAN_VARIANTS, VARIANTS
 from jwae_ext.models import XattnConfig
 from jwae_ext.models.scan import XATTN_AGGS, XATTN_DIRECTIONS, XATTN_NORMS
 
@@ -104,6 +104,23 @@ class TrainConfig:
         default="clipped_l2norm",
         metadata={"help": "SCAN: normalization of the raw attention", "choices": XATTN_NORMS},
     )
+    unpaired_images: str | None = field(
+        default=None,
+        metadata={
+            "help": "images without captions for the jWAE terms alone: an embedded dataset "
+            "(its train split), a precomp FOLDER or FOLDER:SPLIT"
+        },
+    )
+    unpaired_captions: str | None = field(
+        default=None,
+        metadata={
+            "help": "captions without images for the jWAE terms alone: an embedded dataset, a "
+            "precomp FOLDER or FOLDER:SPLIT, or a file of one caption per line"
+        },
+    )
+    unpaired_ratio: float = field(
+        default=1.0, metadata={"help": "unpaired batches per paired batch (with --unpaired-*)"}
+    )
     vocab_threshold: int = field(default=4, metadata={"help": "min word count for the vocabulary"})
     train_images: int | None = field(
         default=None, metadata={"help": "use only the first N train images"}
@@ -147,6 +164,11 @@ class TrainConfig:
             lambda_lse=self.lambda_lse,
             raw_feature_norm=self.raw_feature_norm,
         )
+
+    @property
+    def uses_unpaired(self) -> bool:
+        """Unpaired images or captions join the jWAE terms."""
+        return bool(self.unpaired_images or self.unpaired_captions)
 
     @property
     def uses_regions(self) -> bool:
@@ -220,6 +242,15 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
             raise ValueError(f"{flag} must be one of {f.metadata['choices']}, got {value!r}")
     if filled.warmup_epochs < 0:
         raise ValueError(f"--warmup-epochs must be >= 0, got {filled.warmup_epochs}")
+    if filled.uses_unpaired:
+        if filled.variant not in JWAE_VARIANTS:
+            flag = "--unpaired-images" if filled.unpaired_images else "--unpaired-captions"
+            raise ValueError(
+                f"{flag} feeds only the jWAE terms: it needs a variant that has them "
+                f"({', '.join(JWAE_VARIANTS)}), got --variant {filled.variant}"
+            )
+        if not filled.unpaired_ratio > 0:
+            raise ValueError(f"--unpaired-ratio must be > 0, got {filled.unpaired_ratio}")
     if filled.batch_size < 2 and filled.variant != "jwae-mse":
         raise ValueError(f"--batch-size must be >= 2 for hinge losses, got {filled.batch_size}")
     return filled

@@ -21,7 +21,7 @@ from jwae_ext import ops
 
 SCAN_VARIANTS = ("scan", "scan-jwae-mh")
 VARIANTS = ("jwae-mh", "jwae-mse", "vse++", "vse0", *SCAN_VARIANTS)
-_JWAE_VARIANTS = ("jwae-mh", "jwae-mse", "scan-jwae-mh")
+JWAE_VARIANTS = ("jwae-mh", "jwae-mse", "scan-jwae-mh")
 PRIORS = ("gan", "mmd")
 RECONS = ("l1", "l2")
 
@@ -49,7 +49,7 @@ class LossConfig:
 
     @property
     def uses_wae(self) -> bool:
-        return self.variant in _JWAE_VARIANTS
+        return self.variant in JWAE_VARIANTS
 
     @property
     def uses_discriminator(self) -> bool:
