@@ -203,9 +203,9 @@ def resolve_device(name: str) -> torch.device:
 
 
 def data_kind(data: str) -> str:
-    from jwae_ext.data import EMBEDDED
+    from jwae_ext.data.sources import embedded_style
 
-    return "embedded" if data in EMBEDDED else "precomp"
+    return "embedded" if embedded_style(data) is not None else "precomp"
 
 
 def resolve(cfg: TrainConfig) -> TrainConfig:

@@ -343,11 +343,14 @@ _TEMPLATES = {
 
 
 def write_captions(
-    objects: Sequence[SceneObject], style: str, draws: Draws, count: int = CAPTIONS_PER_IMAGE
+    objects: Sequence[SceneObject],
+    style: str | Phrasing,
+    draws: Draws,
+    count: int = CAPTIONS_PER_IMAGE,
 ) -> list[str]:
-    """``count`` captions of one scene in ``style`` ("a" or "b"), distinct where the grammar
-    allows (a few redraws), each a true statement about the scene."""
-    phrasing = PHRASINGS[style]
+    """``count`` captions of one scene in ``style`` ("a", "b" or a :class:`Phrasing`), distinct
+    where the grammar allows (a few redraws), each a true statement about the scene."""
+    phrasing = PHRASINGS[style] if isinstance(style, str) else style
     writer = _Writer(phrasing, draws)
     captions: list[str] = []
     for _ in range(count):
