@@ -288,7 +288,8 @@ def draw_figures(
     out: Path, variants: list[str], seeds: list[int], splits: Splits, device: str
 ) -> list[Path]:
     """Latent space of ``vse++`` vs ``jwae-mh`` (first seed, when both ran) on both test sets,
-    their cross-domain retrieval examples, and every run's training curves."""
+    the t-SNE of their in-domain image codes, their cross-domain retrieval examples, and every
+    run's training curves."""
     seed = seeds[0]
     fig_dir = out / "figures"
     written = [
@@ -303,11 +304,15 @@ def draw_figures(
     loaded = {
         v: load_model(out / "runs" / run_name(v, seed), resolve_device(device)) for v in LATENT_PAIR
     }
+    image_panels = []
     for data in (IN_DOMAIN, CROSS_DOMAIN):
         split = splits.get(data, seed)
         panels = []
         for variant, model in loaded.items():
             ev = evaluate_loaded(model, split)
+            if data == IN_DOMAIN:
+                title = f"{variant} (seed {seed})"
+                image_panels.append(figures.ImageCodesPanel(title, ev.img_codes, split.attributes))
             panels.append(
                 figures.LatentPanel(
                     f"{variant} (seed {seed}) on {data} test",
@@ -322,6 +327,11 @@ def draw_figures(
                     fig_dir, ev.img_codes, ev.cap_codes, split, prefix=f"{variant}-{data}-"
                 )
         written.append(figures.latent_space(fig_dir / f"latent-{data}.png", panels, names))
+    try:
+        path = fig_dir / f"tsne-images-{IN_DOMAIN}.png"
+        written.append(figures.image_tsne(path, image_panels, seed))
+    except ImportError as err:  # scikit-learn is optional: the other figures stand
+        log(f"skipped the t-SNE figure: {err}")
     return written
 
 
