@@ -8,6 +8,9 @@ phrasing, words unknown to the model's vocabulary read as ``<unk>``), and measur
 continuity of the image codes. Writes ``results.json`` and ``results.md`` (mean +- sample std over
 seeds, in the form of the poster's two tables) and the figures.
 
+``unpaired``, ``shift`` and ``prior-weight`` are the measurements beside the poster's tables
+(:mod:`jwae_ext.sweeps`), written to ``results-KIND.md`` / ``.json`` in the same folder.
+
 The job is resumable: a run with ``test.json`` is done and skipped, a run with ``last.pt`` is
 resumed, an evaluation already written is read back. Interrupt it (Ctrl-C) and start the same
 command again to continue.
@@ -27,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from jwae_ext import figures, train
+from jwae_ext import figures, sweeps, train
 from jwae_ext.checkpoint import CheckpointError, load_model
 from jwae_ext.config import resolve_device
 from jwae_ext.continuity import continuity
@@ -93,15 +96,23 @@ def _check_settings(out: Path, settings: Settings) -> None:
     path.write_text(json.dumps(current, indent=1))
 
 
-def train_run(out: Path, settings: Settings, variant: str, seed: int) -> Path:
-    """Train one run unless done; resume it when interrupted. Returns its folder."""
+def train_run(
+    out: Path,
+    settings: Settings,
+    variant: str,
+    seed: int,
+    extra: tuple[str, ...] = (),
+    stem: str | None = None,
+) -> Path:
+    """Train one run unless done; resume it when interrupted. Returns its folder. ``extra``:
+    more trainer flags, for runs named ``STEM-sSEED`` (default: the variant)."""
     runs = out / "runs"
-    name = run_name(variant, seed)
+    name = run_name(stem or variant, seed)
     folder = runs / name
     if (folder / "test.json").is_file():
         log(f"{name}: trained, skipping")
         return folder
-    flags = ["--run-dir", str(runs), "--name", name, *settings.train_flags(variant, seed)]
+    flags = ["--run-dir", str(runs), "--name", name, *settings.train_flags(variant, seed), *extra]
     resume = (folder / "last.pt").is_file()
     if resume:
         flags.append("--resume")
@@ -135,11 +146,17 @@ class Splits:
         return self._cache[key]
 
 
-def evaluate_run(folder: Path, seed: int, splits: Splits, device: str) -> dict[str, dict]:
-    """The in-domain and cross-domain evaluations of a run's best checkpoint (read back when
-    already written)."""
+def evaluate_run(
+    folder: Path,
+    seed: int,
+    splits: Splits,
+    device: str,
+    tests: tuple[str, ...] = (IN_DOMAIN, CROSS_DOMAIN),
+) -> dict[str, dict]:
+    """The evaluations of a run's best checkpoint on the ``tests`` splits (default in-domain and
+    cross-domain; read back when already written)."""
     results, loaded = {}, None
-    for data in (IN_DOMAIN, CROSS_DOMAIN):
+    for data in tests:
         path = folder / f"eval-{data}-test.json"
         if not path.is_file():
             loaded = loaded or load_model(folder, resolve_device(device))
@@ -381,6 +398,43 @@ def poster(
     return results
 
 
+def run_sweep(out: Path, settings: Settings, sweep: sweeps.Sweep, command: str) -> dict:
+    """Train (or resume) and evaluate every row of ``sweep`` (:mod:`jwae_ext.sweeps`) for every
+    seed; writes and returns ``results-KIND.json`` and writes ``results-KIND.md``. Runs of the
+    same name in ``out`` are reused (the shift sweep reads a poster job's vse++ and jwae-mh)."""
+    _check_settings(out, settings)
+    seeds = list(settings.seeds)
+    splits = Splits(num_images=QUICK_EVAL_IMAGES if settings.quick else None)
+    evaluations: dict[str, dict[int, dict]] = {row.label: {} for row in sweep.rows}
+    for seed in seeds:
+        for row in sweep.rows:
+            folder = train_run(out, settings, row.variant, seed, row.flags, row.stem)
+            evaluations[row.label][seed] = evaluate_run(
+                folder, seed, splits, settings.device, sweep.tests
+            )
+    summary = sweeps.summarize(sweep, evaluations)
+    results = {
+        "command": command,
+        "settings": asdict(settings),
+        "summary": summary,
+        "runs": {
+            run_name(row.stem, s): evaluations[row.label][s] for row in sweep.rows for s in seeds
+        },
+    }
+    (out / f"results-{sweep.kind}.json").write_text(json.dumps(results, indent=1))
+    (out / f"results-{sweep.kind}.md").write_text(sweeps.markdown(sweep, summary, seeds, command))
+    log(f"wrote {out / f'results-{sweep.kind}.md'}")
+    return results
+
+
+def _common_options(q: argparse.ArgumentParser, out: str) -> None:
+    q.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    q.add_argument("--out", default=out, help="output folder (resumable)")
+    q.add_argument("--quick", action="store_true", help="tiny sizes, 1 epoch: a smoke test")
+    q.add_argument("--epochs", type=int, help="override the trainer's epochs")
+    q.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m jwae_ext.experiments",
@@ -404,7 +458,32 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("--quick", action="store_true", help="tiny sizes, 1 epoch: a smoke test")
     q.add_argument("--epochs", type=int, help="override the trainer's epochs")
     q.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    helps = {
+        "unpaired": "jwae-mh with and without synthetic-b's training data, unpaired",
+        "shift": "vse++ and jwae-mh tested at several shift strengths of synthetic-b",
+        "prior-weight": "jwae-mh at several prior weights lambda3 = lambda4",
+    }
+    for kind, text in helps.items():
+        q = sub.add_parser(kind, help=text, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        # The poster job's folder by default: its runs are reused where the names match.
+        _common_options(q, "runs/poster")
+        if kind == "shift":
+            q.add_argument("--strengths", type=float, nargs="+", default=[0.0, 0.5, 1.0, 2.0])
+        if kind == "prior-weight":
+            q.add_argument("--weights", type=float, nargs="+", default=[0.01, 0.1, 1.0])
     return p
+
+
+def _sweep_of(args: argparse.Namespace) -> sweeps.Sweep:
+    if args.experiment == "unpaired":
+        return sweeps.unpaired_sweep()
+    values = args.strengths if args.experiment == "shift" else args.weights
+    if min(values) < 0 or len(set(values)) != len(values):
+        flag = "--strengths" if args.experiment == "shift" else "--weights"
+        raise ValueError(f"{flag} must be distinct numbers >= 0, got {values}")
+    if args.experiment == "shift":
+        return sweeps.shift_sweep(values)
+    return sweeps.prior_weight_sweep(values)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -415,16 +494,22 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if len(set(args.seeds)) != len(args.seeds) or min(args.seeds) < 0:
             raise ValueError(f"--seeds must be distinct non-negative integers, got {args.seeds}")
-        if len(set(args.variants)) != len(args.variants):
+        if args.experiment == "poster" and len(set(args.variants)) != len(args.variants):
             raise ValueError(f"--variants must be distinct, got {args.variants}")
         if args.epochs is not None and args.epochs < 1:
             raise ValueError(f"--epochs must be >= 1, got {args.epochs}")
         settings = Settings(tuple(args.seeds), args.quick, args.epochs, args.device)
-        poster(Path(args.out), settings, command, tuple(args.variants))
+        if args.experiment == "poster":
+            poster(Path(args.out), settings, command, tuple(args.variants))
+            written = Path(args.out) / "results.md"
+        else:
+            sweep = _sweep_of(args)
+            run_sweep(Path(args.out), settings, sweep, command)
+            written = Path(args.out) / f"results-{sweep.kind}.md"
     except (ValueError, OSError, RunFailed, CheckpointError) as err:
         print(f"{prog}: error: {err}", file=sys.stderr)
         return 2
-    print((Path(args.out) / "results.md").read_text())
+    print(written.read_text())
     return 0
 
 
