@@ -40,6 +40,13 @@ PRESETS = {
     },
 }
 
+# Per variant: the prior matching and its weight lambda3 = lambda4, where not the official
+# code's adversarial prior at 0.01. jwae-mse's pair term has no negatives, so only the prior
+# keeps its codes apart: MMD at 100, against the pair term summed over the batch
+# (docs/design.md, "jWAE-MSE").
+VARIANT_PRIORS = {"jwae-mse": ("mmd", 100.0)}
+_DEFAULT_PRIOR = ("gan", 0.01)
+
 
 @dataclass
 class TrainConfig:
@@ -49,7 +56,13 @@ class TrainConfig:
         default="synthetic-a", metadata={"help": "embedded dataset name or precomp folder"}
     )
     variant: str = field(default="jwae-mh", metadata={"help": "objective", "choices": VARIANTS})
-    prior: str = field(default="gan", metadata={"help": "prior matching", "choices": PRIORS})
+    prior: str | None = field(
+        default=None,
+        metadata={
+            "help": "prior matching (default: per variant, see VARIANT_PRIORS)",
+            "choices": PRIORS,
+        },
+    )
     epochs: int | None = field(default=None, metadata={"help": "training epochs"})
     batch_size: int = field(default=128, metadata={"help": "pairs per step"})
     lr: float = field(default=2e-4, metadata={"help": "Adam learning rate (encoders/decoders)"})
@@ -71,8 +84,12 @@ class TrainConfig:
     word_dropout: float = field(default=0.2, metadata={"help": "decoder input word dropout"})
     lambda_rec: float = field(default=0.05, metadata={"help": "lambda1: image reconstruction"})
     lambda_nll: float = field(default=0.005, metadata={"help": "lambda2: caption NLL"})
-    lambda_img: float = field(default=0.01, metadata={"help": "lambda3: image prior matching"})
-    lambda_txt: float = field(default=0.01, metadata={"help": "lambda4: caption prior matching"})
+    lambda_img: float | None = field(
+        default=None, metadata={"help": "lambda3: image prior matching (default: per variant)"}
+    )
+    lambda_txt: float | None = field(
+        default=None, metadata={"help": "lambda4: caption prior matching (default: per variant)"}
+    )
     recon: str = field(
         default="l1", metadata={"help": "image reconstruction error", "choices": RECONS}
     )
@@ -216,6 +233,11 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
     )
     if filled.bidirectional is None:
         filled = dataclasses.replace(filled, bidirectional=filled.uses_regions)
+    prior, weight = VARIANT_PRIORS.get(filled.variant, _DEFAULT_PRIOR)
+    defaults = {"prior": prior, "lambda_img": weight, "lambda_txt": weight}
+    filled = dataclasses.replace(
+        filled, **{k: v for k, v in defaults.items() if getattr(filled, k) is None}
+    )
     positive = (
         "epochs",
         "batch_size",
