@@ -78,18 +78,25 @@ class TileWorker {
   SingleThreadedBlas blas_;
 };
 
-// Runs `work(TileWorker<scalar_t>&, item)` for every item in [0, count), spread over threads in
-// contiguous runs, each thread with its own worker. What an item is (a tile, a row block, a row
-// block's share of the columns) is the caller's; so is the rule that its epilogues write only state
-// owned by the item, which makes the result independent of the thread count.
+// Runs `work(worker, item)` for every item in [0, count), spread over threads in contiguous runs,
+// each thread with its own worker from `make_worker()` (its tile buffer, its BLAS guard). What an
+// item is (a tile, a row block, a row block's share of the columns, a caption group) is the
+// caller's; so is the rule that its epilogues write only state owned by the item, which makes the
+// result independent of the thread count.
+template <typename MakeWorker, typename Work>
+void parallel_items(int64_t count, MakeWorker&& make_worker, Work&& work) {
+  if (count <= 0) return;
+  at::parallel_for(0, count, 1, [&](int64_t first, int64_t last) {
+    auto worker = make_worker();
+    for (int64_t item = first; item < last; ++item) work(worker, item);
+  });
+}
+
+// parallel_items with TileWorkers of S = a·bᵀ.
 template <typename scalar_t, typename Work>
 void parallel_tiles(const at::Tensor& a, const at::Tensor& b, const TileGrid& grid, int64_t count,
                     Work&& work) {
-  if (count <= 0) return;
-  at::parallel_for(0, count, 1, [&](int64_t first, int64_t last) {
-    TileWorker<scalar_t> worker(a, b, grid);
-    for (int64_t item = first; item < last; ++item) work(worker, item);
-  });
+  parallel_items(count, [&] { return TileWorker<scalar_t>(a, b, grid); }, work);
 }
 
 // Computes the tiles `tile_ids` (row_block * col_blocks + col_block) of S = a·bᵀ and calls

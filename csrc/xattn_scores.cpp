@@ -379,16 +379,7 @@ std::tuple<at::Tensor, at::Tensor> xattn_scores_backward_cpu(
     std::array<bool, 2> grad_mask) {
   const Options options =
       parse_options(direction, lambda_softmax, agg, lambda_lse, raw_feature_norm);
-  check_inputs(images, captions, cap_lens);
-  check_dim(grad, 2, "grad", "(n_image, n_caption)");
-  TORCH_CHECK_VALUE(grad.size(0) == images.size(0) && grad.size(1) == captions.size(0),
-                    "jwae_ext: argument 'grad' must have shape (", images.size(0), ", ",
-                    captions.size(0), "), got ", grad.sizes());
-  const bool half = images.scalar_type() == at::kHalf || images.scalar_type() == at::kBFloat16;
-  const at::ScalarType score_dtype = half ? at::kFloat : images.scalar_type();
-  TORCH_CHECK_TYPE(grad.scalar_type() == score_dtype, "jwae_ext: argument 'grad' must have the ",
-                   "score dtype ", score_dtype, ", got ", grad.scalar_type());
-  check_same_device(grad, "grad", images, "images");
+  check_backward_inputs(grad, images, captions, cap_lens);
   const Problem p = make_problem(images, captions, cap_lens, options, {});
   const at::Tensor g = grad.contiguous();
   at::Tensor grad_images = grad_mask[0] ? at::zeros_like(p.images) : at::Tensor();

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "checks.h"
+#include "dtypes.h"
 
 namespace jwae::xattn {
 
@@ -112,6 +113,21 @@ inline void check_inputs(const at::Tensor& images, const at::Tensor& captions,
   TORCH_CHECK_VALUE(shortest >= 1 && longest <= captions.size(1), "jwae_ext: argument ",
                     "'cap_lens' must hold lengths in [1, ", captions.size(1), "] (words of ",
                     "'captions'), got values from ", shortest, " to ", longest);
+}
+
+// The backward's arguments: the inputs as check_inputs, and grad (N_i, N_c) in the score dtype on
+// their device.
+inline void check_backward_inputs(const at::Tensor& grad, const at::Tensor& images,
+                                  const at::Tensor& captions, const at::Tensor& cap_lens) {
+  check_inputs(images, captions, cap_lens);
+  check_dim(grad, 2, "grad", "(n_image, n_caption)");
+  TORCH_CHECK_VALUE(grad.size(0) == images.size(0) && grad.size(1) == captions.size(0),
+                    "jwae_ext: argument 'grad' must have shape (", images.size(0), ", ",
+                    captions.size(0), "), got ", grad.sizes());
+  check_same_device(grad, "grad", images, "images");
+  const at::ScalarType score_dtype = accumulation_dtype(images.scalar_type());
+  TORCH_CHECK_TYPE(grad.scalar_type() == score_dtype, "jwae_ext: argument 'grad' must have the ",
+                   "score dtype ", score_dtype, ", got ", grad.scalar_type());
 }
 
 // cap_to_img (N_c,) int64 on the inputs' device, ids in [0, N_i), every image captioned.

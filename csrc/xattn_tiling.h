@@ -22,6 +22,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "single_threaded_blas.h"
 #include "tiling.h"
 
 namespace jwae::xattn {
@@ -180,6 +181,7 @@ class PairTiler {
   at::Tensor buffer_;
   std::vector<int64_t> offsets_;
   int64_t packed_ = -1;
+  SingleThreadedBlas blas_;  // a tile's bits must not depend on the thread count
 };
 
 // The tiles that `keep(caption_group, image_group)` accepts, one thread owning each caption group
@@ -198,19 +200,24 @@ void for_each_pair_tile(const PairGrid& grid, const at::Tensor& regions,
   const bool by_captions = sweep == Sweep::by_row_block;
   const int64_t n_owned = by_captions ? grid.caption_groups() : grid.image_groups();
   const int64_t n_inner = by_captions ? grid.image_groups() : grid.caption_groups();
-  if (n_owned == 0 || n_inner == 0) return;
-  at::parallel_for(0, n_owned, 1, [&](int64_t first, int64_t last) {
-    PairTiler<scalar_t> tiler(grid, regions, captions, regions_as_rows);
-    auto epilogue = make_epilogue();
-    for (int64_t owned = first; owned < last; ++owned) {
-      for (int64_t inner = 0; inner < n_inner; ++inner) {
-        const int64_t caption_group = by_captions ? owned : inner;
-        const int64_t image_group = by_captions ? inner : owned;
-        if (keep(caption_group, image_group)) epilogue(tiler.compute(caption_group, image_group));
-      }
-      epilogue.group_done(owned);
-    }
-  });
+  if (n_inner == 0) return;
+  // One thread's tile maker and epilogue.
+  struct Worker {
+    PairTiler<scalar_t> tiler;
+    decltype(make_epilogue()) epilogue;
+  };
+  parallel_items(
+      n_owned, [&] { return Worker{{grid, regions, captions, regions_as_rows}, make_epilogue()}; },
+      [&](Worker& w, int64_t owned) {
+        for (int64_t inner = 0; inner < n_inner; ++inner) {
+          const int64_t caption_group = by_captions ? owned : inner;
+          const int64_t image_group = by_captions ? inner : owned;
+          if (keep(caption_group, image_group)) {
+            w.epilogue(w.tiler.compute(caption_group, image_group));
+          }
+        }
+        w.epilogue.group_done(owned);
+      });
 }
 
 }  // namespace jwae::xattn

@@ -24,6 +24,7 @@ import torch
 from jwae_ext.config import saved_config
 from jwae_ext.data import Vocabulary
 from jwae_ext.data.vocab import SPECIAL_TOKENS
+from jwae_ext.grounding.models import GroundingConfig, GroundingModel
 from jwae_ext.models import JointModel, ModelConfig, build_model
 
 CHECKPOINT_FORMAT = 1
@@ -185,7 +186,7 @@ class LoadedModel:
     """A trained model rebuilt from a checkpoint, with its vocabulary and training settings."""
 
     path: Path
-    model: JointModel
+    model: JointModel  # a GroundingModel for a phrase-localization run
     vocab: Vocabulary
     config: dict  # the run's TrainConfig as saved
 
@@ -212,7 +213,12 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> LoadedMo
     try:
         config = dict(state["config"])
         train = saved_config(config)
-        model = build_model(train.variant, ModelConfig(**state["model_config"]), train.xattn_config)
+        if train.task == "grounding":
+            model = GroundingModel(GroundingConfig(**state["model_config"]))
+        else:
+            model = build_model(
+                train.variant, ModelConfig(**state["model_config"]), train.xattn_config
+            )
         model.load_state_dict(state["model"])
         vocab = Vocabulary(words[len(SPECIAL_TOKENS) :])
     except (TypeError, ValueError, RuntimeError) as err:

@@ -17,26 +17,65 @@ from pathlib import Path
 
 import torch
 
+from jwae_ext.grounding.models import GROUNDING_VARIANTS
 from jwae_ext.losses import JWAE_VARIANTS, PRIORS, RECONS, SCAN_VARIANTS, VARIANTS
 from jwae_ext.models import XattnConfig
 from jwae_ext.models.scan import XATTN_AGGS, XATTN_DIRECTIONS, XATTN_NORMS
 
-# Per data kind: the values that make the default run fit in minutes on 2 CPU cores
-# (embedded), and the published recipe (precomp).
+TASKS = ("retrieval", "grounding")
+DEFAULT_VARIANTS = {"retrieval": "jwae-mh", "grounding": "cite-jwae"}
+TASK_VARIANTS = {"retrieval": VARIANTS, "grounding": GROUNDING_VARIANTS}
+
+# Per task and data kind: the values that make the default run fit in minutes on 2 CPU cores
+# (embedded), and the published recipe (precomp: VSE++/SCAN; entities: CITE's code, except its
+# early stopping and SGD fine-tuning, replaced by a fixed schedule).
 PRESETS = {
-    "embedded": {
-        "epochs": 10,
-        "lr_update": 7,
-        "embed_size": 256,
-        "img_hidden": 512,
-        "warmup_epochs": 2,
+    "retrieval": {
+        "embedded": {
+            "epochs": 10,
+            "lr": 2e-4,
+            "lr_update": 7,
+            "batch_size": 128,
+            "embed_size": 256,
+            "img_hidden": 512,
+            "word_dim": 300,
+            "warmup_epochs": 2,
+        },
+        "precomp": {
+            "epochs": 30,
+            "lr": 2e-4,
+            "lr_update": 15,
+            "batch_size": 128,
+            "embed_size": 1024,
+            "img_hidden": 1024,
+            "word_dim": 300,
+            "warmup_epochs": 0,
+        },
     },
-    "precomp": {
-        "epochs": 30,
-        "lr_update": 15,
-        "embed_size": 1024,
-        "img_hidden": 1024,
-        "warmup_epochs": 0,
+    "grounding": {
+        "embedded": {
+            "epochs": 5,
+            "lr": 5e-4,
+            "lr_update": 4,
+            "batch_size": 32,
+            "embed_size": 256,
+            "img_hidden": 512,
+            "concept_dim": 64,
+            "word_dim": 128,
+            "warmup_epochs": 0,
+            "train_images": 1000,
+        },
+        "entities": {
+            "epochs": 20,
+            "lr": 5e-5,
+            "lr_update": 15,
+            "batch_size": 6,
+            "embed_size": 1024,
+            "img_hidden": 1024,
+            "concept_dim": 256,
+            "word_dim": 300,
+            "warmup_epochs": 0,
+        },
     },
 }
 
@@ -52,31 +91,52 @@ _DEFAULT_PRIOR = ("gan", 0.01)
 class TrainConfig:
     """A training run. ``None`` fields are resolved from :data:`PRESETS` by :func:`resolve`."""
 
-    data: str = field(
-        default="synthetic-a", metadata={"help": "embedded dataset name or precomp folder"}
+    task: str = field(
+        default="retrieval",
+        metadata={"help": "image-text retrieval or phrase localization", "choices": TASKS},
     )
-    variant: str = field(default="jwae-mh", metadata={"help": "objective", "choices": VARIANTS})
+    data: str = field(
+        default="synthetic-a",
+        metadata={
+            "help": "embedded dataset name, or a precomp folder (retrieval) or a Flickr30k "
+            "Entities layout folder (grounding)"
+        },
+    )
+    variant: str | None = field(
+        default=None,
+        metadata={
+            "help": f"objective (default: {DEFAULT_VARIANTS['retrieval']}; grounding: "
+            f"{DEFAULT_VARIANTS['grounding']})",
+            "choices": tuple(dict.fromkeys((*VARIANTS, *GROUNDING_VARIANTS))),
+        },
+    )
     prior: str | None = field(
         default=None,
         metadata={
-            "help": "prior matching (default: per variant, see VARIANT_PRIORS)",
+            "help": "prior matching (default: per variant, see VARIANT_PRIORS; grounding: gan)",
             "choices": PRIORS,
         },
     )
     epochs: int | None = field(default=None, metadata={"help": "training epochs"})
-    batch_size: int = field(default=128, metadata={"help": "pairs per step"})
-    lr: float = field(default=2e-4, metadata={"help": "Adam learning rate (encoders/decoders)"})
+    batch_size: int | None = field(
+        default=None, metadata={"help": "pairs per step (grounding: images per step)"}
+    )
+    lr: float | None = field(
+        default=None, metadata={"help": "Adam learning rate (encoders/decoders)"}
+    )
     lr_update: int | None = field(default=None, metadata={"help": "epoch at which lr is decayed"})
     lr_decay: float = field(default=0.1, metadata={"help": "lr factor at --lr-update"})
     grad_clip: float = field(default=2.0, metadata={"help": "gradient-norm clip (0: off)"})
-    margin: float = field(default=0.2, metadata={"help": "hinge margin alpha"})
+    margin: float = field(default=0.2, metadata={"help": "hinge margin alpha (also embnet's)"})
     warmup_epochs: int | None = field(
         default=None,
         metadata={"help": "first epochs with the sum of hinges instead of the hardest negative"},
     )
     embed_size: int | None = field(default=None, metadata={"help": "latent size d"})
-    word_dim: int = field(default=300, metadata={"help": "word embedding size"})
-    img_hidden: int | None = field(default=None, metadata={"help": "image MLP hidden size"})
+    word_dim: int | None = field(default=None, metadata={"help": "word embedding size"})
+    img_hidden: int | None = field(
+        default=None, metadata={"help": "image MLP hidden size (grounding: every FC-BN-ReLU layer)"}
+    )
     bidirectional: bool | None = field(
         default=None,
         metadata={"help": "bi-GRU text encoder (default: on for the SCAN variants, as SCAN)"},
@@ -138,6 +198,28 @@ class TrainConfig:
     unpaired_ratio: float = field(
         default=1.0, metadata={"help": "unpaired batches per paired batch (with --unpaired-*)"}
     )
+    concepts: int = field(default=4, metadata={"help": "grounding, CITE: concept branches K"})
+    concept_dim: int | None = field(
+        default=None, metadata={"help": "grounding, CITE: concept embedding size"}
+    )
+    pos_iou: float = field(
+        default=0.6, metadata={"help": "grounding: IoU from which a proposal is a positive"}
+    )
+    neg_iou: float = field(
+        default=0.3, metadata={"help": "grounding: IoU below which a proposal is a negative"}
+    )
+    neg_ratio: int = field(
+        default=2, metadata={"help": "grounding, CITE: sampled negatives per positive"}
+    )
+    concept_l1: float = field(
+        default=5e-5, metadata={"help": "grounding, CITE: L1 weight on the concept logits"}
+    )
+    mse_weight: float = field(
+        default=1.0, metadata={"help": "grounding, jwae-mse: weight of the phrase-region MSE"}
+    )
+    proposals: int = field(
+        default=24, metadata={"help": "grounding, embedded data: proposals per image"}
+    )
     vocab_threshold: int = field(default=4, metadata={"help": "min word count for the vocabulary"})
     train_images: int | None = field(
         default=None, metadata={"help": "use only the first N train images"}
@@ -197,7 +279,8 @@ class TrainConfig:
         if self.name:
             return self.name
         data = self.data.rstrip("/").rsplit("/", 1)[-1]
-        return f"{self.variant}-{data}-s{self.seed}"
+        variant = self.variant or DEFAULT_VARIANTS.get(self.task, self.task)
+        return f"{variant}-{data}-s{self.seed}"
 
 
 def resolve_device(name: str) -> torch.device:
@@ -219,21 +302,40 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def data_kind(data: str) -> str:
+def data_kind(data: str, task: str = "retrieval") -> str:
     from jwae_ext.data.sources import embedded_style
 
-    return "embedded" if embedded_style(data) is not None else "precomp"
+    if embedded_style(data) is not None:
+        return "embedded"
+    return "entities" if task == "grounding" else "precomp"
 
 
 def resolve(cfg: TrainConfig) -> TrainConfig:
-    """Fill the ``None`` fields from the data kind's preset and check every value."""
-    preset = PRESETS[data_kind(cfg.data)]
+    """Fill the ``None`` fields from the preset of the task and data kind and check every
+    value."""
+    if cfg.task not in TASKS:
+        raise ValueError(f"--task must be one of {TASKS}, got {cfg.task!r}")
+    preset = {**PRESETS[cfg.task][data_kind(cfg.data, cfg.task)]}
+    preset["variant"] = DEFAULT_VARIANTS[cfg.task]
     filled = dataclasses.replace(
         cfg, **{k: v for k, v in preset.items() if getattr(cfg, k) is None}
     )
+    if filled.variant not in TASK_VARIANTS[filled.task]:
+        raise ValueError(
+            f"--variant must be one of {TASK_VARIANTS[filled.task]} for --task {filled.task}, "
+            f"got {filled.variant!r}"
+        )
+    if filled.concept_dim is None:  # retrieval never reads it: the grounding default
+        filled = dataclasses.replace(filled, concept_dim=256)
     if filled.bidirectional is None:
         filled = dataclasses.replace(filled, bidirectional=filled.uses_regions)
-    prior, weight = VARIANT_PRIORS.get(filled.variant, _DEFAULT_PRIOR)
+    # The prior's defaults: per variant for retrieval (VARIANT_PRIORS), the official code's
+    # adversarial prior at 0.01 for grounding (whose jwae-mse is another objective).
+    prior, weight = (
+        VARIANT_PRIORS.get(filled.variant, _DEFAULT_PRIOR)
+        if filled.task == "retrieval"
+        else _DEFAULT_PRIOR
+    )
     defaults = {"prior": prior, "lambda_img": weight, "lambda_txt": weight}
     filled = dataclasses.replace(
         filled, **{k: v for k, v in defaults.items() if getattr(filled, k) is None}
@@ -247,6 +349,10 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
         "disc_every",
         "disc_hidden",
         "eval_batch_size",
+        "concepts",
+        "concept_dim",
+        "neg_ratio",
+        "proposals",
     )
     for name in positive:
         if getattr(filled, name) < 1:
@@ -264,7 +370,16 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
             raise ValueError(f"{flag} must be one of {f.metadata['choices']}, got {value!r}")
     if filled.warmup_epochs < 0:
         raise ValueError(f"--warmup-epochs must be >= 0, got {filled.warmup_epochs}")
+    if not 0 <= filled.neg_iou <= filled.pos_iou <= 1:
+        raise ValueError(
+            f"--neg-iou and --pos-iou must satisfy 0 <= neg-iou <= pos-iou <= 1, got "
+            f"{filled.neg_iou} and {filled.pos_iou}"
+        )
     if filled.uses_unpaired:
+        if filled.task != "retrieval":
+            raise ValueError(
+                f"--unpaired-images/--unpaired-captions: retrieval only, got --task {filled.task}"
+            )
         if filled.variant not in JWAE_VARIANTS:
             flag = "--unpaired-images" if filled.unpaired_images else "--unpaired-captions"
             raise ValueError(
@@ -273,7 +388,7 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
             )
         if not filled.unpaired_ratio > 0:
             raise ValueError(f"--unpaired-ratio must be > 0, got {filled.unpaired_ratio}")
-    if filled.batch_size < 2 and filled.variant != "jwae-mse":
+    if filled.batch_size < 2 and filled.task == "retrieval" and filled.variant != "jwae-mse":
         raise ValueError(f"--batch-size must be >= 2 for hinge losses, got {filled.batch_size}")
     return filled
 

@@ -1,4 +1,5 @@
-"""``python -m jwae_ext.evaluate CHECKPOINT``: the retrieval table of a trained model on any split.
+"""``python -m jwae_ext.evaluate CHECKPOINT``: the retrieval table of a trained model on any split
+(for a phrase-localization checkpoint: its R@1, R@5, upper bound and R@1 per phrase type).
 
 The model, its vocabulary and its training settings come from the checkpoint alone. By default
 it is evaluated where the trainer tested it (the training data's test split, generated from the
@@ -21,7 +22,10 @@ from jwae_ext.checkpoint import CheckpointError, load_model
 from jwae_ext.config import resolve_device
 from jwae_ext.continuity import format_continuity
 from jwae_ext.data import load_split
-from jwae_ext.evaluation import CONTINUITY_K, Evaluation, evaluate_loaded
+from jwae_ext.evaluation import CONTINUITY_K, evaluate_loaded
+from jwae_ext.grounding.evaluation import evaluate_loaded_grounding, format_grounding
+from jwae_ext.grounding.sources import load_grounding
+from jwae_ext.grounding.synthetic import NUM_PROPOSALS
 from jwae_ext.retrieval import PROTOCOLS, format_table
 
 
@@ -33,9 +37,13 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("checkpoint", help="checkpoint file, or a run folder (its best.pt)")
     p.add_argument(
-        "--data", help="embedded dataset name or precomp folder (default: the training data)"
+        "--data",
+        help="embedded dataset name, precomp folder or (grounding) Flickr30k Entities layout "
+        "folder (default: the training data)",
     )
-    p.add_argument("--split", default="test", help="split to evaluate")
+    p.add_argument(
+        "--split", default="test", help="split to evaluate (grounding: train, val, test)"
+    )
     p.add_argument("--protocol", default="full", choices=PROTOCOLS)
     p.add_argument(
         "--seed", type=int, help="seed generating embedded data (default: the run's seed)"
@@ -60,8 +68,8 @@ def _default_out(checkpoint: Path, data: str, split: str) -> Path:
     return checkpoint.parent / f"eval-{name}-{split}.json"
 
 
-def run(args: argparse.Namespace) -> tuple[Evaluation, Path]:
-    """Everything the command does but printing; returns the evaluation and the JSON file."""
+def run(args: argparse.Namespace) -> tuple[str, Path]:
+    """Everything the command does but printing; returns the report and the JSON file."""
     for name in ("num_images", "k", "batch_size"):
         value = getattr(args, name)
         if value is not None and value < 1:
@@ -70,44 +78,66 @@ def run(args: argparse.Namespace) -> tuple[Evaluation, Path]:
     data = args.data or loaded.config["data"]
     seed = loaded.config.get("seed", 0) if args.seed is None else args.seed
     num_images = args.num_images or loaded.config.get("eval_images")
-    split = load_split(data, args.split, seed=seed, num_images=num_images)
-    evaluation = evaluate_loaded(
-        loaded, split, protocol=args.protocol, batch_size=args.batch_size, k=args.k
-    )
-    evaluation.result["seed"] = seed
     out = Path(args.out) if args.out else _default_out(loaded.path, data, args.split)
+    if loaded.config.get("task") == "grounding":
+        split = load_grounding(
+            data,
+            args.split,
+            seed=seed,
+            num_images=num_images,
+            num_proposals=loaded.config.get("proposals", NUM_PROPOSALS),
+        )
+        result = evaluate_loaded_grounding(loaded, split, batch_size=args.batch_size)
+        report = (
+            f"{result['variant']} trained on {result['trained_on']}, evaluated on "
+            f"{result['data']} ({split.num_images} images)\n{format_grounding(result)}"
+        )
+        figures_of = "grounding"
+    else:
+        split = load_split(data, args.split, seed=seed, num_images=num_images)
+        evaluation = evaluate_loaded(
+            loaded, split, protocol=args.protocol, batch_size=args.batch_size, k=args.k
+        )
+        result = evaluation.result
+        report = (
+            f"{result['variant']} trained on {result['trained_on']}, evaluated on "
+            f"{result['data']} ({result['images']} images, {result['captions']} captions, "
+            f"protocol {args.protocol})\n{format_table(result)}"
+        )
+        if result["continuity"] is not None:
+            report += "\n" + format_continuity(result["continuity"])
+        figures_of = "retrieval"
+    result["seed"] = seed
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(evaluation.result, indent=1))
+    out.write_text(json.dumps(result, indent=1))
     if args.figures:
         from jwae_ext import figures  # matplotlib only when asked for
 
-        figures.evaluation_figures(
-            Path(args.figures),
-            evaluation.img_codes,
-            evaluation.cap_codes,
-            evaluation.split,
-            title=f"{evaluation.result['variant']} on {evaluation.split.name}",
-            run_dir=loaded.path.parent,
-        )
-    return evaluation, out
+        if figures_of == "grounding":
+            figures.grounding_examples(
+                Path(args.figures) / "grounding.png", {result["variant"]: loaded}, split
+            )
+        else:
+            figures.evaluation_figures(
+                Path(args.figures),
+                evaluation.img_codes,
+                evaluation.cap_codes,
+                evaluation.split,
+                title=f"{result['variant']} on {evaluation.split.name}",
+                run_dir=loaded.path.parent,
+            )
+    return report, out
 
 
 def main(argv: list[str] | None = None) -> int:
     prog = "python -m jwae_ext.evaluate"
     args = parser().parse_args(argv)
     try:
-        evaluation, out = run(args)
+        report, out = run(args)
     except (ValueError, OSError, CheckpointError) as err:
         print(f"{prog}: error: {err}", file=sys.stderr)
         return 2
-    result = evaluation.result
-    print(
-        f"{result['variant']} trained on {result['trained_on']}, evaluated on {result['data']} "
-        f"({result['images']} images, {result['captions']} captions, protocol {args.protocol})"
-    )
-    print(format_table(result))
-    if result["continuity"] is not None:
-        print(format_continuity(result["continuity"]))
+    print(report)
     print(f"written to {out}")
     return 0
 

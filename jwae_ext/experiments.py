@@ -5,8 +5,10 @@ For each seed, trains ``vse0``, ``vse++``, ``jwae-mse``, ``jwae-mh``, ``scan`` a
 ``python -m jwae_ext.train``'s defaults), evaluates the best checkpoint in-domain (the test split
 of ``synthetic-a``) and cross-domain (the test split of ``synthetic-b``: other rendering, other
 phrasing, words unknown to the model's vocabulary read as ``<unk>``), and measures the semantic
-continuity of the image codes. Writes ``results.json`` and ``results.md`` (mean +- sample std over
-seeds, in the form of the poster's two tables) and the figures.
+continuity of the image codes. Then trains the phrase-localization methods ``embnet``, ``cite``,
+``jwae-mse`` and ``cite-jwae`` on the embedded grounding set of ``synthetic-a`` and tabulates
+their test R@1 and R@5 (``--grounding``). Writes ``results.json`` and ``results.md`` (mean +-
+sample std over seeds, in the form of the poster's tables) and the figures.
 
 ``unpaired``, ``shift`` and ``prior-weight`` are the measurements beside the poster's tables
 (:mod:`jwae_ext.sweeps`), written to ``results-KIND.md`` / ``.json`` in the same folder.
@@ -36,6 +38,9 @@ from jwae_ext.config import resolve_device
 from jwae_ext.continuity import continuity
 from jwae_ext.data import CaptionSplit, SceneAttributes, load_split
 from jwae_ext.evaluation import evaluate_loaded
+from jwae_ext.grounding.models import GROUNDING_VARIANTS
+from jwae_ext.grounding.sources import load_grounding
+from jwae_ext.grounding.table import grounding_markdown, summarize_grounding
 
 VARIANTS = ("vse0", "vse++", "jwae-mse", "jwae-mh", "scan", "scan-jwae-mh")
 IN_DOMAIN, CROSS_DOMAIN = "synthetic-a", "synthetic-b"
@@ -57,8 +62,9 @@ class Settings:
     epochs: int | None
     device: str
 
-    def train_flags(self, variant: str, seed: int) -> list[str]:
+    def train_flags(self, variant: str, seed: int, task: str = "retrieval") -> list[str]:
         flags = ["--data", IN_DOMAIN, "--variant", variant, "--seed", str(seed), "--no-progress"]
+        flags += ["--task", task]
         flags += ["--device", self.device]
         if self.quick:
             flags += QUICK_FLAGS
@@ -71,8 +77,8 @@ class RunFailed(RuntimeError):
     """A training run ended with an error (its log says which)."""
 
 
-def run_name(variant: str, seed: int) -> str:
-    return f"{variant}-s{seed}"
+def run_name(variant: str, seed: int, task: str = "retrieval") -> str:
+    return f"{variant}-s{seed}" if task == "retrieval" else f"{task}-{variant}-s{seed}"
 
 
 def log(message: str) -> None:
@@ -103,16 +109,24 @@ def train_run(
     seed: int,
     extra: tuple[str, ...] = (),
     stem: str | None = None,
+    task: str = "retrieval",
 ) -> Path:
-    """Train one run unless done; resume it when interrupted. Returns its folder. ``extra``:
-    more trainer flags, for runs named ``STEM-sSEED`` (default: the variant)."""
+    """Train one run of ``task`` unless done; resume it when interrupted. Returns its folder.
+    ``extra``: more trainer flags, for runs named ``STEM-sSEED`` (default: the variant)."""
     runs = out / "runs"
-    name = run_name(stem or variant, seed)
+    name = run_name(stem or variant, seed, task)
     folder = runs / name
     if (folder / "test.json").is_file():
         log(f"{name}: trained, skipping")
         return folder
-    flags = ["--run-dir", str(runs), "--name", name, *settings.train_flags(variant, seed), *extra]
+    flags = [
+        "--run-dir",
+        str(runs),
+        "--name",
+        name,
+        *settings.train_flags(variant, seed, task),
+        *extra,
+    ]
     resume = (folder / "last.pt").is_file()
     if resume:
         flags.append("--resume")
@@ -355,12 +369,50 @@ def draw_figures(
 # ---- the command -------------------------------------------------------------------------------
 
 
-def poster(
-    out: Path, settings: Settings, command: str, variants: tuple[str, ...] = VARIANTS
-) -> dict:
-    """Run (or resume) the experiment for ``variants`` (the tables then have those rows);
-    returns ``results.json``'s content."""
-    _check_settings(out, settings)
+def phrase_localization(
+    out: Path, settings: Settings, methods: tuple[str, ...]
+) -> tuple[dict, str, list[Path]]:
+    """Train (or resume) every localization method on the embedded grounding set for every
+    seed; returns the results (per-run test results and the summary), the Markdown table and the
+    figures (the first seed's methods on its test split, every run's training curves)."""
+    seeds = list(settings.seeds)
+    tests: dict[str, dict[int, dict]] = {m: {} for m in methods}
+    for seed in seeds:
+        for method in methods:
+            folder = train_run(out, settings, method, seed, task="grounding")
+            tests[method][seed] = json.loads((folder / "test.json").read_text())
+            log(f"{folder.name}: test R@1 {tests[method][seed]['r1']:.1f}")
+    summary = summarize_grounding(tests)
+    results = {
+        "summary": summary,
+        "runs": {run_name(m, s, "grounding"): tests[m][s] for m in methods for s in seeds},
+    }
+    table = grounding_markdown(summary, IN_DOMAIN, tests[methods[0]][seeds[0]]["phrases"])
+    device = resolve_device(settings.device)
+    loaded = {
+        m: load_model(out / "runs" / run_name(m, seeds[0], "grounding"), device) for m in methods
+    }
+    config = next(iter(loaded.values())).config
+    split = load_grounding(
+        IN_DOMAIN,
+        "test",
+        seed=seeds[0],
+        num_images=config["eval_images"],
+        num_proposals=config["proposals"],
+    )
+    fig_dir = out / "figures"
+    written = [figures.grounding_examples(fig_dir / f"grounding-{IN_DOMAIN}.png", loaded, split)]
+    for name in (run_name(m, s, "grounding") for m in methods for s in seeds):
+        metrics = out / "runs" / name / "metrics.jsonl"
+        written.append(figures.training_curves(metrics, fig_dir / f"curves-{name}.png"))
+    return results, table, written
+
+
+def retrieval_tables(
+    out: Path, settings: Settings, command: str, variants: tuple[str, ...]
+) -> tuple[dict, str, list[Path]]:
+    """Train (or resume) and evaluate the retrieval ``variants`` for every seed; returns their
+    results, the Markdown tables and the figures."""
     seeds = list(settings.seeds)
     splits = Splits(num_images=QUICK_EVAL_IMAGES if settings.quick else None)
     evaluations: dict[str, dict[int, dict]] = {v: {} for v in variants}
@@ -383,17 +435,40 @@ def poster(
     summary = summarize(evaluations, baselines)
     chance = _chance(baselines)
     results = {
-        "command": command,
-        "settings": asdict(settings),
         "summary": summary,
         "chance": chance,
         "runs": {run_name(v, s): evaluations[v][s] for v in variants for s in seeds},
     }
-    (out / "results.json").write_text(json.dumps(results, indent=1))
     any_run = evaluations[variants[0]][seeds[0]]
     sizes = {data: (any_run[data]["images"], any_run[data]["captions"]) for data in any_run}
-    (out / "results.md").write_text(markdown(summary, chance, sizes, seeds, command))
-    written = draw_figures(out, list(variants), seeds, splits, settings.device)
+    text = markdown(summary, chance, sizes, seeds, command)
+    return results, text, draw_figures(out, list(variants), seeds, splits, settings.device)
+
+
+def poster(
+    out: Path,
+    settings: Settings,
+    command: str,
+    variants: tuple[str, ...] = VARIANTS,
+    grounding: tuple[str, ...] = GROUNDING_VARIANTS,
+) -> dict:
+    """Run (or resume) the experiment for the retrieval ``variants`` (the tables then have those
+    rows) and the phrase-localization methods ``grounding``, either possibly empty; returns
+    ``results.json``'s content."""
+    if not variants and not grounding:
+        raise ValueError("nothing to run: --variants and --grounding are both empty")
+    _check_settings(out, settings)
+    results: dict = {"command": command, "settings": asdict(settings)}
+    text, written = f"# Poster experiments on the embedded data\n\nCommand: `{command}`\n", []
+    if variants:
+        part, text, written = retrieval_tables(out, settings, command, variants)
+        results.update(part)
+    if grounding:
+        results["grounding"], table, drawn = phrase_localization(out, settings, grounding)
+        text += "\n" + table
+        written += drawn
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+    (out / "results.md").write_text(text)
     log(f"wrote {out / 'results.md'}, {out / 'results.json'} and {len(written)} figures")
     return results
 
@@ -449,10 +524,17 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     q.add_argument(
         "--variants",
-        nargs="+",
+        nargs="*",
         choices=VARIANTS,
         default=list(VARIANTS),
         help="the rows to train and tabulate (runs of a folder are kept: add rows later)",
+    )
+    q.add_argument(
+        "--grounding",
+        nargs="*",
+        choices=GROUNDING_VARIANTS,
+        default=list(GROUNDING_VARIANTS),
+        help="the phrase-localization methods to train and tabulate (none: no such table)",
     )
     q.add_argument("--out", default="runs/poster", help="output folder (resumable)")
     q.add_argument("--quick", action="store_true", help="tiny sizes, 1 epoch: a smoke test")
@@ -494,13 +576,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if len(set(args.seeds)) != len(args.seeds) or min(args.seeds) < 0:
             raise ValueError(f"--seeds must be distinct non-negative integers, got {args.seeds}")
-        if args.experiment == "poster" and len(set(args.variants)) != len(args.variants):
-            raise ValueError(f"--variants must be distinct, got {args.variants}")
+        if args.experiment == "poster":
+            for name in ("variants", "grounding"):
+                values = getattr(args, name)
+                if len(set(values)) != len(values):
+                    raise ValueError(f"--{name} must be distinct, got {values}")
         if args.epochs is not None and args.epochs < 1:
             raise ValueError(f"--epochs must be >= 1, got {args.epochs}")
         settings = Settings(tuple(args.seeds), args.quick, args.epochs, args.device)
         if args.experiment == "poster":
-            poster(Path(args.out), settings, command, tuple(args.variants))
+            poster(Path(args.out), settings, command, tuple(args.variants), tuple(args.grounding))
             written = Path(args.out) / "results.md"
         else:
             sweep = _sweep_of(args)

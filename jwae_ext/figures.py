@@ -8,6 +8,8 @@ functions give it as ``(height, width)``).
    the image (the poster's "image latent space" figure), one panel per model, side by side.
 2. :func:`retrieval_examples`: caption queries with their top-5 images drawn, and image queries
    with their top-5 captions as text, ground truth marked (embedded data: images are rendered).
+   :func:`grounding_examples`: phrases over their images with the ground-truth box and each
+   localization model's chosen box (the poster's phrase-localization figure).
 3. :func:`training_curves`: every loss term, dev R@1 and rsum per epoch from ``metrics.jsonl``.
 4. :func:`image_tsne`: the image codes alone on a t-SNE, coloured by the main object's shape and
    by its colour, one column per model (the poster's "semantic continuity" figure).
@@ -17,23 +19,29 @@ from __future__ import annotations
 
 import math
 import textwrap
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 from matplotlib.ticker import MaxNLocator
 
 from jwae_ext import ops
+from jwae_ext.checkpoint import LoadedModel
 from jwae_ext.data import CaptionSplit, SceneAttributes
+from jwae_ext.grounding.data import GroundingSplit
+from jwae_ext.grounding.evaluation import localize
 from jwae_ext.metrics_log import read_metrics
 
 __all__ = [
     "ImageCodesPanel",
     "LatentPanel",
     "evaluation_figures",
+    "grounding_examples",
+    "grounding_size",
     "image_tsne",
     "image_tsne_size",
     "latent_space",
@@ -283,6 +291,89 @@ def _draw_i2t(split: CaptionSplit, queries: np.ndarray, ranked: np.ndarray) -> F
     return fig
 
 
+# ---- 2b. phrase localization -----------------------------------------------------------------
+
+_GROUNDING_PANEL = 2.6  # inches per phrase (square image panels)
+_GROUNDING_COLUMNS = 3
+_INSET, _INSET_SCALE = 0.4, 48  # pixels per method for a 48-pixel image, scaled with its size
+_METHOD_COLOURS = ("#d7191c", "#2b83ba", "#fdae61", "#abd9e9", "#984ea3", "#ffff33")
+
+
+def grounding_size(phrases: int) -> tuple[int, int]:
+    """``(height, width)`` in pixels of a :func:`grounding_examples` figure."""
+    columns = min(phrases, _GROUNDING_COLUMNS)
+    rows = -(-phrases // _GROUNDING_COLUMNS)
+    return _pixels(columns * _GROUNDING_PANEL, rows * (_GROUNDING_PANEL + 0.5) + _TITLE_HEIGHT)
+
+
+def grounding_examples(
+    path: str | Path, models: Mapping[str, LoadedModel], split: GroundingSplit, *, phrases: int = 6
+) -> Path:
+    """The poster's localization figure: ``phrases`` phrases spread over ``split`` (the first
+    with an evaluated phrase in every ``N / phrases`` images), each over its image (a grey
+    canvas of the image's size when the split has no pixels) with its ground-truth box (green,
+    thick) and the box each of ``models`` chose (one colour each, legend below)."""
+    if not 1 <= len(models) <= len(_METHOD_COLOURS):
+        raise ValueError(
+            f"jwae_ext: grounding_examples draws 1 to {len(_METHOD_COLOURS)} models, "
+            f"got {len(models)}"
+        )
+    table = split.phrases
+    if not len(table):
+        raise ValueError(f"jwae_ext: split {split.name} has no evaluated phrase to draw")
+    picked = np.unique(np.searchsorted(table.image, _evenly(split.num_images, phrases)))
+    picked = picked[picked < len(table)]
+    chosen = {
+        name: localize(m.model, split, m.vocab, k=1, device=next(m.model.parameters()).device)
+        for name, m in models.items()
+    }
+    height, width = grounding_size(len(picked))
+    fig = Figure(figsize=(width / DPI, height / DPI), dpi=DPI)
+    rows = -(-len(picked) // _GROUNDING_COLUMNS)
+    for panel, row in enumerate(picked):
+        ax = fig.add_subplot(rows, _GROUNDING_COLUMNS, panel + 1)
+        image = int(table.image[row])
+        if split.renderer is not None:
+            ax.imshow(split.render(image), interpolation="nearest")
+        else:
+            w, h = split.sizes[image]
+            ax.imshow(np.full((h, w, 3), 200, dtype=np.uint8))
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_title(textwrap.fill(table.text[row], 28), fontsize=9)
+        _box(ax, table.gt[row], _GROUND_TRUTH, 3.0, "ground truth")
+        colours = _METHOD_COLOURS[: len(chosen)]
+        for i, ((name, boxes), colour) in enumerate(zip(chosen.items(), colours, strict=True)):
+            proposal = int(boxes[row, 0])
+            if proposal >= 0:
+                # Each method's box a little further inside: methods that chose the same
+                # proposal stay visible as parallel dashed lines.
+                inset = _INSET * (i + 1) * split.sizes[image].max() / _INSET_SCALE
+                _box(ax, split.boxes[image, proposal], colour, 1.5, name, inset=inset)
+    handles, labels = fig.axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=9, frameon=False)
+    fig.subplots_adjust(left=0.02, right=0.98, top=0.93, bottom=0.1, wspace=0.1, hspace=0.35)
+    return _save(fig, Path(path))
+
+
+def _box(ax, box: np.ndarray, colour: str, width: float, label: str, inset: float = 0.0) -> None:
+    """An inclusive pixel box drawn around its pixels (edges at half-pixel positions), dashed
+    and moved ``inset`` pixels inwards when ``inset`` > 0."""
+    x1, y1, x2, y2 = (float(v) for v in box)
+    ax.add_patch(
+        Rectangle(
+            (x1 - 0.5 + inset, y1 - 0.5 + inset),
+            x2 - x1 + 1 - 2 * inset,
+            y2 - y1 + 1 - 2 * inset,
+            fill=False,
+            edgecolor=colour,
+            linewidth=width,
+            linestyle="--" if inset else "-",
+            label=label,
+        )
+    )
+
+
 # ---- 3. training curves --------------------------------------------------------------------
 
 
@@ -290,7 +381,9 @@ def _curve_panels(records: list[dict]) -> list[str]:
     terms: list[str] = []
     for record in records:
         terms += [t for t in record.get("train", {}) if t not in terms]
-    return [*terms, "R@1", "rsum"]
+    if "rsum" in records[-1].get("dev", {}):
+        return [*terms, "R@1", "rsum"]
+    return [*terms, "R@K"]  # a phrase-localization run: dev R@1 and R@5
 
 
 def training_curves_size(path: str | Path) -> tuple[int, int]:
@@ -302,7 +395,8 @@ def training_curves_size(path: str | Path) -> tuple[int, int]:
 
 def training_curves(metrics: str | Path, path: str | Path, title: str = "") -> Path:
     """One panel per training loss term (epoch means), then dev R@1 (both directions) and dev
-    rsum, the best epoch marked; write the PNG to ``path`` and return it."""
+    rsum (for a phrase-localization run: dev R@1 and R@5), the best epoch marked; write the PNG
+    to ``path`` and return it."""
     records = read_metrics(metrics)
     panels = _curve_panels(records)
     height, width = training_curves_size(metrics)
@@ -330,6 +424,11 @@ def training_curves(metrics: str | Path, path: str | Path, title: str = "") -> P
                 )
             ax.legend(fontsize=7)
             ax.set_title("dev R@1", fontsize=9)
+        elif name == "R@K":
+            for k in ("r1", "r5"):
+                ax.plot(epochs, [r["dev"][k] for r in records], marker=".", label=f"R@{k[1:]}")
+            ax.legend(fontsize=7)
+            ax.set_title("dev localization", fontsize=9)
         elif name == "rsum":
             ax.plot(epochs, [r["dev"]["rsum"] for r in records], marker=".", color="black")
             ax.set_title("dev rsum", fontsize=9)

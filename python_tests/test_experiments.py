@@ -13,6 +13,7 @@ from matplotlib.image import imread
 from jwae_ext import experiments, figures
 
 VARIANTS = experiments.VARIANTS  # the poster rows, SCAN and SCAN+jWAE-MH included
+GROUNDING = experiments.GROUNDING_VARIANTS  # the phrase-localization rows
 SEEDS = (0, 1)
 
 
@@ -67,6 +68,20 @@ def test_results_hold_every_run_and_their_mean_and_std(job):
     assert f"{mean:.1f} ± {std:.1f}" in table
 
 
+def test_the_phrase_localization_table(job):
+    out, _ = job
+    results = json.loads((out / "results.json").read_text())["grounding"]
+    assert set(results["runs"]) == {f"grounding-{m}-s{s}" for m in GROUNDING for s in SEEDS}
+    table = (out / "results.md").read_text()
+    assert "## Phrase localization" in table
+    for method in GROUNDING:
+        cell = results["summary"][method]["r1"]
+        runs = [results["runs"][f"grounding-{method}-s{s}"]["r1"] for s in SEEDS]
+        assert cell["values"] == runs
+        assert f"| {method} | {cell['mean']:.1f} ± {cell['std']:.1f} |" in table
+    assert imread(out / "figures" / "grounding-synthetic-a.png").ndim == 3
+
+
 def test_figures_are_drawn(job):
     out, _ = job
     fig_dir = out / "figures"
@@ -80,7 +95,9 @@ def test_figures_are_drawn(job):
         tsne = imread(fig_dir / "tsne-images-synthetic-a.png")
         assert tsne.shape[:2] == figures.image_tsne_size(2)
     curves = sorted(p.name for p in fig_dir.glob("curves-*.png"))
-    assert curves == sorted(f"curves-{v}-s{s}.png" for v in VARIANTS for s in SEEDS)
+    want = [f"curves-{v}-s{s}.png" for v in VARIANTS for s in SEEDS]
+    want += [f"curves-grounding-{m}-s{s}.png" for m in GROUNDING for s in SEEDS]
+    assert curves == sorted(want)
 
 
 def test_a_second_start_skips_done_work_and_resumes_the_rest(job):
@@ -92,7 +109,8 @@ def test_a_second_start_skips_done_work_and_resumes_the_rest(job):
         (out / "runs" / "vse0-s0" / name).unlink()
     proc = poster(out, "--quick", "--seeds", *map(str, SEEDS))
     assert "vse0-s0: resuming" in proc.stdout
-    assert proc.stdout.count("trained, skipping") == len(VARIANTS) * len(SEEDS) - 1
+    skipped = (len(VARIANTS) + len(GROUNDING)) * len(SEEDS) - 1
+    assert proc.stdout.count("trained, skipping") == skipped
     assert stamps == {p: p.stat().st_mtime_ns for p in (out / "runs").glob("*/best.pt")}
     assert json.loads((out / "results.json").read_text())["summary"] == before
 
@@ -146,7 +164,9 @@ def test_one_seed_shows_no_spread():
 def test_a_subset_of_rows_reuses_the_folder_s_runs(job, tmp_path):
     out = tmp_path / "poster"
     shutil.copytree(job[0], out)
-    proc = poster(out, "--quick", "--seeds", *map(str, SEEDS), "--variants", "scan", "vse0")
+    proc = poster(
+        out, "--quick", "--seeds", *map(str, SEEDS), "--variants", "scan", "vse0", "--grounding"
+    )
     assert proc.stdout.count("trained, skipping") == 2 * len(SEEDS)
     results = json.loads((out / "results.json").read_text())
     assert set(results["summary"]) == {"scan", "vse0", "image features"}

@@ -51,14 +51,12 @@ struct Problem {
   int64_t image_tiles() const { return (n_images + images_per_tile - 1) / images_per_tile; }
 };
 
-at::ScalarType acc_dtype(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
-
 Problem make_problem(const at::Tensor& images, const at::Tensor& captions,
                      const at::Tensor& cap_lens, const Options& options) {
   Problem p;
   p.options = options;
   p.i2t = options.direction == Direction::i2t;
-  const auto acc = acc_dtype(images.scalar_type());
+  const auto acc = accumulation_dtype(images.scalar_type());
   const int64_t n_images = images.size(0), R = images.size(1), d = images.size(2);
   const int64_t n_captions = captions.size(0), L = captions.size(1);
   p.n_images = n_images;
@@ -506,15 +504,7 @@ std::tuple<at::Tensor, at::Tensor> xattn_scores_backward_cuda(
     std::array<bool, 2> grad_mask) {
   const Options options =
       parse_options(direction, lambda_softmax, agg, lambda_lse, raw_feature_norm);
-  check_inputs(images, captions, cap_lens);
-  check_dim(grad, 2, "grad", "(n_image, n_caption)");
-  TORCH_CHECK_VALUE(grad.size(0) == images.size(0) && grad.size(1) == captions.size(0),
-                    "jwae_ext: argument 'grad' must have shape (", images.size(0), ", ",
-                    captions.size(0), "), got ", grad.sizes());
-  check_same_device(grad, "grad", images, "images");
-  TORCH_CHECK_TYPE(grad.scalar_type() == acc_dtype(images.scalar_type()), "jwae_ext: argument ",
-                   "'grad' must have the score dtype ", acc_dtype(images.scalar_type()), ", got ",
-                   grad.scalar_type());
+  check_backward_inputs(grad, images, captions, cap_lens);
   const c10::cuda::CUDAGuard guard(images.device());
   const Problem p = make_problem(images, captions, cap_lens, options);
   const at::Tensor g = grad.contiguous();

@@ -10,6 +10,7 @@ those of the objects mentioned, positions are their cells and relations hold bet
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -209,7 +210,8 @@ def _article(next_word: str) -> str:
 
 
 class _Writer:
-    """Phrases for one scene in one style."""
+    """Phrases for one scene in one style. The ``mark*`` hooks return a phrase as it is; the
+    grounding data's writer (:class:`_MarkingWriter`) marks it with the entity it refers to."""
 
     def __init__(self, style: Phrasing, draws: Draws):
         self.style, self.draws = style, draws
@@ -228,13 +230,13 @@ class _Writer:
         words.append(s.shapes[SHAPES[obj.shape]].draw(d))
         if after:
             words += [s.coloured.draw(d), colour]
-        return f"{determiner or _article(words[0])} {' '.join(words)}"
+        return self.mark(obj, f"{determiner or _article(words[0])} {' '.join(words)}")
 
     def position(self, obj: SceneObject) -> str:
         s, d = self.style, self.draws
         phrase = s.positions[POSITIONS[obj.position]].draw(d)
         if d.chance(s.p_image_suffix):
-            phrase += f" of the {s.image_words.draw(d)}"
+            phrase += f" of {self.mark_not_visual(f'the {s.image_words.draw(d)}')}"
         return phrase
 
     def relation(self, a: SceneObject, b: SceneObject) -> str:
@@ -257,11 +259,71 @@ class _Writer:
         if len(phrases) == 2:
             return f"{phrases[0]} {self.style.pair_joiners.draw(self.draws)} {phrases[1]}"
         if len(phrases) == 3 and self.draws.chance(0.15):
-            phrases[2] = self.draws.pick(("another shape", "another object"))
+            phrases[2] = self.mark(objects[2], self.draws.pick(("another shape", "another object")))
         return _join(phrases)
 
     def placed(self, obj: SceneObject, determiner: str | None = None) -> str:
         return f"{self.noun_phrase(obj, determiner)} {self.position(obj)}"
+
+    def mark(self, obj: SceneObject, phrase: str) -> str:
+        """``phrase``, which names ``obj``."""
+        return phrase
+
+    def mark_group(self, objects: Sequence[SceneObject], phrase: str) -> str:
+        """``phrase``, which names all of ``objects`` together."""
+        return phrase
+
+    def mark_scene(self, phrase: str) -> str:
+        """``phrase``, which names the whole scene (the background)."""
+        return phrase
+
+    def mark_not_visual(self, phrase: str) -> str:
+        """``phrase``, which names nothing that can be boxed (the image itself)."""
+        return phrase
+
+
+class _MarkingWriter(_Writer):
+    """A writer whose phrases carry Flickr30k Entities markup, ``[/EN#<entity>/<type> words]``:
+    object ``k`` of the scene is entity ``k + 1`` of the type of its shape, all objects together
+    (counting) entity ``n + 1`` of all their shapes' types, the background entity ``n + 2`` of
+    type ``scene``, and the image itself entity 0, ``notvisual``. It draws exactly what the plain
+    writer draws, so removing the markup gives the plain caption."""
+
+    def __init__(self, style: Phrasing, draws: Draws, objects: Sequence[SceneObject]):
+        super().__init__(style, draws)
+        self.objects = list(objects)
+
+    def mark(self, obj: SceneObject, phrase: str) -> str:
+        entity = self.objects.index(obj) + 1
+        return f"[/EN#{entity}/{SHAPES[obj.shape]} {phrase}]"
+
+    def mark_group(self, objects: Sequence[SceneObject], phrase: str) -> str:
+        types = "/".join(sorted({SHAPES[o.shape] for o in objects}))
+        return f"[/EN#{len(self.objects) + 1}/{types} {phrase}]"
+
+    def mark_scene(self, phrase: str) -> str:
+        return f"[/EN#{len(self.objects) + 2}/scene {phrase}]"
+
+    def mark_not_visual(self, phrase: str) -> str:
+        return f"[/EN#0/notvisual {phrase}]"
+
+
+def group_entity(num_objects: int) -> str:
+    """The entity id that :class:`_MarkingWriter` gives all ``num_objects`` objects together."""
+    return str(num_objects + 1)
+
+
+def scene_entity(num_objects: int) -> str:
+    """The entity id that :class:`_MarkingWriter` gives the background."""
+    return str(num_objects + 2)
+
+
+_MARKUP = re.compile(r"\[/EN#\S+ |\]")
+
+
+def strip_markup(caption: str) -> str:
+    """The plain caption of a marked-up one (the embedded captions' words hold no brackets)."""
+    return _MARKUP.sub("", caption)
 
 
 def _join(phrases: Sequence[str]) -> str:
@@ -298,12 +360,14 @@ def _template_counting(w: _Writer, objects: Sequence[SceneObject]) -> str:
     n = len(objects)
     if n == 1:
         return w.placed(objects[0], determiner=w.style.single.draw(w.draws))
-    return f"{_NUMBERS[n - 1]} {w.style.things.draw(w.draws)} : {w.listing(objects)}"
+    things = w.mark_group(objects, f"{_NUMBERS[n - 1]} {w.style.things.draw(w.draws)}")
+    return f"{things} : {w.listing(objects)}"
 
 
 def _template_background(w: _Writer, objects: Sequence[SceneObject]) -> str:
     s, d = w.style, w.draws
-    return f"{w.listing(objects)} on a {s.backgrounds.draw(d)} {s.backdrop.draw(d)}"
+    listing = w.listing(objects)
+    return f"{listing} on {w.mark_scene(f'a {s.backgrounds.draw(d)} {s.backdrop.draw(d)}')}"
 
 
 def _template_fronted(w: _Writer, objects: Sequence[SceneObject]) -> str:
@@ -347,12 +411,17 @@ def write_captions(
     style: str | Phrasing,
     draws: Draws,
     count: int = CAPTIONS_PER_IMAGE,
+    *,
+    marked: bool = False,
 ) -> list[str]:
     """``count`` captions of one scene in ``style`` ("a", "b" or a :class:`Phrasing`), distinct
-    where the grammar allows (a few redraws), each a true statement about the scene."""
+    where the grammar allows (a few redraws), each a true statement about the scene.
+    ``marked=True``: the same captions with their phrases marked up as Flickr30k Entities
+    sentences (see :class:`_MarkingWriter`)."""
     phrasing = PHRASINGS[style] if isinstance(style, str) else style
-    writer = _Writer(phrasing, draws)
+    writer = _MarkingWriter(phrasing, draws, objects) if marked else _Writer(phrasing, draws)
     captions: list[str] = []
+    plain: list[str] = []  # what is compared: marked captions differ where their words do
     for _ in range(count):
         for _attempt in range(4):
             order = list(objects)
@@ -362,7 +431,10 @@ def write_captions(
             text = template(writer, order)
             if draws.chance(phrasing.p_full_stop):
                 text += " ."
-            if text not in captions:
+            if strip_markup(text) not in plain:
                 break
         captions.append(text)
+        plain.append(strip_markup(text))
+    if marked:  # Flickr30k Entities sentences separate punctuation: a phrase ends at "]"
+        return [text.replace("],", "] ,") for text in captions]
     return captions

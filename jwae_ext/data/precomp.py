@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -198,16 +199,27 @@ def write_precomp_splits(
     for split, (features, captions) in splits.items():
         features = _checked_split(split, features, captions)
         text = "".join(f"{c.strip()}\n" for c in captions).encode("utf-8")
-        files[folder / _IMS.format(split)] = partial(_write_array, array=features)
-        files[folder / _CAPS.format(split)] = partial(_write_bytes, data=text)
+        files[folder / _IMS.format(split)] = partial(write_array, array=features)
+        files[folder / _CAPS.format(split)] = partial(write_bytes, data=text)
     for name, data in (extra_files or {}).items():
         if not isinstance(name, str) or Path(name).name != name or name in ("", ".", ".."):
             raise ValueError(f"jwae_ext: extra file names must be plain file names, got {name!r}")
         if folder / name in files:
             raise ValueError(f"jwae_ext: extra file {name} would replace a split's file")
-        files[folder / name] = partial(_write_bytes, data=bytes(data))
-    created = [d for d in (folder, *folder.parents) if not d.exists()]  # innermost first
-    folder.mkdir(parents=True, exist_ok=True)
+        files[folder / name] = partial(write_bytes, data=bytes(data))
+    write_files(files)
+
+
+def write_files(files: Mapping[Path, Callable[[BinaryIO], object]]) -> None:
+    """Write every file of ``{path: write}`` (``write(f)`` fills the open binary file) as one
+    transaction: each to a temporary name first, renamed into place only when all are complete.
+    A failure leaves existing files as they were, with no partial file, and removes the folders
+    this call created."""
+    parents = sorted({path.parent for path in files}, key=lambda d: len(d.parts))
+    created: list[Path] = []
+    for parent in parents:
+        created += [d for d in (parent, *parent.parents) if not d.exists()]
+        parent.mkdir(parents=True, exist_ok=True)
     temporaries: list[Path] = []
     try:
         for path, write in files.items():
@@ -224,12 +236,13 @@ def write_precomp_splits(
     except BaseException:
         for tmp in temporaries:
             tmp.unlink(missing_ok=True)
-        for empty in created:
+        for empty in sorted(created, key=lambda d: -len(d.parts)):
             empty.rmdir()
         raise
 
 
-def _write_bytes(f, data: bytes) -> None:
+def write_bytes(f: BinaryIO, data: bytes) -> None:
+    """A :func:`write_files` writer of ``data``."""
     f.write(data)
 
 
@@ -241,7 +254,8 @@ class _Writes:
         self.write = f.write
 
 
-def _write_array(f, array: np.ndarray) -> None:
+def write_array(f: BinaryIO, array: np.ndarray) -> None:
+    """A :func:`write_files` writer of ``array`` as a ``.npy`` file (no pickles)."""
     np.save(_Writes(f), array, allow_pickle=False)
 
 

@@ -9,6 +9,8 @@ seed gives bit-identical features and captions on every machine (see :mod:`.feat
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -28,13 +30,13 @@ _STYLE_IDS = {"a": 0, "b": 1}
 _NOISE_BYTES = IMAGE_SIZE * IMAGE_SIZE * 3
 
 
-def _rng(seed: int, style: str, split: str, index: int, stream: int) -> np.random.Generator:
+def image_rng(seed: int, style: str, split: str, index: int, stream: int) -> np.random.Generator:
     return np.random.default_rng([seed, _STYLE_IDS[style], _SPLIT_IDS[split], index, stream])
 
 
 def _noise(seed: int, style: str, split: str, index: int) -> np.ndarray:
     """Image ``index``'s background texture bytes (raw PCG64 output, little-endian)."""
-    raw = _rng(seed, style, split, index, 1).bit_generator.random_raw(-(-_NOISE_BYTES // 8))
+    raw = image_rng(seed, style, split, index, 1).bit_generator.random_raw(-(-_NOISE_BYTES // 8))
     return raw.astype("<u8").view(np.uint8)[:_NOISE_BYTES]
 
 
@@ -51,6 +53,50 @@ def _check_args(style: str, split: str, seed: int, num_images: int | None) -> in
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
         raise ValueError(f"jwae_ext: num_images must be a positive integer, got {num_images!r}")
     return int(n)
+
+
+@dataclass(frozen=True)
+class Scenes:
+    """The scenes of one split: each image's objects, captions and pixels, and a ``render``
+    function that draws image ``i`` again without keeping all pixels."""
+
+    objects: list[list[SceneObject]]
+    captions: list[list[str]]
+    pixels: np.ndarray  # (N, H, W, 3) uint8
+    render: Callable[[int], np.ndarray]
+
+
+def generate_scenes(
+    style: str,
+    split: str,
+    *,
+    seed: int,
+    num_images: int | None,
+    marked: bool = False,
+    shift: float = 1.0,
+) -> Scenes:
+    """The scenes of ``split`` (see :func:`synthetic_split` for the arguments); ``marked``
+    captions carry Flickr30k Entities markup (:func:`~jwae_ext.data.captions.write_captions`)."""
+    n = _check_args(style, split, seed, num_images)
+    seed = int(seed)
+    if style == "a" and check_strength(shift) != 1.0:
+        raise ValueError(f"jwae_ext: style 'a' is the reference and has no shift, got {shift}")
+    drawing = STYLES["a"] if style == "a" else shifted_style(shift)
+    phrasing = PHRASINGS["a"] if style == "a" else shifted_phrasing(shift)
+    scenes: list[list[SceneObject]] = []
+    captions: list[list[str]] = []
+    pixels = np.empty((n, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
+    for i in range(n):
+        draws = Draws(image_rng(seed, style, split, i, 0))
+        scene = sample_scene(draws)
+        captions.append(write_captions(scene, phrasing, draws, marked=marked))
+        scenes.append(scene)
+        pixels[i] = render_scene(scene, drawing, _noise(seed, style, split, i))
+
+    def render(index: int) -> np.ndarray:
+        return render_scene(scenes[index], drawing, _noise(seed, style, split, index))
+
+    return Scenes(scenes, captions, pixels, render)
 
 
 def synthetic_split(
@@ -71,34 +117,17 @@ def synthetic_split(
     ``i`` has captions ``5i .. 5i+4``), :class:`~jwae_ext.data.scenes.SceneAttributes` and a
     renderer.
     """
-    n = _check_args(style, split, seed, num_images)
-    seed = int(seed)
-    if style == "a" and check_strength(shift) != 1.0:
-        raise ValueError(f"jwae_ext: style 'a' is the reference and has no shift, got {shift}")
-    drawing = STYLES["a"] if style == "a" else shifted_style(shift)
-    phrasing = PHRASINGS["a"] if style == "a" else shifted_phrasing(shift)
-    scenes: list[list[SceneObject]] = []
-    captions: list[str] = []
-    pixels = np.empty((n, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
-    for i in range(n):
-        draws = Draws(_rng(seed, style, split, i, 0))
-        scene = sample_scene(draws)
-        captions += write_captions(scene, phrasing, draws)
-        scenes.append(scene)
-        pixels[i] = render_scene(scene, drawing, _noise(seed, style, split, i))
-
-    def render(index: int) -> np.ndarray:
-        return render_scene(scenes[index], drawing, _noise(seed, style, split, index))
-
-    features, regions = extract_features(pixels, regions=True)
+    scenes = generate_scenes(style, split, seed=seed, num_images=num_images, shift=shift)
+    n = len(scenes.objects)
+    features, regions = extract_features(scenes.pixels, regions=True)
     return CaptionSplit(
         name=f"synthetic-{style}{'' if shift == 1.0 else f'@{shift:g}'}/{split}",
         images=features,
         regions=regions,
-        captions=captions,
+        captions=[c for captions in scenes.captions for c in captions],
         cap_to_img=np.arange(n * CAPTIONS_PER_IMAGE, dtype=np.int64) // CAPTIONS_PER_IMAGE,
-        attributes=scene_attributes(scenes),
-        renderer=render,
+        attributes=scene_attributes(scenes.objects),
+        renderer=scenes.render,
     )
 
 
