@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from jwae_ext.grounding.models import GROUNDING_VARIANTS
-from jwae_ext.losses import PRIORS, RECONS, SCAN_VARIANTS, VARIANTS
+from jwae_ext.losses import JWAE_VARIANTS, PRIORS, RECONS, SCAN_VARIANTS, VARIANTS
 from jwae_ext.models import XattnConfig
 from jwae_ext.models.scan import XATTN_AGGS, XATTN_DIRECTIONS, XATTN_NORMS
 
@@ -79,6 +79,13 @@ PRESETS = {
     },
 }
 
+# Per variant: the prior matching and its weight lambda3 = lambda4, where not the official
+# code's adversarial prior at 0.01. jwae-mse's pair term has no negatives, so only the prior
+# keeps its codes apart: MMD at 100, against the pair term summed over the batch
+# (docs/design.md, "jWAE-MSE").
+VARIANT_PRIORS = {"jwae-mse": ("mmd", 100.0)}
+_DEFAULT_PRIOR = ("gan", 0.01)
+
 
 @dataclass
 class TrainConfig:
@@ -103,7 +110,13 @@ class TrainConfig:
             "choices": tuple(dict.fromkeys((*VARIANTS, *GROUNDING_VARIANTS))),
         },
     )
-    prior: str = field(default="gan", metadata={"help": "prior matching", "choices": PRIORS})
+    prior: str | None = field(
+        default=None,
+        metadata={
+            "help": "prior matching (default: per variant, see VARIANT_PRIORS; grounding: gan)",
+            "choices": PRIORS,
+        },
+    )
     epochs: int | None = field(default=None, metadata={"help": "training epochs"})
     batch_size: int | None = field(
         default=None, metadata={"help": "pairs per step (grounding: images per step)"}
@@ -131,8 +144,12 @@ class TrainConfig:
     word_dropout: float = field(default=0.2, metadata={"help": "decoder input word dropout"})
     lambda_rec: float = field(default=0.05, metadata={"help": "lambda1: image reconstruction"})
     lambda_nll: float = field(default=0.005, metadata={"help": "lambda2: caption NLL"})
-    lambda_img: float = field(default=0.01, metadata={"help": "lambda3: image prior matching"})
-    lambda_txt: float = field(default=0.01, metadata={"help": "lambda4: caption prior matching"})
+    lambda_img: float | None = field(
+        default=None, metadata={"help": "lambda3: image prior matching (default: per variant)"}
+    )
+    lambda_txt: float | None = field(
+        default=None, metadata={"help": "lambda4: caption prior matching (default: per variant)"}
+    )
     recon: str = field(
         default="l1", metadata={"help": "image reconstruction error", "choices": RECONS}
     )
@@ -163,6 +180,23 @@ class TrainConfig:
     raw_feature_norm: str = field(
         default="clipped_l2norm",
         metadata={"help": "SCAN: normalization of the raw attention", "choices": XATTN_NORMS},
+    )
+    unpaired_images: str | None = field(
+        default=None,
+        metadata={
+            "help": "images without captions for the jWAE terms alone: an embedded dataset "
+            "(its train split), a precomp FOLDER or FOLDER:SPLIT"
+        },
+    )
+    unpaired_captions: str | None = field(
+        default=None,
+        metadata={
+            "help": "captions without images for the jWAE terms alone: an embedded dataset, a "
+            "precomp FOLDER or FOLDER:SPLIT, or a file of one caption per line"
+        },
+    )
+    unpaired_ratio: float = field(
+        default=1.0, metadata={"help": "unpaired batches per paired batch (with --unpaired-*)"}
     )
     concepts: int = field(default=4, metadata={"help": "grounding, CITE: concept branches K"})
     concept_dim: int | None = field(
@@ -231,6 +265,11 @@ class TrainConfig:
         )
 
     @property
+    def uses_unpaired(self) -> bool:
+        """Unpaired images or captions join the jWAE terms."""
+        return bool(self.unpaired_images or self.unpaired_captions)
+
+    @property
     def uses_regions(self) -> bool:
         """SCAN variants read region features; the others pooled features."""
         return self.variant in SCAN_VARIANTS
@@ -264,9 +303,9 @@ def resolve_device(name: str) -> torch.device:
 
 
 def data_kind(data: str, task: str = "retrieval") -> str:
-    from jwae_ext.data import EMBEDDED
+    from jwae_ext.data.sources import embedded_style
 
-    if data in EMBEDDED:
+    if embedded_style(data) is not None:
         return "embedded"
     return "entities" if task == "grounding" else "precomp"
 
@@ -290,6 +329,17 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
         filled = dataclasses.replace(filled, concept_dim=256)
     if filled.bidirectional is None:
         filled = dataclasses.replace(filled, bidirectional=filled.uses_regions)
+    # The prior's defaults: per variant for retrieval (VARIANT_PRIORS), the official code's
+    # adversarial prior at 0.01 for grounding (whose jwae-mse is another objective).
+    prior, weight = (
+        VARIANT_PRIORS.get(filled.variant, _DEFAULT_PRIOR)
+        if filled.task == "retrieval"
+        else _DEFAULT_PRIOR
+    )
+    defaults = {"prior": prior, "lambda_img": weight, "lambda_txt": weight}
+    filled = dataclasses.replace(
+        filled, **{k: v for k, v in defaults.items() if getattr(filled, k) is None}
+    )
     positive = (
         "epochs",
         "batch_size",
@@ -325,6 +375,19 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
             f"--neg-iou and --pos-iou must satisfy 0 <= neg-iou <= pos-iou <= 1, got "
             f"{filled.neg_iou} and {filled.pos_iou}"
         )
+    if filled.uses_unpaired:
+        if filled.task != "retrieval":
+            raise ValueError(
+                f"--unpaired-images/--unpaired-captions: retrieval only, got --task {filled.task}"
+            )
+        if filled.variant not in JWAE_VARIANTS:
+            flag = "--unpaired-images" if filled.unpaired_images else "--unpaired-captions"
+            raise ValueError(
+                f"{flag} feeds only the jWAE terms: it needs a variant that has them "
+                f"({', '.join(JWAE_VARIANTS)}), got --variant {filled.variant}"
+            )
+        if not filled.unpaired_ratio > 0:
+            raise ValueError(f"--unpaired-ratio must be > 0, got {filled.unpaired_ratio}")
     if filled.batch_size < 2 and filled.task == "retrieval" and filled.variant != "jwae-mse":
         raise ValueError(f"--batch-size must be >= 2 for hinge losses, got {filled.batch_size}")
     return filled

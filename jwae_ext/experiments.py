@@ -10,6 +10,9 @@ continuity of the image codes. Then trains the phrase-localization methods ``emb
 their test R@1 and R@5 (``--grounding``). Writes ``results.json`` and ``results.md`` (mean +-
 sample std over seeds, in the form of the poster's tables) and the figures.
 
+``unpaired``, ``shift`` and ``prior-weight`` are the measurements beside the poster's tables
+(:mod:`jwae_ext.sweeps`), written to ``results-KIND.md`` / ``.json`` in the same folder.
+
 The job is resumable: a run with ``test.json`` is done and skipped, a run with ``last.pt`` is
 resumed, an evaluation already written is read back. Interrupt it (Ctrl-C) and start the same
 command again to continue.
@@ -29,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from jwae_ext import figures, train
+from jwae_ext import figures, sweeps, train
 from jwae_ext.checkpoint import CheckpointError, load_model
 from jwae_ext.config import resolve_device
 from jwae_ext.continuity import continuity
@@ -100,16 +103,30 @@ def _check_settings(out: Path, settings: Settings) -> None:
 
 
 def train_run(
-    out: Path, settings: Settings, variant: str, seed: int, task: str = "retrieval"
+    out: Path,
+    settings: Settings,
+    variant: str,
+    seed: int,
+    extra: tuple[str, ...] = (),
+    stem: str | None = None,
+    task: str = "retrieval",
 ) -> Path:
-    """Train one run of ``task`` unless done; resume it when interrupted. Returns its folder."""
+    """Train one run of ``task`` unless done; resume it when interrupted. Returns its folder.
+    ``extra``: more trainer flags, for runs named ``STEM-sSEED`` (default: the variant)."""
     runs = out / "runs"
-    name = run_name(variant, seed, task)
+    name = run_name(stem or variant, seed, task)
     folder = runs / name
     if (folder / "test.json").is_file():
         log(f"{name}: trained, skipping")
         return folder
-    flags = ["--run-dir", str(runs), "--name", name, *settings.train_flags(variant, seed, task)]
+    flags = [
+        "--run-dir",
+        str(runs),
+        "--name",
+        name,
+        *settings.train_flags(variant, seed, task),
+        *extra,
+    ]
     resume = (folder / "last.pt").is_file()
     if resume:
         flags.append("--resume")
@@ -143,11 +160,17 @@ class Splits:
         return self._cache[key]
 
 
-def evaluate_run(folder: Path, seed: int, splits: Splits, device: str) -> dict[str, dict]:
-    """The in-domain and cross-domain evaluations of a run's best checkpoint (read back when
-    already written)."""
+def evaluate_run(
+    folder: Path,
+    seed: int,
+    splits: Splits,
+    device: str,
+    tests: tuple[str, ...] = (IN_DOMAIN, CROSS_DOMAIN),
+) -> dict[str, dict]:
+    """The evaluations of a run's best checkpoint on the ``tests`` splits (default in-domain and
+    cross-domain; read back when already written)."""
     results, loaded = {}, None
-    for data in (IN_DOMAIN, CROSS_DOMAIN):
+    for data in tests:
         path = folder / f"eval-{data}-test.json"
         if not path.is_file():
             loaded = loaded or load_model(folder, resolve_device(device))
@@ -296,7 +319,8 @@ def draw_figures(
     out: Path, variants: list[str], seeds: list[int], splits: Splits, device: str
 ) -> list[Path]:
     """Latent space of ``vse++`` vs ``jwae-mh`` (first seed, when both ran) on both test sets,
-    their cross-domain retrieval examples, and every run's training curves."""
+    the t-SNE of their in-domain image codes, their cross-domain retrieval examples, and every
+    run's training curves."""
     seed = seeds[0]
     fig_dir = out / "figures"
     written = [
@@ -311,11 +335,15 @@ def draw_figures(
     loaded = {
         v: load_model(out / "runs" / run_name(v, seed), resolve_device(device)) for v in LATENT_PAIR
     }
+    image_panels = []
     for data in (IN_DOMAIN, CROSS_DOMAIN):
         split = splits.get(data, seed)
         panels = []
         for variant, model in loaded.items():
             ev = evaluate_loaded(model, split)
+            if data == IN_DOMAIN:
+                title = f"{variant} (seed {seed})"
+                image_panels.append(figures.ImageCodesPanel(title, ev.img_codes, split.attributes))
             panels.append(
                 figures.LatentPanel(
                     f"{variant} (seed {seed}) on {data} test",
@@ -330,6 +358,11 @@ def draw_figures(
                     fig_dir, ev.img_codes, ev.cap_codes, split, prefix=f"{variant}-{data}-"
                 )
         written.append(figures.latent_space(fig_dir / f"latent-{data}.png", panels, names))
+    try:
+        path = fig_dir / f"tsne-images-{IN_DOMAIN}.png"
+        written.append(figures.image_tsne(path, image_panels, seed))
+    except ImportError as err:  # scikit-learn is optional: the other figures stand
+        log(f"skipped the t-SNE figure: {err}")
     return written
 
 
@@ -440,6 +473,43 @@ def poster(
     return results
 
 
+def run_sweep(out: Path, settings: Settings, sweep: sweeps.Sweep, command: str) -> dict:
+    """Train (or resume) and evaluate every row of ``sweep`` (:mod:`jwae_ext.sweeps`) for every
+    seed; writes and returns ``results-KIND.json`` and writes ``results-KIND.md``. Runs of the
+    same name in ``out`` are reused (the shift sweep reads a poster job's vse++ and jwae-mh)."""
+    _check_settings(out, settings)
+    seeds = list(settings.seeds)
+    splits = Splits(num_images=QUICK_EVAL_IMAGES if settings.quick else None)
+    evaluations: dict[str, dict[int, dict]] = {row.label: {} for row in sweep.rows}
+    for seed in seeds:
+        for row in sweep.rows:
+            folder = train_run(out, settings, row.variant, seed, row.flags, row.stem)
+            evaluations[row.label][seed] = evaluate_run(
+                folder, seed, splits, settings.device, sweep.tests
+            )
+    summary = sweeps.summarize(sweep, evaluations)
+    results = {
+        "command": command,
+        "settings": asdict(settings),
+        "summary": summary,
+        "runs": {
+            run_name(row.stem, s): evaluations[row.label][s] for row in sweep.rows for s in seeds
+        },
+    }
+    (out / f"results-{sweep.kind}.json").write_text(json.dumps(results, indent=1))
+    (out / f"results-{sweep.kind}.md").write_text(sweeps.markdown(sweep, summary, seeds, command))
+    log(f"wrote {out / f'results-{sweep.kind}.md'}")
+    return results
+
+
+def _common_options(q: argparse.ArgumentParser, out: str) -> None:
+    q.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    q.add_argument("--out", default=out, help="output folder (resumable)")
+    q.add_argument("--quick", action="store_true", help="tiny sizes, 1 epoch: a smoke test")
+    q.add_argument("--epochs", type=int, help="override the trainer's epochs")
+    q.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m jwae_ext.experiments",
@@ -470,7 +540,32 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("--quick", action="store_true", help="tiny sizes, 1 epoch: a smoke test")
     q.add_argument("--epochs", type=int, help="override the trainer's epochs")
     q.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    helps = {
+        "unpaired": "jwae-mh with and without synthetic-b's training data, unpaired",
+        "shift": "vse++ and jwae-mh tested at several shift strengths of synthetic-b",
+        "prior-weight": "jwae-mh at several prior weights lambda3 = lambda4",
+    }
+    for kind, text in helps.items():
+        q = sub.add_parser(kind, help=text, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        # The poster job's folder by default: its runs are reused where the names match.
+        _common_options(q, "runs/poster")
+        if kind == "shift":
+            q.add_argument("--strengths", type=float, nargs="+", default=[0.0, 0.5, 1.0, 2.0])
+        if kind == "prior-weight":
+            q.add_argument("--weights", type=float, nargs="+", default=[0.01, 0.1, 1.0])
     return p
+
+
+def _sweep_of(args: argparse.Namespace) -> sweeps.Sweep:
+    if args.experiment == "unpaired":
+        return sweeps.unpaired_sweep()
+    values = args.strengths if args.experiment == "shift" else args.weights
+    if min(values) < 0 or len(set(values)) != len(values):
+        flag = "--strengths" if args.experiment == "shift" else "--weights"
+        raise ValueError(f"{flag} must be distinct numbers >= 0, got {values}")
+    if args.experiment == "shift":
+        return sweeps.shift_sweep(values)
+    return sweeps.prior_weight_sweep(values)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -481,18 +576,25 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if len(set(args.seeds)) != len(args.seeds) or min(args.seeds) < 0:
             raise ValueError(f"--seeds must be distinct non-negative integers, got {args.seeds}")
-        for name in ("variants", "grounding"):
-            values = getattr(args, name)
-            if len(set(values)) != len(values):
-                raise ValueError(f"--{name} must be distinct, got {values}")
+        if args.experiment == "poster":
+            for name in ("variants", "grounding"):
+                values = getattr(args, name)
+                if len(set(values)) != len(values):
+                    raise ValueError(f"--{name} must be distinct, got {values}")
         if args.epochs is not None and args.epochs < 1:
             raise ValueError(f"--epochs must be >= 1, got {args.epochs}")
         settings = Settings(tuple(args.seeds), args.quick, args.epochs, args.device)
-        poster(Path(args.out), settings, command, tuple(args.variants), tuple(args.grounding))
+        if args.experiment == "poster":
+            poster(Path(args.out), settings, command, tuple(args.variants), tuple(args.grounding))
+            written = Path(args.out) / "results.md"
+        else:
+            sweep = _sweep_of(args)
+            run_sweep(Path(args.out), settings, sweep, command)
+            written = Path(args.out) / f"results-{sweep.kind}.md"
     except (ValueError, OSError, RunFailed, CheckpointError) as err:
         print(f"{prog}: error: {err}", file=sys.stderr)
         return 2
-    print((Path(args.out) / "results.md").read_text())
+    print(written.read_text())
     return 0
 
 

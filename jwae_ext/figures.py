@@ -11,6 +11,8 @@ functions give it as ``(height, width)``).
    :func:`grounding_examples`: phrases over their images with the ground-truth box and each
    localization model's chosen box (the poster's phrase-localization figure).
 3. :func:`training_curves`: every loss term, dev R@1 and rsum per epoch from ``metrics.jsonl``.
+4. :func:`image_tsne`: the image codes alone on a t-SNE, coloured by the main object's shape and
+   by its colour, one column per model (the poster's "semantic continuity" figure).
 """
 
 from __future__ import annotations
@@ -35,10 +37,13 @@ from jwae_ext.grounding.evaluation import localize
 from jwae_ext.metrics_log import read_metrics
 
 __all__ = [
+    "ImageCodesPanel",
     "LatentPanel",
     "evaluation_figures",
     "grounding_examples",
     "grounding_size",
+    "image_tsne",
+    "image_tsne_size",
     "latent_space",
     "latent_space_size",
     "pca_2d",
@@ -46,6 +51,7 @@ __all__ = [
     "retrieval_size",
     "training_curves",
     "training_curves_size",
+    "tsne_2d",
 ]
 
 DPI = 100
@@ -468,3 +474,84 @@ def evaluation_figures(
     if (run_dir / "metrics.jsonl").is_file():
         written.append(training_curves(run_dir / "metrics.jsonl", out_dir / "curves.png"))
     return written
+
+
+# ---- 4. image codes alone, t-SNE -----------------------------------------------------------
+
+_TSNE_PANEL = (4.2, 4.0)  # inches per t-SNE panel
+_TSNE_KINDS = ("shape", "colour")  # one row of panels per attribute of the main object
+
+
+@dataclass
+class ImageCodesPanel:
+    """One model's image codes of a split with attributes (the embedded data)."""
+
+    title: str
+    img_codes: torch.Tensor
+    attributes: SceneAttributes
+
+
+def tsne_2d(points: torch.Tensor, seed: int = 0) -> np.ndarray:
+    """``(n, 2)`` t-SNE coordinates of ``points`` (n, d), n >= 2: scikit-learn's Barnes-Hut
+    t-SNE on cosine distances (what retrieval ranks by), PCA-initialised and seeded,
+    so the same codes give the same picture. Neighbourhoods are kept, global distances are not:
+    it shows whether similar images sit together, which a linear projection can hide."""
+    try:
+        from sklearn.manifold import TSNE
+    except ImportError as err:
+        raise ImportError(
+            "jwae_ext: the t-SNE figure needs scikit-learn (pip install scikit-learn, or the "
+            "project's [test] extra)"
+        ) from err
+    x = points.detach().to("cpu", torch.float64).numpy()
+    perplexity = min(30.0, (len(x) - 1) / 3)
+    tsne = TSNE(perplexity=perplexity, metric="cosine", init="pca", random_state=seed)
+    return tsne.fit_transform(x)
+
+
+def image_tsne_size(panels: int) -> tuple[int, int]:
+    """``(height, width)`` in pixels of an :func:`image_tsne` figure of ``panels`` models."""
+    rows = len(_TSNE_KINDS)
+    return _pixels(panels * _TSNE_PANEL[0] + _LEGEND_WIDTH, rows * _TSNE_PANEL[1] + _TITLE_HEIGHT)
+
+
+def image_tsne(path: str | Path, panels: Sequence[ImageCodesPanel], seed: int = 0) -> Path:
+    """The image codes alone of each model (a column), on their t-SNE (:func:`tsne_2d`, at most
+    1000 evenly spaced images), coloured by the main object's shape (top row) and by its colour
+    (bottom row, in that colour): the poster's semantic continuity, without any text. Writes
+    the PNG to ``path`` and returns it."""
+    if not panels:
+        raise ValueError("jwae_ext: image_tsne needs at least one panel")
+    height, width = image_tsne_size(len(panels))
+    fig = Figure(figsize=(width / DPI, height / DPI), dpi=DPI)
+    right = 1 - (_LEGEND_WIDTH + 0.1) / (width / DPI)
+    fig.subplots_adjust(
+        left=0.02, right=right, top=1 - _TITLE_HEIGHT / (height / DPI) - 0.04, bottom=0.02
+    )
+    rows = len(_TSNE_KINDS)
+    for column, panel in enumerate(panels):
+        shown = _evenly(panel.img_codes.shape[0], _MAX_POINTS)
+        coords = tsne_2d(panel.img_codes[shown], seed)
+        for row, kind in enumerate(_TSNE_KINDS):
+            ax = fig.add_subplot(rows, len(panels), row * len(panels) + column + 1)
+            names = SceneAttributes.class_names(kind)
+            colours = names if kind == "colour" else _palette(names)  # colours drawn as named
+            labels = panel.attributes.semantic_class(kind)[shown]
+            for c in np.unique(labels):
+                ax.scatter(*coords[labels == c].T, s=7, color=colours[c], alpha=0.8, label=names[c])
+            ax.set_title(f"{panel.title}: by {kind}", fontsize=9)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if column == 0:  # one legend per row, right of the last panel
+                box = ax.get_position()
+                fig.legend(
+                    *ax.get_legend_handles_labels(),
+                    loc="center left",
+                    bbox_to_anchor=(right + 0.01, box.y0 + box.height / 2),
+                    fontsize=7,
+                    title=kind,
+                    title_fontsize=8,
+                    markerscale=1.5,
+                )
+    fig.suptitle("Image codes alone (t-SNE), coloured by the main object", fontsize=11)
+    return _save(fig, Path(path))

@@ -1,7 +1,9 @@
 """The training objectives of every variant, built only from the compiled operators.
 
-``jwae-mh`` (default): L_jWAE + L_MH.  ``jwae-mse``: L_jWAE + mean squared distance of the
-normalized pair codes.  ``vse++``: L_MH alone.  ``vse0``: the sum of hinges alone.
+``jwae-mh`` (default): L_jWAE + L_MH.  ``jwae-mse``: L_jWAE + the squared distances of the
+normalized pair codes, summed over the pairs (its defaults match the prior by MMD with
+lambda3 = lambda4 = 100: docs/design.md, "jWAE-MSE").  ``vse++``: L_MH alone.  ``vse0``: the
+sum of hinges alone.
 ``scan``: L_MH on cross-attention scores of region and word codes; ``scan-jwae-mh``: that plus
 L_jWAE on the region and word codes (:class:`jwae_ext.models.SCAN`).
 L_jWAE = lambda1 * feature reconstruction + lambda2 * caption NLL + lambda3/lambda4 * prior
@@ -21,7 +23,7 @@ from jwae_ext import ops
 
 SCAN_VARIANTS = ("scan", "scan-jwae-mh")
 VARIANTS = ("jwae-mh", "jwae-mse", "vse++", "vse0", *SCAN_VARIANTS)
-_JWAE_VARIANTS = ("jwae-mh", "jwae-mse", "scan-jwae-mh")
+JWAE_VARIANTS = ("jwae-mh", "jwae-mse", "scan-jwae-mh")
 PRIORS = ("gan", "mmd")
 RECONS = ("l1", "l2")
 
@@ -39,6 +41,9 @@ class LossConfig:
     # Sum of hinges instead of the hardest negative, for the warm-up epochs of the MH variants:
     # from random initialisation the hardest negative alone can collapse all codes to one point.
     warmup: bool = False
+    # Data-parallel processes: DDP averages gradients over them, so a loss summed over pairs is
+    # scaled by their number to give the gradient of the global batch's sum.
+    ranks: int = 1
 
     def __post_init__(self) -> None:
         for name, allowed in (("variant", VARIANTS), ("prior", PRIORS), ("recon", RECONS)):
@@ -49,7 +54,7 @@ class LossConfig:
 
     @property
     def uses_wae(self) -> bool:
-        return self.variant in _JWAE_VARIANTS
+        return self.variant in JWAE_VARIANTS
 
     @property
     def uses_discriminator(self) -> bool:
@@ -71,8 +76,10 @@ def matching_loss(
     :func:`jwae_ext.losses_distributed.global_mh_loss` (negatives from every rank's batch).
     """
     if cfg.variant == "jwae-mse":
+        # Summed over the pairs, as the hinge losses are (VSE++'s reduction, against which the
+        # lambdas were set); under DDP each rank's share is scaled as global_mh_loss scales it.
         diff = F.normalize(z_img, dim=1) - F.normalize(z_txt, dim=1)
-        return diff.pow(2).sum(dim=1).mean()
+        return diff.pow(2).sum() * cfg.ranks
     return hinge(
         z_img,
         z_txt,

@@ -121,7 +121,7 @@ class AutoencoderLoss(nn.Module):
         if loss_cfg.uses_wae:
             self.img_dec, self.txt_dec = model.img_dec, model.txt_dec
         self._model = (model,)  # a tuple keeps the whole model (and its discriminator) unregistered
-        self._loss_cfg = loss_cfg
+        self._loss_cfg = dataclasses.replace(loss_cfg, ranks=ctx.world_size)
         if isinstance(model, SCAN):
             self._hinge = global_xattn_mh_loss if ctx.enabled else xattn_mh_loss
         else:

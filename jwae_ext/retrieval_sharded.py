@@ -20,7 +20,12 @@ from jwae_ext.models import SCAN, JointModel
 from jwae_ext.ops._checks import check_tensor
 from jwae_ext.ops._dtypes import accumulation_dtype
 
-__all__ = ["caption_shard", "evaluate_sharded", "evaluate_split_sharded"]
+__all__ = [
+    "caption_shard",
+    "encode_and_rank_sharded",
+    "evaluate_sharded",
+    "evaluate_split_sharded",
+]
 
 
 def caption_shard(num_captions: int, chunk: int, ctx: Context) -> range:
@@ -125,6 +130,33 @@ def evaluate_sharded(
     )
 
 
+def encode_and_rank_sharded(
+    model: JointModel,
+    split: CaptionSplit,
+    vocab: Vocabulary,
+    ctx: Context,
+    *,
+    batch_size: int = 1024,
+    protocol: str = "full",
+) -> tuple[dict, torch.Tensor, torch.Tensor]:
+    """:func:`jwae_ext.evaluation.encode_and_rank` with the caption encoding and the ranking
+    sharded over the ranks (every rank encodes all images: the cheap side). The table is the
+    same on every rank, identical to one process's; the codes are one per image and one per
+    caption of this rank's shard (SCAN: the mean region / word codes of all captions, since SCAN
+    models are evaluated whole on every rank: the exact cross-attention ranks are not sharded
+    yet)."""
+    if isinstance(model, SCAN):
+        codes = encode_split_xattn(model, split, vocab, device=ctx.device, batch_size=batch_size)
+        return codes.table(split.cap_to_img, protocol, model.xattn.options()), *codes.pooled()
+    shard = caption_shard(split.num_captions, batch_size, ctx)
+    img_emb, cap_emb = encode_split(
+        model, split, vocab, device=ctx.device, batch_size=batch_size, captions=shard
+    )
+    cap_to_img = torch.as_tensor(np.asarray(split.cap_to_img)[shard.start : shard.stop])
+    table = evaluate_sharded(img_emb, cap_emb, cap_to_img.to(ctx.device), ctx, protocol)
+    return table, img_emb, cap_emb
+
+
 def evaluate_split_sharded(
     model: JointModel,
     split: CaptionSplit,
@@ -134,16 +166,7 @@ def evaluate_split_sharded(
     batch_size: int = 1024,
     protocol: str = "full",
 ) -> dict:
-    """:func:`jwae_ext.evaluation.evaluate_split` with the caption encoding and the ranking sharded
-    over the ranks (every rank encodes all images: the cheap side). Same result on every rank,
-    identical to one process's. SCAN models are evaluated whole on every rank (the exact
-    cross-attention ranks are not sharded yet)."""
-    if isinstance(model, SCAN):
-        codes = encode_split_xattn(model, split, vocab, device=ctx.device, batch_size=batch_size)
-        return codes.table(split.cap_to_img, protocol, model.xattn.options())
-    shard = caption_shard(split.num_captions, batch_size, ctx)
-    img_emb, cap_emb = encode_split(
-        model, split, vocab, device=ctx.device, batch_size=batch_size, captions=shard
-    )
-    cap_to_img = torch.as_tensor(np.asarray(split.cap_to_img)[shard.start : shard.stop])
-    return evaluate_sharded(img_emb, cap_emb, cap_to_img.to(ctx.device), ctx, protocol)
+    """The retrieval table of :func:`encode_and_rank_sharded`."""
+    return encode_and_rank_sharded(
+        model, split, vocab, ctx, batch_size=batch_size, protocol=protocol
+    )[0]

@@ -20,16 +20,19 @@ import signal
 import sys
 
 import torch
+from tqdm import tqdm
 
 from jwae_ext import checkpoint, distributed
+from jwae_ext.collapse import code_spread, collapse_message
 from jwae_ext.config import TrainConfig, from_args, resolve, resolve_device
 from jwae_ext.data import CaptionSplit, PairBatch, PairDataset, Vocabulary, collate, load_split
+from jwae_ext.data.unpaired import UnpairedData, load_unpaired_captions, load_unpaired_images
 from jwae_ext.grounding.trainer import GroundingTrainer
 from jwae_ext.losses import LossConfig
 from jwae_ext.losses_distributed import AutoencoderLoss
 from jwae_ext.models import ModelConfig, build_model
 from jwae_ext.retrieval import format_table
-from jwae_ext.retrieval_sharded import evaluate_split_sharded
+from jwae_ext.retrieval_sharded import encode_and_rank_sharded, evaluate_split_sharded
 from jwae_ext.training import NonFiniteLoss, RunLoop, epoch_batches
 
 __all__ = ["NonFiniteLoss", "Trainer", "epoch_batches", "main"]
@@ -65,13 +68,18 @@ class Trainer(RunLoop):
 
     def _build(self) -> None:
         cfg = self.cfg
+        self.collapse_warned = False  # collapse is reported once per process
         self.train_split = load_split(cfg.data, "train", seed=cfg.seed, num_images=cfg.train_images)
         self.dev_split = load_split(cfg.data, "dev", seed=cfg.seed, num_images=cfg.eval_images)
+        unpaired_captions = self._unpaired_captions()
         if cfg.resume:
             self.vocab = Vocabulary.load(self.dir / "vocab.json")
         else:
-            self.vocab = Vocabulary.build(self.train_split.captions, threshold=cfg.vocab_threshold)
+            self.vocab = Vocabulary.build(
+                self.train_split.captions + unpaired_captions, threshold=cfg.vocab_threshold
+            )
         self.dataset = PairDataset(self.train_split, self.vocab, regions=cfg.uses_regions)
+        self.unpaired = self._unpaired_data(unpaired_captions)
         self.collate = collate
         self.model_cfg = model_config(cfg, self.dataset.features.shape[-1], len(self.vocab))
         self.loss_cfg = loss_config(cfg)
@@ -83,14 +91,69 @@ class Trainer(RunLoop):
             self.ctx
         )
 
+    # -- unpaired data (--unpaired-images, --unpaired-captions) --------------------------------
+
+    def _unpaired_captions(self) -> list[str]:
+        """The unpaired captions (none without ``--unpaired-captions``): they join the
+        vocabulary, so that a new domain's own words get codes of their own."""
+        if not self.cfg.unpaired_captions:
+            return []
+        return load_unpaired_captions(
+            self.cfg.unpaired_captions, seed=self.cfg.seed, argument="--unpaired-captions"
+        )
+
+    def _unpaired_data(self, captions: list[str]) -> UnpairedData | None:
+        """The unpaired batches' sources. Where only one side is given, the other side comes
+        from the paired training data, drawn independently (unpaired too): the jWAE terms of
+        one batch read both an image and a caption side."""
+        cfg = self.cfg
+        if not cfg.uses_unpaired:
+            return None
+        if self.ctx.enabled:
+            raise ValueError("--unpaired-images/--unpaired-captions: not supported under torchrun")
+        images = self.dataset.features
+        if cfg.unpaired_images:
+            images = load_unpaired_images(
+                cfg.unpaired_images,
+                seed=cfg.seed,
+                regions=cfg.uses_regions,
+                feature_dim=images.shape[-1],
+                argument="--unpaired-images",
+            )
+        tokens = [self.vocab.encode(c) for c in captions] if captions else self.dataset.tokens
+        return UnpairedData(images, tokens, cfg.batch_size, cfg.unpaired_ratio, cfg.seed)
+
+    def _add_unpaired(
+        self, total: torch.Tensor, terms: dict[str, torch.Tensor], codes: tuple[torch.Tensor, ...]
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+        """The step's loss, terms and discriminator codes with this step's unpaired batches
+        added: their jWAE terms join the loss (logged as ``unpaired_*``, summed over the step's
+        unpaired batches), their codes the discriminator's fakes. The pair loss is untouched."""
+        z_img, z_txt = codes
+        for images, tokens, lengths in self.unpaired.batches_at(self.global_step):
+            loss, added, (u_img, u_txt) = self.model.unpaired_loss(
+                images.to(self.device), tokens.to(self.device), lengths.to(self.device),
+                self.loss_cfg,
+            )  # fmt: skip
+            total = total + loss
+            for name, value in added.items():
+                terms[f"unpaired_{name}"] = terms.get(f"unpaired_{name}", 0.0) + value
+            z_img, z_txt = torch.cat([z_img, u_img]), torch.cat([z_txt, u_txt])
+        return total, terms, (z_img, z_txt)
+
+    # -- one step ------------------------------------------------------------------------------
+
     def batch_loss(
         self, batch: PairBatch
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
         images, tokens = batch.images.to(self.device), batch.captions.to(self.device)
         lengths, img_ids = batch.lengths.to(self.device), batch.image_ids.to(self.device)
-        return self.autoencoder_loss(
+        total, terms, codes = self.autoencoder_loss(
             images, tokens, lengths, img_ids, self.epoch < self.cfg.warmup_epochs
         )
+        if self.unpaired is not None:
+            total, terms, codes = self._add_unpaired(total, terms, codes)
+        return total, terms, codes
 
     @property
     def uses_discriminator(self) -> bool:
@@ -109,7 +172,21 @@ class Trainer(RunLoop):
         )
 
     def validate(self) -> dict:
-        return self._evaluate(self.dev_split)
+        """The dev table, with the spread of the dev codes under ``"codes"`` (rank 0's caption
+        shard under torchrun; :mod:`jwae_ext.collapse`); warns once per run when they collapse."""
+        table, img, cap = encode_and_rank_sharded(
+            self.model, self.dev_split, self.vocab, self.ctx, batch_size=self.cfg.eval_batch_size
+        )
+        spreads = {
+            name: code_spread(codes)
+            for name, codes in (("image", img), ("caption", cap))
+            if len(codes) >= 2
+        }
+        message = collapse_message(self.epoch, spreads)
+        if message and self.ctx.is_main and not self.collapse_warned:
+            tqdm.write(message, file=sys.stderr)
+            self.collapse_warned = True
+        return {**table, "codes": {name: s.to_dict() for name, s in spreads.items()}}
 
     def selection_score(self, dev: dict) -> float:
         return dev["rsum"]

@@ -32,7 +32,12 @@ TINY = {
 
 
 def trainer_config(run_dir: str, variant: str) -> TrainConfig:
-    return resolve(TrainConfig(run_dir=run_dir, name=f"{variant}-r", variant=variant, **TINY))
+    # The adversarial prior for every variant (jwae-mse's default is MMD): its terms are means
+    # over codes, so two processes' step is exactly one process's, while MMD, a statistic over
+    # pairs of codes, is estimated on each rank's share of the batch.
+    return resolve(
+        TrainConfig(run_dir=run_dir, name=f"{variant}-r", variant=variant, prior="gan", **TINY)
+    )
 
 
 def cross_rank_batch(trainer: Trainer) -> list[int]:

@@ -1,5 +1,6 @@
 """``python -m jwae_ext.experiments poster --quick``: the whole job on tiny data, and its resume."""
 
+import importlib.util
 import json
 import shutil
 import statistics
@@ -90,6 +91,9 @@ def test_figures_are_drawn(job):
         for direction in ("t2i", "i2t"):
             path = fig_dir / f"{variant}-synthetic-b-retrieval-{direction}.png"
             assert imread(path).shape[:2] == figures.retrieval_size(4)
+    if importlib.util.find_spec("sklearn") is not None:  # the t-SNE needs the [tsne] extra
+        tsne = imread(fig_dir / "tsne-images-synthetic-a.png")
+        assert tsne.shape[:2] == figures.image_tsne_size(2)
     curves = sorted(p.name for p in fig_dir.glob("curves-*.png"))
     want = [f"curves-{v}-s{s}.png" for v in VARIANTS for s in SEEDS]
     want += [f"curves-grounding-{m}-s{s}.png" for m in GROUNDING for s in SEEDS]

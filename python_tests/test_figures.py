@@ -109,3 +109,31 @@ def test_training_curves_reject_a_corrupt_log(tmp_path):
     (tmp_path / "metrics.jsonl").write_text(metrics_line(1, {"total": 1.0}, True) + "\n{oops\n")
     with pytest.raises(ValueError, match="line 2"):
         figures.training_curves(tmp_path / "metrics.jsonl", tmp_path / "c.png")
+
+
+def test_tsne_keeps_neighbourhoods_and_is_seeded():
+    pytest.importorskip("sklearn")
+    gen = torch.Generator().manual_seed(0)
+    centres = torch.randn(3, 12, generator=gen) * 5
+    labels = torch.arange(90) % 3
+    points = centres[labels] + torch.randn(90, 12, generator=gen) * 0.3
+    coords = figures.tsne_2d(points)
+    assert coords.shape == (90, 2)
+    nearest = torch.cdist(torch.from_numpy(coords), torch.from_numpy(coords))
+    nearest.fill_diagonal_(np.inf)
+    assert torch.equal(labels[nearest.argmin(dim=1)], labels)  # each point's neighbour: its cluster
+    assert np.array_equal(figures.tsne_2d(points), coords)
+
+
+def test_image_tsne_side_by_side(tmp_path):
+    pytest.importorskip("sklearn")
+    split = synthetic_split("a", "dev", num_images=40)
+    gen = torch.Generator().manual_seed(0)
+    panels = [
+        figures.ImageCodesPanel("features", torch.as_tensor(split.images), split.attributes),
+        figures.ImageCodesPanel("random", torch.randn(40, 8, generator=gen), split.attributes),
+    ]
+    path = figures.image_tsne(tmp_path / "tsne.png", panels)
+    assert_drawn(read_png(path), figures.image_tsne_size(2))
+    with pytest.raises(ValueError, match="at least one panel"):
+        figures.image_tsne(tmp_path / "none.png", [])

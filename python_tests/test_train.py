@@ -43,6 +43,7 @@ def test_train_writes_the_run_and_prints_the_test_table(tmp_path):
     for r in records:
         assert {"match", "recon", "nll", "adv_img", "adv_txt", "disc", "total"} <= set(r["train"])
         assert {"i2t", "t2i", "rsum"} <= set(r["dev"])
+        assert set(r["dev"]["codes"]) == {"image", "caption"}  # their spread (collapse.py)
     assert "R@1" in proc.stdout and "rsum" in proc.stdout and "i2t" in proc.stdout
     test = json.loads((run / "test.json").read_text())
     assert 0 <= test["i2t"]["r1"] <= 100 and test["rsum"] > 0

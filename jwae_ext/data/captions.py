@@ -408,17 +408,17 @@ _TEMPLATES = {
 
 def write_captions(
     objects: Sequence[SceneObject],
-    style: str,
+    style: str | Phrasing,
     draws: Draws,
     count: int = CAPTIONS_PER_IMAGE,
     *,
     marked: bool = False,
 ) -> list[str]:
-    """``count`` captions of one scene in ``style`` ("a" or "b"), distinct where the grammar
-    allows (a few redraws), each a true statement about the scene. ``marked=True``: the same
-    captions with their phrases marked up as Flickr30k Entities sentences (see
-    :class:`_MarkingWriter`)."""
-    phrasing = PHRASINGS[style]
+    """``count`` captions of one scene in ``style`` ("a", "b" or a :class:`Phrasing`), distinct
+    where the grammar allows (a few redraws), each a true statement about the scene.
+    ``marked=True``: the same captions with their phrases marked up as Flickr30k Entities
+    sentences (see :class:`_MarkingWriter`)."""
+    phrasing = PHRASINGS[style] if isinstance(style, str) else style
     writer = _MarkingWriter(phrasing, draws, objects) if marked else _Writer(phrasing, draws)
     captions: list[str] = []
     plain: list[str] = []  # what is compared: marked captions differ where their words do

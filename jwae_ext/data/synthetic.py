@@ -15,11 +15,12 @@ from pathlib import Path
 
 import numpy as np
 
-from jwae_ext.data.captions import CAPTIONS_PER_IMAGE, write_captions
+from jwae_ext.data.captions import CAPTIONS_PER_IMAGE, PHRASINGS, write_captions
 from jwae_ext.data.features import extract_features
 from jwae_ext.data.precomp import write_precomp_splits
 from jwae_ext.data.render import IMAGE_SIZE, STYLES, render_scene
 from jwae_ext.data.scenes import Draws, SceneObject, sample_scene, scene_attributes
+from jwae_ext.data.shift import check_strength, shifted_phrasing, shifted_style
 from jwae_ext.data.split import CaptionSplit
 
 # Sized so the default training run fits in a few CPU minutes (25k training captions per epoch).
@@ -66,44 +67,61 @@ class Scenes:
 
 
 def generate_scenes(
-    style: str, split: str, *, seed: int, num_images: int | None, marked: bool = False
+    style: str,
+    split: str,
+    *,
+    seed: int,
+    num_images: int | None,
+    marked: bool = False,
+    shift: float = 1.0,
 ) -> Scenes:
     """The scenes of ``split`` (see :func:`synthetic_split` for the arguments); ``marked``
     captions carry Flickr30k Entities markup (:func:`~jwae_ext.data.captions.write_captions`)."""
     n = _check_args(style, split, seed, num_images)
     seed = int(seed)
+    if style == "a" and check_strength(shift) != 1.0:
+        raise ValueError(f"jwae_ext: style 'a' is the reference and has no shift, got {shift}")
+    drawing = STYLES["a"] if style == "a" else shifted_style(shift)
+    phrasing = PHRASINGS["a"] if style == "a" else shifted_phrasing(shift)
     scenes: list[list[SceneObject]] = []
     captions: list[list[str]] = []
     pixels = np.empty((n, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
     for i in range(n):
         draws = Draws(image_rng(seed, style, split, i, 0))
         scene = sample_scene(draws)
-        captions.append(write_captions(scene, style, draws, marked=marked))
+        captions.append(write_captions(scene, phrasing, draws, marked=marked))
         scenes.append(scene)
-        pixels[i] = render_scene(scene, STYLES[style], _noise(seed, style, split, i))
+        pixels[i] = render_scene(scene, drawing, _noise(seed, style, split, i))
 
     def render(index: int) -> np.ndarray:
-        return render_scene(scenes[index], STYLES[style], _noise(seed, style, split, index))
+        return render_scene(scenes[index], drawing, _noise(seed, style, split, index))
 
     return Scenes(scenes, captions, pixels, render)
 
 
 def synthetic_split(
-    style: str = "a", split: str = "train", *, seed: int = 0, num_images: int | None = None
+    style: str = "a",
+    split: str = "train",
+    *,
+    seed: int = 0,
+    num_images: int | None = None,
+    shift: float = 1.0,
 ) -> CaptionSplit:
     """Generate one split of the embedded dataset.
 
     ``style``: ``"a"`` or ``"b"``; ``split``: ``"train"``, ``"dev"`` or ``"test"``;
-    ``num_images``: defaults to :data:`DEFAULT_SIZES`. Returns a :class:`CaptionSplit` with
+    ``num_images``: defaults to :data:`DEFAULT_SIZES`; ``shift``: how far style "b" renders and
+    phrases from style "a" (:mod:`.shift`; 1, the default, is style "b" as it is; style "a" has
+    no shift). Returns a :class:`CaptionSplit` with
     ``(N, 1024)`` float32 features, ``(N, 9, 256)`` region features, ``5 N`` captions (image
     ``i`` has captions ``5i .. 5i+4``), :class:`~jwae_ext.data.scenes.SceneAttributes` and a
     renderer.
     """
-    scenes = generate_scenes(style, split, seed=seed, num_images=num_images)
+    scenes = generate_scenes(style, split, seed=seed, num_images=num_images, shift=shift)
     n = len(scenes.objects)
     features, regions = extract_features(scenes.pixels, regions=True)
     return CaptionSplit(
-        name=f"synthetic-{style}/{split}",
+        name=f"synthetic-{style}{'' if shift == 1.0 else f'@{shift:g}'}/{split}",
         images=features,
         regions=regions,
         captions=[c for captions in scenes.captions for c in captions],

@@ -84,6 +84,14 @@ class JWAE(JointModel):
         terms = {"match": match.detach()}
         if not cfg.uses_wae:
             return match, terms, (z_img, z_txt)
-        wae, wae_terms = self.jwae_terms(cfg, images, z_img, z_txt, z_txt, tokens, lengths)
+        wae, wae_terms = self.jwae_terms(
+            cfg, *self.jwae_codes(images, z_img, z_txt, lengths), tokens, lengths
+        )
         terms.update(wae_terms)
         return match + wae, terms, (z_img, z_txt)
+
+    def jwae_codes(
+        self, images: torch.Tensor, z_img: torch.Tensor, z_txt: torch.Tensor, lengths: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        # One code per image and per caption: matched to the prior and decoded as they are.
+        return images, z_img, z_txt, z_txt

@@ -226,6 +226,29 @@ class JointModel(nn.Module):
             terms.update(mmd_img=mmd_img.detach(), mmd_txt=mmd_txt.detach())
         return total, terms
 
+    def jwae_codes(
+        self,
+        images: torch.Tensor,
+        z_img: torch.Tensor,
+        z_txt: torch.Tensor,
+        lengths: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """What :meth:`jwae_terms` reads of encoded ``images`` (their codes ``z_img``) and
+        captions (codes ``z_txt``, true ``lengths``): the features to reconstruct, the image and
+        caption codes matched to the prior, and the caption codes the decoder reads."""
+        raise NotImplementedError
+
+    def unpaired_loss(
+        self, images: torch.Tensor, tokens: torch.Tensor, lengths: torch.Tensor, cfg: LossConfig
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+        """The jWAE terms alone of a batch whose images and captions need not correspond (no
+        pair loss): the weighted total, its unweighted terms and the codes matched to the prior,
+        as :meth:`jwae_terms` and ``autoencoder_loss`` return them."""
+        z_img, z_txt = self.encode_images(images), self.encode_captions(tokens, lengths)
+        features, z_img, z_txt, caption_codes = self.jwae_codes(images, z_img, z_txt, lengths)
+        total, terms = self.jwae_terms(cfg, features, z_img, z_txt, caption_codes, tokens, lengths)
+        return total, terms, (z_img, z_txt)
+
     def discriminator_loss(self, z_img: torch.Tensor, z_txt: torch.Tensor) -> torch.Tensor:
         """The discriminator's own loss: prior samples are real, the detached codes fake."""
         fake = torch.cat([z_img.detach(), z_txt.detach()])

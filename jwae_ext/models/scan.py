@@ -145,14 +145,25 @@ class SCAN(JointModel):
             img_ids=img_ids,
             txt_ids=img_ids,
         )
-        z_img, z_txt = v.reshape(-1, v.shape[-1]), masked_words(e, lengths)
+        features, z_img, z_txt, caption_codes = self.jwae_codes(regions, v, e, lengths)
         terms = {"match": match.detach()}
         if not cfg.uses_wae:
             return match, terms, (z_img, z_txt)
-        caption_codes = e.sum(dim=1) / lengths.unsqueeze(1).to(e.dtype)  # padding holds zeros
-        features = regions.reshape(-1, regions.shape[-1])
         wae, wae_terms = self.jwae_terms(
             cfg, features, z_img, z_txt, caption_codes, tokens, lengths
         )
         terms.update(wae_terms)
         return match + wae, terms, (z_img, z_txt)
+
+    def jwae_codes(
+        self, regions: torch.Tensor, v: torch.Tensor, e: torch.Tensor, lengths: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        # Every region reconstructs its own feature; every region code and real word code is a
+        # sample of the prior; the caption decoder reads the mean word code (padding holds zeros).
+        caption_codes = e.sum(dim=1) / lengths.unsqueeze(1).to(e.dtype)
+        return (
+            regions.reshape(-1, regions.shape[-1]),
+            v.reshape(-1, v.shape[-1]),
+            masked_words(e, lengths),
+            caption_codes,
+        )
