@@ -418,9 +418,8 @@ std::tuple<at::Tensor, at::Tensor> xattn_ranks_cpu(
     std::string_view agg, double lambda_lse, std::string_view raw_feature_norm) {
   const Options options =
       parse_options(direction, lambda_softmax, agg, lambda_lse, raw_feature_norm);
-  check_inputs(images, captions, cap_lens);
+  check_rank_inputs(images, captions, cap_lens, cap_to_img);
   const int64_t n_images = images.size(0), n_captions = captions.size(0);
-  check_cap_to_img(cap_to_img, n_images, n_captions, captions);
   const at::Tensor owner_t = cap_to_img.to(at::kCPU).contiguous();
   const int64_t* owner = owner_t.const_data_ptr<int64_t>();
   const Problem p = make_problem(images, captions, cap_lens, options, captions_by_image(owner_t));
@@ -476,8 +475,8 @@ std::tuple<at::Tensor, at::Tensor> xattn_ranks_cpu(
       if (s > img_thr[image]) atomic_add(img_count + image, 1);
       if (s > cap_thr[caption]) atomic_add(cap_count + caption, 1);
     };
-    // Caption counts are owned by the thread sweeping the caption's group; image counts are
-    // shared, so they are added atomically.
+    // Image counts are shared between the threads sweeping caption groups, so both counts are
+    // added atomically (one rule for the concurrent pass and the kept scores' serial one).
     for_each_score<scalar_t>(
         p, [&](int64_t cg, int64_t ig) { return !holds_own_pair(cg, ig); }, count);
     for (int64_t c = 0; c < n_captions; ++c) {

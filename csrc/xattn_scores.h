@@ -152,6 +152,13 @@ inline void check_cap_to_img(const at::Tensor& cap_to_img, int64_t n_images, int
                     uncaptioned[0][0].item<int64_t>());
 }
 
+// The ranks' arguments: the inputs as check_inputs, and cap_to_img as check_cap_to_img.
+inline void check_rank_inputs(const at::Tensor& images, const at::Tensor& captions,
+                              const at::Tensor& cap_lens, const at::Tensor& cap_to_img) {
+  check_inputs(images, captions, cap_lens);
+  check_cap_to_img(cap_to_img, images.size(0), captions.size(0), captions);
+}
+
 // Captions in ascending order of their image (stable): the traversal order of the ranks, so that
 // the own pairs fall into few tiles.
 inline std::vector<int64_t> captions_by_image(const at::Tensor& cap_to_img) {

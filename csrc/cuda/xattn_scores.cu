@@ -575,17 +575,17 @@ std::tuple<at::Tensor, at::Tensor> xattn_scores_backward_cuda(
   return {grad_images, grad_captions};
 }
 
-// Exact ranks: own pairs' scores from the tiles holding one, then one counting pass (the same
-// tiles, the same bits), as on CPU.
+// Exact ranks: own pairs' scores from the tiles holding one, then one counting pass over every
+// tile (the same tiles, the same bits). The CPU kernel keeps the own tiles' scores instead of
+// computing those tiles twice; here they are recomputed (a few tiles on a GPU).
 std::tuple<at::Tensor, at::Tensor> xattn_ranks_cuda(
     const at::Tensor& images, const at::Tensor& captions, const at::Tensor& cap_lens,
     const at::Tensor& cap_to_img, std::string_view direction, double lambda_softmax,
     std::string_view agg, double lambda_lse, std::string_view raw_feature_norm) {
   const Options options =
       parse_options(direction, lambda_softmax, agg, lambda_lse, raw_feature_norm);
-  check_inputs(images, captions, cap_lens);
+  check_rank_inputs(images, captions, cap_lens, cap_to_img);
   const int64_t n_images = images.size(0), n_captions = captions.size(0);
-  check_cap_to_img(cap_to_img, n_images, n_captions, captions);
   const c10::cuda::CUDAGuard guard(images.device());
   const Problem p = make_problem(images, captions, cap_lens, options);
   const at::Tensor owner_host = cap_to_img.to(at::kCPU).contiguous();
