@@ -12,6 +12,8 @@ times drift between runs, ratios measured side by side hold).
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import gc
 import json
 import os
@@ -41,15 +43,25 @@ def _rss_bytes(field: str) -> int:
     raise RuntimeError(f"{field} missing from /proc/self/status")
 
 
+def _release_free_heap() -> None:
+    """glibc's ``malloc_trim(0)``: its free pages, in every arena, back to the system."""
+    libc = ctypes.util.find_library("c")
+    if libc is not None and hasattr(ctypes.CDLL(libc), "malloc_trim"):
+        ctypes.CDLL(libc).malloc_trim(0)
+
+
 def peak_extra_memory(fn: Callable[[], object], device: str) -> int:
     """Bytes of memory ``fn`` needs above what is allocated when it starts (its peak).
 
     CUDA: the caching allocator's peak. CPU: the process's peak resident set, reset through
-    /proc/self/clear_refs just before the call, minus the resident set at that moment. The
-    allocator is left as a user's process has it (no tuning at import), so a buffer that glibc
-    keeps resident from an earlier call and hands out again is not counted: a lower bound.
+    /proc/self/clear_refs just before the call, minus the resident set at that moment. glibc keeps
+    freed memory resident and hands it out again (an earlier call's buffers would not count), so
+    its free memory is returned to the system first (``malloc_trim``): memory the call touches
+    counts whether it comes from the kernel or from glibc's free lists. Timing runs without this.
     """
     gc.collect()
+    if device != "cuda":
+        _release_free_heap()
     if device == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()

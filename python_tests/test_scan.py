@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from test_train import train as _train  # the trainer's command line on a tiny embedded slice
 
 from jwae_ext import ops, reference
+from jwae_ext.config import TrainConfig, resolve
 from jwae_ext.data import PairDataset, Vocabulary, collate, synthetic_split
 from jwae_ext.encoding import encode_split_xattn
 from jwae_ext.evaluation import evaluate_split
@@ -203,3 +204,15 @@ def test_scan_trains_on_a_region_precomp_folder(tmp_path):
     assert (tmp_path / "r" / "test.json").exists()
     # The pooled variants read the same folder's regions mean-pooled.
     _train(tmp_path, "--variant", "vse++", "--data", str(folder), "--epochs", "1", "--name", "p")
+
+
+@pytest.mark.parametrize("variant", ["scan", "scan-jwae-mh"])
+def test_cross_attention_preset_on_embedded_data(variant):
+    cfg = resolve(TrainConfig(variant=variant))
+    assert (cfg.epochs, cfg.lr_update, cfg.warmup_epochs) == (5, 3, 1)
+    pooled = resolve(TrainConfig(variant="jwae-mh"))
+    assert (pooled.epochs, pooled.lr_update, pooled.warmup_epochs) == (10, 7, 2)
+    # Explicit values win; a precomp folder keeps SCAN's recipe.
+    assert resolve(TrainConfig(variant=variant, epochs=8, warmup_epochs=0)).epochs == 8
+    precomp = resolve(TrainConfig(variant=variant, data="/data/coco_precomp"))
+    assert (precomp.epochs, precomp.lr_update, precomp.warmup_epochs) == (30, 15, 0)
