@@ -18,7 +18,7 @@ import json
 import sys
 from pathlib import Path
 
-from jwae_ext.checkpoint import CheckpointError, load_model
+from jwae_ext.checkpoint import CheckpointError, load_model, write_text_atomic
 from jwae_ext.config import resolve_device
 from jwae_ext.continuity import format_continuity
 from jwae_ext.data import load_split
@@ -109,7 +109,7 @@ def run(args: argparse.Namespace) -> tuple[str, Path]:
         figures_of = "retrieval"
     result["seed"] = seed
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1))
+    write_text_atomic(out, json.dumps(result, indent=1))
     if args.figures:
         from jwae_ext import figures  # matplotlib only when asked for
 

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from jwae_ext import figures, sweeps, train
-from jwae_ext.checkpoint import CheckpointError, load_model
+from jwae_ext.checkpoint import CheckpointError, load_model, write_text_atomic
 from jwae_ext.config import resolve_device
 from jwae_ext.continuity import continuity
 from jwae_ext.data import CaptionSplit, SceneAttributes, load_split
@@ -99,7 +99,7 @@ def _check_settings(out: Path, settings: Settings) -> None:
                 f"{[saved.get(k) for k in differs]}); use another --out"
             )
     out.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(current, indent=1))
+    write_text_atomic(path, json.dumps(current, indent=1))
 
 
 def train_run(
@@ -176,7 +176,7 @@ def evaluate_run(
             loaded = loaded or load_model(folder, resolve_device(device))
             evaluation = evaluate_loaded(loaded, splits.get(data, seed))
             evaluation.result["seed"] = seed
-            path.write_text(json.dumps(evaluation.result, indent=1))
+            write_text_atomic(path, json.dumps(evaluation.result, indent=1))
         results[data] = json.loads(path.read_text())
     return results
 
@@ -467,8 +467,8 @@ def poster(
         results["grounding"], table, drawn = phrase_localization(out, settings, grounding)
         text += "\n" + table
         written += drawn
-    (out / "results.json").write_text(json.dumps(results, indent=1))
-    (out / "results.md").write_text(text)
+    write_text_atomic(out / "results.json", json.dumps(results, indent=1))
+    write_text_atomic(out / "results.md", text)
     log(f"wrote {out / 'results.md'}, {out / 'results.json'} and {len(written)} figures")
     return results
 
@@ -496,8 +496,10 @@ def run_sweep(out: Path, settings: Settings, sweep: sweeps.Sweep, command: str) 
             run_name(row.stem, s): evaluations[row.label][s] for row in sweep.rows for s in seeds
         },
     }
-    (out / f"results-{sweep.kind}.json").write_text(json.dumps(results, indent=1))
-    (out / f"results-{sweep.kind}.md").write_text(sweeps.markdown(sweep, summary, seeds, command))
+    write_text_atomic(out / f"results-{sweep.kind}.json", json.dumps(results, indent=1))
+    write_text_atomic(
+        out / f"results-{sweep.kind}.md", sweeps.markdown(sweep, summary, seeds, command)
+    )
     log(f"wrote {out / f'results-{sweep.kind}.md'}")
     return results
 

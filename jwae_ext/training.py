@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from jwae_ext import checkpoint, distributed
-from jwae_ext.checkpoint import TrainingState, load_training_state
+from jwae_ext.checkpoint import TrainingState, load_training_state, write_text_atomic
 from jwae_ext.config import TrainConfig, resolve_device
 from jwae_ext.data import Vocabulary
 from jwae_ext.metrics_log import log_epoch
@@ -156,7 +156,9 @@ class RunLoop:
         else:
             if self.ctx.is_main:
                 self.dir.mkdir(parents=True, exist_ok=True)
-                (self.dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
+                write_text_atomic(
+                    self.dir / "config.json", json.dumps(dataclasses.asdict(cfg), indent=1)
+                )
                 self.vocab.save(self.dir / "vocab.json")
             if self.ctx.enabled:
                 seed_streams(distributed.rank_seed(cfg.seed, self.ctx.rank))
@@ -409,5 +411,5 @@ class RunLoop:
         self.model.load_state_dict(best.model)
         result = self.evaluate(split)
         if self.ctx.is_main:
-            (self.dir / "test.json").write_text(json.dumps(result, indent=1))
+            write_text_atomic(self.dir / "test.json", json.dumps(result, indent=1))
         return result
