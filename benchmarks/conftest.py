@@ -17,6 +17,7 @@ import ctypes.util
 import gc
 import json
 import os
+import statistics
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -95,28 +96,65 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def _synced(fn: Callable[[], object]) -> Callable[[], object]:
+    def timed():
+        out = fn()
+        _sync(DEVICE)
+        return out
+
+    return timed
+
+
 @pytest.fixture
 def measure(benchmark):
-    """``measure(case, impl, fn, rounds=...)``: time ``fn`` and record its peak extra memory."""
+    """``measure(case, impl, fn, rounds=..., alongside=None)``: time ``fn`` and record its peak
+    extra memory.
 
-    def run(case: str, impl: str, fn: Callable[[], object], rounds: int = 3) -> None:
-        def timed():
-            out = fn()
-            _sync(DEVICE)
-            return out
+    ``alongside`` maps other implementations' names to functions timed in turn with ``fn``, one
+    call of each before every round of ``fn`` (outside its timing): for long cases, where a
+    drift of the machine between two tests minutes apart would show in their ratio.
+    """
+
+    def run(
+        case: str,
+        impl: str,
+        fn: Callable[[], object],
+        rounds: int = 3,
+        alongside: dict[str, Callable[[], object]] | None = None,
+    ) -> None:
+        timed = _synced(fn)
+        others = {name: _synced(other) for name, other in (alongside or {}).items()}
+        other_seconds: dict[str, list[float]] = defaultdict(list)
+
+        def time_others():
+            for name, other in others.items():
+                start = time.perf_counter()
+                other()
+                other_seconds[name].append(time.perf_counter() - start)
 
         timed()  # warm-up: first-call allocations, lazy initialisation, cuBLAS handles
+        for other in others.values():
+            other()
         benchmark.group = case
         benchmark.extra_info["impl"] = impl
         start = time.perf_counter()
-        benchmark.pedantic(timed, rounds=rounds, iterations=1)
-        elapsed = time.perf_counter() - start
+        benchmark.pedantic(timed, setup=time_others, rounds=rounds, iterations=1)
+        elapsed = time.perf_counter() - start - sum(map(sum, other_seconds.values()))
         seconds = benchmark.stats.stats.median if benchmark.stats is not None else None
         if seconds is None and not benchmark.disabled:
             seconds = elapsed / rounds
         peak = peak_extra_memory(timed, DEVICE)
         benchmark.extra_info["peak_extra_mb"] = round(peak / 2**20, 1)
         _RESULTS[case][impl] = Result(case, impl, None if benchmark.disabled else seconds, peak)
+        for name, other in others.items():
+            times = other_seconds[name]
+            benchmark.extra_info[f"{name}_seconds"] = times
+            _RESULTS[case][name] = Result(
+                case,
+                name,
+                None if benchmark.disabled else statistics.median(times),
+                peak_extra_memory(other, DEVICE),
+            )
 
     return run
 
