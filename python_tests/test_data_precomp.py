@@ -97,6 +97,18 @@ def test_export_embedded_dataset(tmp_path):
     assert loaded.captions == generated.captions
 
 
+def test_export_keeps_each_images_first_captions(tmp_path):
+    export_precomp(tmp_path, "a", sizes={"train": 3}, captions_per_image=2)
+    loaded = load_precomp(tmp_path, "train")
+    generated = synthetic_split("a", "train", num_images=3).captions
+    assert loaded.captions == [generated[5 * i + k] for i in range(3) for k in range(2)]
+    assert loaded.captions_per_image == 2
+    for bad in (0, 6):
+        with pytest.raises(ValueError, match="captions_per_image must be in"):
+            export_precomp(tmp_path / "bad", sizes={"train": 2}, captions_per_image=bad)
+    assert not (tmp_path / "bad").exists()
+
+
 # --- bad files ---------------------------------------------------------------------------------
 
 

@@ -138,17 +138,28 @@ def export_precomp(
     seed: int = 0,
     sizes: dict[str, int] | None = None,
     regions: bool = False,
+    captions_per_image: int = CAPTIONS_PER_IMAGE,
 ) -> Path:
     """Write the embedded dataset's splits (``sizes``, default :data:`DEFAULT_SIZES`) as a
     precomp folder (``{split}_ims.npy``, ``{split}_caps.txt``); returns the folder.
     ``regions=True`` writes the ``(N, 9, 256)`` region features instead of the pooled ones (the
-    layout of SCAN's bottom-up features; pooled models then see their mean)."""
+    layout of SCAN's bottom-up features; pooled models then see their mean).
+    ``captions_per_image`` keeps each image's first captions (1 to 5): with small ``sizes``, the
+    shape of a small photo collection with one caption per photo."""
+    if not 1 <= captions_per_image <= CAPTIONS_PER_IMAGE:
+        raise ValueError(
+            f"jwae_ext: captions_per_image must be in [1, {CAPTIONS_PER_IMAGE}], got "
+            f"{captions_per_image}"
+        )
     folder = Path(folder)
     splits = {}
     for split, n in (sizes or DEFAULT_SIZES).items():
         data = synthetic_split(style, split, seed=seed, num_images=n)
         features = data.regions if regions else data.images
-        splits[split] = (np.asarray(features), data.captions)
+        captions = [
+            c for k, c in enumerate(data.captions) if k % CAPTIONS_PER_IMAGE < captions_per_image
+        ]
+        splits[split] = (np.asarray(features), captions)
     # All splits or none: a bad size or a full disk leaves no partial folder behind.
     write_precomp_splits(folder, splits)
     return folder
@@ -170,11 +181,26 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--regions", action="store_true", help="write (N, 9, 256) region features (for SCAN)"
     )
+    parser.add_argument(
+        "--captions-per-image",
+        type=int,
+        default=CAPTIONS_PER_IMAGE,
+        metavar="K",
+        help=f"keep each image's first K captions (1 to {CAPTIONS_PER_IMAGE})",
+    )
     args = parser.parse_args(argv)
     sizes = {split: getattr(args, split) for split in DEFAULT_SIZES}
-    folder = export_precomp(
-        args.folder, args.style, seed=args.seed, sizes=sizes, regions=args.regions
-    )
+    try:
+        folder = export_precomp(
+            args.folder,
+            args.style,
+            seed=args.seed,
+            sizes=sizes,
+            regions=args.regions,
+            captions_per_image=args.captions_per_image,
+        )
+    except ValueError as err:
+        parser.exit(2, f"{parser.prog}: error: {err}\n")
     print(f"wrote {', '.join(f'{s} ({n} images)' for s, n in sizes.items())} to {folder}")
 
 
