@@ -28,55 +28,79 @@ ALPHAS = (0.1, 1.0, 10.0, 100.0, 1000.0, 10000.0)
 
 
 def bag_of_words(captions: Sequence[str], words: dict[str, int]) -> torch.Tensor:
-    """``(len(captions), len(words))`` float64: 1 where the caption has the word (words outside
-    ``words`` are ignored)."""
-    bags = torch.zeros(len(captions), len(words), dtype=torch.float64)
+    """Sparse ``(len(captions), len(words))`` float64 rows, l2-normalized: the words the caption
+    has (words outside ``words`` are ignored; a caption with none is a zero row)."""
+    rows: list[int] = []
+    columns: list[int] = []
     for row, caption in enumerate(captions):
-        for token in tokenize(caption):
-            column = words.get(token)
-            if column is not None:
-                bags[row, column] = 1.0
-    return bags
+        present = {words[t] for t in tokenize(caption) if t in words}
+        rows.extend([row] * len(present))
+        columns.extend(sorted(present))
+    index = torch.tensor([rows, columns], dtype=torch.int64).reshape(2, -1)
+    counts = torch.bincount(index[0], minlength=len(captions)).to(torch.float64)
+    values = counts[index[0]].rsqrt()
+    shape = (len(captions), len(words))
+    return torch.sparse_coo_tensor(index, values, shape, check_invariants=True).coalesce()
 
 
 class RidgeBaseline:
     """Ridge regression from standardized image features to the l2-normalized bag of words of
-    each image's captions (every caption is one training target), fitted on ``train``."""
+    each image's captions (every caption is one training target), fitted on ``train``;
+    :meth:`refit` changes the weight without redoing the rest."""
 
     def __init__(self, train: CaptionSplit, alpha: float) -> None:
-        if not alpha > 0:
-            raise ValueError(f"jwae_ext: alpha must be > 0, got {alpha}")
         tokens = sorted({t for caption in train.captions for t in tokenize(caption)})
         self.words = {token: column for column, token in enumerate(tokens)}
         features = torch.tensor(np.asarray(train.images), dtype=torch.float64)
         self.mean = features.mean(0)
         self.scale = features.std(0, unbiased=False).clamp_min(1e-12)
         x = self._standardize(features)[torch.as_tensor(train.cap_to_img)]
-        y = _normalize(bag_of_words(train.captions, self.words))
-        # An unpenalized intercept (scikit-learn's Ridge), in the dual form: the training
-        # captions are usually far fewer than the feature dimensions.
-        x_mean, y_mean = x.mean(0), y.mean(0)
-        xc = x - x_mean
-        gram = xc @ xc.T + alpha * torch.eye(len(x), dtype=x.dtype)
-        self.weight = xc.T @ torch.linalg.solve(gram, y - y_mean)
-        self.bias = y_mean - x_mean @ self.weight
+        y = bag_of_words(train.captions, self.words)
+        # An unpenalized intercept (scikit-learn's Ridge): centred features and targets.
+        self._x_mean = x.mean(0)
+        self._y_mean = torch.sparse.sum(y, 0).to_dense() / len(x)
+        self._xc = x - self._x_mean
+        if len(x) <= x.shape[1]:  # the dual: (n, n) system, targets dense (n, V)
+            self._targets = y.to_dense() - self._y_mean
+        else:  # the primal: (d, d) system; Xcᵀ(Y - 1 ȳ) = XcᵀY, with Y kept sparse
+            self._targets = torch.sparse.mm(y.t(), self._xc).T
+        self.refit(alpha)
+
+    def refit(self, alpha: float) -> RidgeBaseline:
+        """Solve for the ridge weight ``alpha`` (> 0); returns self."""
+        if not alpha > 0:
+            raise ValueError(f"jwae_ext: alpha must be > 0, got {alpha}")
+        xc = self._xc
+        n, d = xc.shape
+        if n <= d:
+            gram = xc @ xc.T + alpha * torch.eye(n, dtype=xc.dtype)
+            self.weight = xc.T @ torch.linalg.solve(gram, self._targets)
+        else:
+            gram = xc.T @ xc + alpha * torch.eye(d, dtype=xc.dtype)
+            self.weight = torch.linalg.solve(gram, self._targets)
+        self.bias = self._y_mean - self._x_mean @ self.weight
+        return self
 
     def _standardize(self, features: torch.Tensor) -> torch.Tensor:
         return (features - self.mean) / self.scale
 
-    def codes(self, split: CaptionSplit) -> tuple[torch.Tensor, torch.Tensor]:
-        """Predicted bags of the split's images and the bags of its captions, l2-normalized."""
+    def image_codes(self, split: CaptionSplit) -> torch.Tensor:
+        """Predicted bags of the split's images, l2-normalized."""
         features = torch.tensor(np.asarray(split.images), dtype=torch.float64)
         predicted = self._standardize(features) @ self.weight + self.bias
-        return _normalize(predicted), _normalize(bag_of_words(split.captions, self.words))
+        return predicted / predicted.norm(dim=1, keepdim=True).clamp_min(1e-12)
 
-    def evaluate(self, split: CaptionSplit) -> dict:
-        img, cap = self.codes(split)
-        return evaluate(img, cap, torch.as_tensor(split.cap_to_img))
+    def caption_codes(self, split: CaptionSplit) -> torch.Tensor:
+        """Bags of the split's captions, l2-normalized (dense)."""
+        return bag_of_words(split.captions, self.words).to_dense()
 
-
-def _normalize(x: torch.Tensor) -> torch.Tensor:
-    return x / x.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    def evaluate(self, split: CaptionSplit, caption_codes: torch.Tensor | None = None) -> dict:
+        """The retrieval table of ``split`` (``caption_codes``: its :meth:`caption_codes`, when
+        already computed)."""
+        if caption_codes is None:
+            caption_codes = self.caption_codes(split)
+        cap_to_img = torch.as_tensor(split.cap_to_img)
+        return evaluate(self.image_codes(split), caption_codes, cap_to_img)
 
 
 def ridge_baseline(
@@ -89,9 +113,13 @@ def ridge_baseline(
     ``alpha`` and every weight's dev rsum (``dev_rsum``)."""
     if not alphas:
         raise ValueError("jwae_ext: alphas must not be empty")
-    dev_rsum = {float(a): RidgeBaseline(train, a).evaluate(dev)["rsum"] for a in alphas}
+    model = RidgeBaseline(train, alphas[0])
+    dev_captions = model.caption_codes(dev)
+    dev_rsum = {}
+    for a in alphas:
+        dev_rsum[float(a)] = model.refit(a).evaluate(dev, dev_captions)["rsum"]
     alpha = max(dev_rsum, key=lambda a: (dev_rsum[a], -list(dev_rsum).index(a)))
-    return {**RidgeBaseline(train, alpha).evaluate(test), "alpha": alpha, "dev_rsum": dev_rsum}
+    return {**model.refit(alpha).evaluate(test), "alpha": alpha, "dev_rsum": dev_rsum}
 
 
 def main(argv: list[str] | None = None) -> int:

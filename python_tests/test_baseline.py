@@ -11,13 +11,13 @@ from jwae_ext.data import CaptionSplit
 from jwae_ext.data.synthetic import export_precomp
 
 
-def _split(n_images: int, captions_per_image: list[int], seed: int) -> CaptionSplit:
+def _split(n_images: int, captions_per_image: list[int], seed: int, dim: int = 16) -> CaptionSplit:
     """Captions naming a colour and a shape that the image features encode linearly."""
     rng = np.random.default_rng(seed)
     colours, shapes = ["red", "green", "blue"], ["cube", "ball", "cone", "ring"]
     colour = rng.integers(0, 3, n_images)
     shape = rng.integers(0, 4, n_images)
-    features = rng.normal(size=(n_images, 16)) * 0.1
+    features = rng.normal(size=(n_images, dim)) * 0.1
     features[np.arange(n_images), colour] += 1.0
     features[np.arange(n_images), 3 + shape] += 1.0
     captions, owner = [], []
@@ -32,18 +32,19 @@ def _split(n_images: int, captions_per_image: list[int], seed: int) -> CaptionSp
 
 def test_bag_of_words_marks_known_words_once():
     bags = bag_of_words(["a red cube, a cube", "an unknown word"], {"a": 0, "cube": 1, "red": 2})
-    assert bags.tolist() == [[1.0, 1.0, 1.0], [0.0, 0.0, 0.0]]
+    third = 1 / np.sqrt(3)
+    assert bags.to_dense().tolist() == [[third, third, third], [0.0, 0.0, 0.0]]
 
 
 @pytest.mark.parametrize("alpha", [0.5, 30.0])
-def test_ridge_matches_scikit_learn_with_uneven_captions_per_image(alpha):
+@pytest.mark.parametrize("dim", [16, 128])  # more captions than dimensions (primal), fewer (dual)
+def test_ridge_matches_scikit_learn_with_uneven_captions_per_image(alpha, dim):
     linear_model = pytest.importorskip("sklearn.linear_model")
     rng = np.random.default_rng(0)
-    train = _split(30, rng.integers(1, 4, 30).tolist(), seed=1)
-    model = RidgeBaseline(train, alpha)
+    train = _split(30, rng.integers(1, 4, 30).tolist(), seed=1, dim=dim)
+    model = RidgeBaseline(train, 1e6).refit(alpha)
     x = (np.asarray(train.images, np.float64) - model.mean.numpy()) / model.scale.numpy()
-    y = bag_of_words(train.captions, model.words).numpy()
-    y /= np.linalg.norm(y, axis=1, keepdims=True)
+    y = bag_of_words(train.captions, model.words).to_dense().numpy()
     expected = linear_model.Ridge(alpha=alpha).fit(x[train.cap_to_img], y)
     np.testing.assert_allclose(model.weight.numpy(), expected.coef_.T, rtol=1e-7, atol=1e-9)
     np.testing.assert_allclose(model.bias.numpy(), expected.intercept_, rtol=1e-7, atol=1e-9)
