@@ -2,9 +2,9 @@
 
 import pytest
 import torch
+from test_train import tiny_trainer
 
 from jwae_ext.collapse import code_spread, collapse_message
-from jwae_ext.config import TrainConfig, resolve
 from jwae_ext.train import Trainer
 
 
@@ -61,19 +61,7 @@ def test_message_names_the_epoch_and_what_collapsed():
 
 
 def _trainer(tmp_path, encode) -> Trainer:
-    cfg = resolve(
-        TrainConfig(
-            train_images=16,
-            eval_images=12,
-            batch_size=8,
-            embed_size=16,
-            img_hidden=16,
-            word_dim=8,
-            run_dir=str(tmp_path),
-            progress=False,
-        )
-    )
-    trainer = Trainer(cfg)
+    trainer = tiny_trainer(tmp_path, eval_images=12)
     trainer.model.encode_images = encode
     return trainer
 

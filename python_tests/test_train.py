@@ -8,11 +8,28 @@ from pathlib import Path
 import pytest
 import torch
 
+from jwae_ext.config import TrainConfig, resolve
+from jwae_ext.train import Trainer
+
 TINY = [
     "--train-images", "48", "--eval-images", "24", "--batch-size", "16",
     "--embed-size", "16", "--img-hidden", "16", "--word-dim", "8", "--warmup-epochs", "1",
     "--no-progress",
 ]  # fmt: skip
+
+
+def tiny_trainer(run_dir: Path, **fields) -> Trainer:
+    """An in-process trainer of a tiny model on a tiny slice (``fields`` override the config)."""
+    tiny = {
+        "train_images": 16,
+        "eval_images": 8,
+        "batch_size": 8,
+        "embed_size": 16,
+        "img_hidden": 16,
+        "word_dim": 8,
+        "progress": False,
+    }
+    return Trainer(resolve(TrainConfig(run_dir=str(run_dir), **{**tiny, **fields})))
 
 
 def train(run_dir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:

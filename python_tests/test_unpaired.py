@@ -7,7 +7,7 @@ import re
 import numpy as np
 import pytest
 import torch
-from test_train import train
+from test_train import tiny_trainer, train
 
 from jwae_ext.config import TrainConfig, resolve
 from jwae_ext.data import PairDataset, collate, export_precomp
@@ -62,19 +62,7 @@ def test_a_variant_without_jwae_terms_is_refused():
 
 
 def _trainer(tmp_path, name: str, **unpaired) -> Trainer:
-    cfg = TrainConfig(
-        train_images=16,
-        eval_images=8,
-        batch_size=8,
-        embed_size=16,
-        img_hidden=16,
-        word_dim=8,
-        run_dir=str(tmp_path),
-        name=name,
-        progress=False,
-        **unpaired,
-    )
-    return Trainer(resolve(cfg))
+    return tiny_trainer(tmp_path, name=name, **unpaired)
 
 
 def test_unpaired_batches_add_jwae_terms_and_leave_the_pair_loss_alone(tmp_path):
