@@ -93,6 +93,12 @@ VARIANT_PRIORS = {"jwae-mse": ("mmd", 100.0)}
 _DEFAULT_PRIOR = ("gan", 0.01)
 
 
+def default_prior(variant: str, task: str = "retrieval") -> tuple[str, float]:
+    """The prior matching and its weight lambda3 = lambda4 that ``variant`` trains with unless
+    told otherwise."""
+    return VARIANT_PRIORS.get(variant, _DEFAULT_PRIOR) if task == "retrieval" else _DEFAULT_PRIOR
+
+
 @dataclass
 class TrainConfig:
     """A training run. ``None`` fields are resolved from :data:`PRESETS` by :func:`resolve`."""
@@ -341,11 +347,7 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
         filled = dataclasses.replace(filled, bidirectional=filled.uses_regions)
     # The prior's defaults: per variant for retrieval (VARIANT_PRIORS), the official code's
     # adversarial prior at 0.01 for grounding (whose jwae-mse is another objective).
-    prior, weight = (
-        VARIANT_PRIORS.get(filled.variant, _DEFAULT_PRIOR)
-        if filled.task == "retrieval"
-        else _DEFAULT_PRIOR
-    )
+    prior, weight = default_prior(filled.variant, filled.task)
     defaults = {"prior": prior, "lambda_img": weight, "lambda_txt": weight}
     filled = dataclasses.replace(
         filled, **{k: v for k, v in defaults.items() if getattr(filled, k) is None}

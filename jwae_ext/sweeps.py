@@ -19,6 +19,8 @@ import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from jwae_ext.config import default_prior
+
 __all__ = [
     "Row",
     "Sweep",
@@ -90,22 +92,27 @@ def shift_sweep(
 
 
 def prior_weight_sweep(weights: Sequence[float], variant: str = "jwae-mh") -> Sweep:
-    """``variant`` with lambda3 = lambda4 = each of ``weights``."""
-    rows = tuple(
-        Row(
-            f"{variant}, lambda3 = lambda4 = {w:g}",
+    """``variant`` with lambda3 = lambda4 = each of ``weights``; at its default weight the row
+    is the default run (the poster job's)."""
+    prior, default = default_prior(variant)
+
+    def row(w: float) -> Row:
+        label = f"{variant}, lambda3 = lambda4 = {w:g}"
+        if w == default:
+            return Row(f"{label} (default)", variant, variant)
+        return Row(
+            label,
             variant,
             f"{variant}-prior{w:g}",
             ("--lambda-img", f"{w:g}", "--lambda-txt", f"{w:g}"),
         )
-        for w in weights
-    )
+
     return Sweep(
         kind="prior-weight",
         title=f"{variant} at several prior weights (train {TRAIN_DATA})",
-        rows=rows,
+        rows=tuple(row(w) for w in weights),
         tests=(TRAIN_DATA, "synthetic-b"),
-        note="The default prior weight is 0.01 (the official code's).",
+        note=f"The default prior is {prior} at weight {default:g}.",
     )
 
 

@@ -30,9 +30,10 @@ def test_shift_sweep_tests_every_strength_and_prior_weight_sets_the_lambdas(tmp_
     assert set(results["runs"]["vse++-s0"]) == {"synthetic-a", "synthetic-b@0", "synthetic-b@1"}
     cell = results["summary"]["jwae-mh"]["synthetic-b@1"]["rsum"]
     assert cell["values"] == [results["runs"]["jwae-mh-s0"]["synthetic-b@1"]["rsum"]]
-    # The same folder: the jwae-mh run is shared, the prior-weight runs are new.
+    # The same folder: the default weight's row is the shared jwae-mh run, the others are new.
     results = _run(tmp_path, "prior-weight", "--weights", "0.01", "1")
-    assert set(results["runs"]) == {"jwae-mh-prior0.01-s0", "jwae-mh-prior1-s0"}
+    assert set(results["runs"]) == {"jwae-mh-s0", "jwae-mh-prior1-s0"}
+    assert "jwae-mh, lambda3 = lambda4 = 0.01 (default)" in results["summary"]
     config = json.loads((tmp_path / "runs" / "jwae-mh-prior1-s0" / "config.json").read_text())
     assert config["lambda_img"] == config["lambda_txt"] == 1.0
 
