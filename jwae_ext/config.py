@@ -147,7 +147,11 @@ class TrainConfig:
     embed_size: int | None = field(default=None, metadata={"help": "latent size d"})
     word_dim: int | None = field(default=None, metadata={"help": "word embedding size"})
     img_hidden: int | None = field(
-        default=None, metadata={"help": "image MLP hidden size (grounding: every FC-BN-ReLU layer)"}
+        default=None,
+        metadata={
+            "help": "image MLP hidden size; 0: one linear layer (grounding: every FC-BN-ReLU "
+            "layer, >= 1)"
+        },
     )
     bidirectional: bool | None = field(
         default=None,
@@ -357,7 +361,6 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
         "batch_size",
         "embed_size",
         "word_dim",
-        "img_hidden",
         "disc_every",
         "disc_hidden",
         "eval_batch_size",
@@ -371,6 +374,9 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
             raise ValueError(
                 f"--{name.replace('_', '-')} must be >= 1, got {getattr(filled, name)}"
             )
+    if filled.img_hidden < (1 if filled.task == "grounding" else 0):
+        least = ">= 1 for --task grounding" if filled.task == "grounding" else ">= 0"
+        raise ValueError(f"--img-hidden must be {least}, got {filled.img_hidden}")
     for name in ("lr", "disc_lr", "lambda_softmax", "lambda_lse"):
         if not getattr(filled, name) > 0:
             raise ValueError(f"--{name.replace('_', '-')} must be > 0, got {getattr(filled, name)}")

@@ -107,6 +107,7 @@ def test_evaluate_in_domain_cross_dataset_and_on_an_entities_folder(finished, tm
         ("train", ["--data", "/nonexistent/folder"], "neither an embedded dataset"),
         ("train", ["--pos-iou", "0.2"], "--neg-iou and --pos-iou"),
         ("train", ["--concepts", "0"], "--concepts must be >= 1"),
+        ("train", ["--img-hidden", "0"], "--img-hidden must be >= 1 for --task grounding"),
     ],
 )
 def test_bad_arguments_fail_with_a_message(tmp_path, module, args, message):

@@ -45,6 +45,15 @@ def test_shapes_and_prior_scale():
     assert abs(norms.mean().item() - 1.0) < 0.05
 
 
+def test_img_hidden_zero_makes_the_image_encoder_and_decoder_linear():
+    model = _model(dataclasses.replace(CFG, img_hidden=0))
+    linear = [type(m) for m in model.img_enc.net] + [type(m) for m in model.img_dec.net]
+    assert linear == [torch.nn.Linear, torch.nn.Linear]
+    assert model.img_enc.net[0].weight.shape == (CFG.embed_size, CFG.img_dim)
+    images = _batch()[0]
+    assert model.img_dec(model.encode_images(images)).shape == images.shape
+
+
 def test_caption_code_ignores_padding_and_bidirectional_averages():
     for bidirectional in (False, True):
         model = _model(dataclasses.replace(CFG, bidirectional=bidirectional)).eval()
@@ -158,6 +167,8 @@ def test_model_config_rejects_bad_values():
         ModelConfig(img_dim=4, vocab_size=10, embed_size=0)
     with pytest.raises(ValueError, match="vocab_size"):
         ModelConfig(img_dim=4, vocab_size=3)
+    with pytest.raises(ValueError, match="img_hidden must be an integer >= 0, got -1"):
+        ModelConfig(img_dim=4, vocab_size=10, img_hidden=-1)
     with pytest.raises(ValueError, match="word_dropout"):
         ModelConfig(img_dim=4, vocab_size=10, word_dropout=1.0)
     with pytest.raises(ValueError, match="variant"):

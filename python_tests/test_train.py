@@ -96,6 +96,7 @@ def test_baseline_variants_train(tmp_path, variant):
     ("args", "message"),
     [
         (["--epochs", "0"], "--epochs must be >= 1"),
+        (["--img-hidden", "-1"], "--img-hidden must be >= 0, got -1"),
         (["--variant", "clip"], "invalid choice"),
         (["--data", "/nonexistent/folder"], "neither an embedded dataset"),
         (["--resume", "--name", "never-ran"], "no config.json"),

@@ -14,14 +14,14 @@ from torch.nn.utils.rnn import pack_padded_sequence
 
 from jwae_ext import ops
 from jwae_ext.losses import LossConfig, matching_loss
-from jwae_ext.models.parts import PAD, JointModel, ModelConfig, _Perceptron
+from jwae_ext.models.parts import PAD, JointModel, ModelConfig, _Perceptron, image_layers
 
 
 class ImageEncoder(_Perceptron):
     """f_v: precomputed image features (B, D) -> codes z_v (B, d), unnormalized."""
 
     def __init__(self, cfg: ModelConfig) -> None:
-        super().__init__([cfg.img_dim, cfg.img_hidden, cfg.embed_size])
+        super().__init__(image_layers(cfg))
 
 
 class TextEncoder(nn.Module):

@@ -22,7 +22,8 @@ PAD, START, END, UNK = 0, 1, 2, 3
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Sizes of the networks. ``prior_sigma=None`` means 1/sqrt(embed_size)."""
+    """Sizes of the networks. ``prior_sigma=None`` means 1/sqrt(embed_size); ``img_hidden=0``
+    makes the image encoder and decoder single linear layers (VSE++'s precomp image encoder)."""
 
     img_dim: int
     vocab_size: int
@@ -40,12 +41,15 @@ class ModelConfig:
             "vocab_size",
             "embed_size",
             "word_dim",
-            "img_hidden",
             "disc_hidden",
         ):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"ModelConfig.{name} must be a positive integer, got {value!r}")
+        if not isinstance(self.img_hidden, int) or self.img_hidden < 0:
+            raise ValueError(
+                f"ModelConfig.img_hidden must be an integer >= 0, got {self.img_hidden!r}"
+            )
         if self.vocab_size <= UNK:
             raise ValueError(
                 f"ModelConfig.vocab_size must exceed the 4 special tokens, got {self.vocab_size}"
@@ -72,6 +76,12 @@ def _mlp(sizes: list[int], activation: type[nn.Module] = nn.ReLU) -> nn.Sequenti
     return nn.Sequential(*layers)
 
 
+def image_layers(cfg: ModelConfig) -> list[int]:
+    """The image encoder's layer sizes, features to code (the decoder's reversed)."""
+    hidden = [cfg.img_hidden] if cfg.img_hidden else []
+    return [cfg.img_dim, *hidden, cfg.embed_size]
+
+
 class _Perceptron(nn.Module):
     """A ReLU MLP through the layer ``sizes``, held as ``net`` (the checkpoints' names)."""
 
@@ -87,7 +97,7 @@ class ImageDecoder(_Perceptron):
     """g_v: codes (B, d) -> reconstructed image features (B, D)."""
 
     def __init__(self, cfg: ModelConfig) -> None:
-        super().__init__([cfg.embed_size, cfg.img_hidden, cfg.img_dim])
+        super().__init__(image_layers(cfg)[::-1])
 
 
 class TextDecoder(nn.Module):
