@@ -51,6 +51,14 @@ PRESETS = {
             "word_dim": 300,
             "warmup_epochs": 0,
         },
+        # The schedule comes from the number of pairs: small_data_schedule.
+        "small": {
+            "lr": 1e-3,
+            "batch_size": 32,
+            "embed_size": 256,
+            "img_hidden": 512,
+            "word_dim": 300,
+        },
     },
     "grounding": {
         "embedded": {
@@ -78,6 +86,22 @@ PRESETS = {
         },
     },
 }
+
+# A precomp folder with fewer than SMALL_DATA_PAIRS training pairs (a few hundred photos, one
+# caption each) gets the "small" preset instead of COCO's recipe, which on 341 pairs makes 90
+# optimizer steps of hardest negatives from random initialization and collapses the image codes
+# (docs/training.md, "Small training sets"): a smaller model, smaller batches, a higher learning
+# rate, and a schedule long enough in samples seen, half of it sum-of-hinges warm-up.
+SMALL_DATA_PAIRS = 10_000
+SMALL_DATA_SAMPLES = 14_000  # at least this many training samples seen (about 440 steps of 32)
+SMALL_DATA_MIN_EPOCHS = 30  # and at least the precomp recipe's epochs
+
+
+def small_data_schedule(pairs: int) -> dict[str, int]:
+    """Epochs, decay epoch and warm-up epochs of the small preset for ``pairs`` training pairs."""
+    epochs = max(SMALL_DATA_MIN_EPOCHS, math.ceil(SMALL_DATA_SAMPLES / pairs))
+    return {"epochs": epochs, "lr_update": math.ceil(2 * epochs / 3), "warmup_epochs": epochs // 2}
+
 
 # SCAN and SCAN+jWAE-MH on the embedded data, over the retrieval preset: a per-word bi-GRU makes
 # their epoch about twice a pooled one's, and past one warm-up epoch they converge in few (dev
@@ -318,12 +342,36 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def data_kind(data: str, task: str = "retrieval") -> str:
+def data_kind(data: str, task: str = "retrieval", train_images: int | None = None) -> str:
+    """The preset family of ``data``: ``embedded``, ``entities`` (grounding), ``small`` (a precomp
+    folder with fewer than :data:`SMALL_DATA_PAIRS` training pairs among its first
+    ``train_images`` images) or ``precomp``."""
     from jwae_ext.data.sources import embedded_style
 
     if embedded_style(data) is not None:
         return "embedded"
-    return "entities" if task == "grounding" else "precomp"
+    if task == "grounding":
+        return "entities"
+    pairs = training_pairs(data, train_images)
+    return "small" if pairs is not None and pairs < SMALL_DATA_PAIRS else "precomp"
+
+
+def training_pairs(folder: str, train_images: int | None = None) -> int | None:
+    """The training pairs of precomp ``folder`` (its first ``train_images`` images), read from
+    the files' header and line ends; ``None`` when they cannot be read (loading reports why)."""
+    from jwae_ext.data.precomp import read_features
+
+    root = Path(folder)
+    try:
+        images = read_features(root / "train_ims.npy").shape[0]
+        text = (root / "train_caps.txt").read_bytes().replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        captions = text.rstrip(b"\n").count(b"\n") + 1
+    except (OSError, ValueError):
+        return None
+    if captions % images:
+        return None
+    used = images if train_images is None else min(images, train_images)
+    return used * (captions // images) if used >= 1 else None
 
 
 def resolve(cfg: TrainConfig) -> TrainConfig:
@@ -338,8 +386,10 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
             f"--variant must be one of {TASK_VARIANTS[cfg.task]} for --task {cfg.task}, "
             f"got {cfg.variant!r}"
         )
-    kind = data_kind(cfg.data, cfg.task)
+    kind = data_kind(cfg.data, cfg.task, cfg.train_images)
     preset = {**PRESETS[cfg.task][kind]}
+    if kind == "small":
+        preset.update(small_data_schedule(training_pairs(cfg.data, cfg.train_images)))
     if cfg.uses_regions:
         preset.update(CROSS_ATTENTION_PRESETS.get(kind, {}))
     filled = dataclasses.replace(

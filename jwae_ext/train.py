@@ -24,7 +24,14 @@ from tqdm import tqdm
 
 from jwae_ext import checkpoint, distributed
 from jwae_ext.collapse import code_spread, collapse_message
-from jwae_ext.config import TrainConfig, from_args, resolve, resolve_device
+from jwae_ext.config import (
+    SMALL_DATA_PAIRS,
+    TrainConfig,
+    data_kind,
+    from_args,
+    resolve,
+    resolve_device,
+)
 from jwae_ext.data import CaptionSplit, PairBatch, PairDataset, Vocabulary, collate, load_split
 from jwae_ext.data.unpaired import UnpairedData, load_unpaired_captions, load_unpaired_images
 from jwae_ext.grounding.trainer import GroundingTrainer
@@ -209,7 +216,9 @@ class Trainer(RunLoop):
         return self._evaluate(split, self.cfg.protocol)
 
     def describe_run(self) -> str:
-        return f"{len(self.dataset)} training pairs, vocabulary {len(self.vocab)}"
+        small = data_kind(self.cfg.data, self.cfg.task, self.cfg.train_images) == "small"
+        preset = f" (under {SMALL_DATA_PAIRS}: the small-data preset)" if small else ""
+        return f"{len(self.dataset)} training pairs{preset}, vocabulary {len(self.vocab)}"
 
     def format_result(self, result: dict) -> str:
         return f"\ntest ({self.cfg.protocol}), best dev epoch:\n{format_table(result)}"
