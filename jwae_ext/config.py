@@ -56,7 +56,7 @@ PRESETS = {
             "lr": 1e-3,
             "batch_size": 32,
             "embed_size": 256,
-            "img_hidden": 512,
+            "img_hidden": 0,
             "word_dim": 300,
         },
     },
@@ -90,8 +90,9 @@ PRESETS = {
 # A precomp folder with fewer than SMALL_DATA_PAIRS training pairs (a few hundred photos, one
 # caption each) gets the "small" preset instead of COCO's recipe, which on 341 pairs makes 90
 # optimizer steps of hardest negatives from random initialization and collapses the image codes
-# (docs/training.md, "Small training sets"): a smaller model, smaller batches, a higher learning
-# rate, and a schedule long enough in samples seen, half of it sum-of-hinges warm-up.
+# (docs/design.md, "Small training sets"): a smaller model with a linear image encoder (VSE++'s),
+# smaller batches, a higher learning rate, and a schedule long enough in samples seen, half of it
+# sum-of-hinges warm-up.
 SMALL_DATA_PAIRS = 10_000
 SMALL_DATA_SAMPLES = 14_000  # at least this many training samples seen (about 440 steps of 32)
 SMALL_DATA_MIN_EPOCHS = 30  # and at least the precomp recipe's epochs

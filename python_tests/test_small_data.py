@@ -37,7 +37,7 @@ def test_a_small_folder_gets_the_small_preset(tmp_path, images, per_image):
         math.ceil(2 * epochs / 3),
         epochs // 2,
     )
-    assert (cfg.batch_size, cfg.lr, cfg.embed_size) == (32, 1e-3, 256)
+    assert (cfg.batch_size, cfg.lr, cfg.embed_size, cfg.img_hidden) == (32, 1e-3, 256, 0)
     assert cfg.epochs * pairs >= SMALL_DATA_SAMPLES
 
 
