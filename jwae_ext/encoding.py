@@ -36,7 +36,7 @@ def encode_split(
     chosen = range(split.num_captions) if captions is None else captions
     images, codes = [], []
     for start in range(0, split.num_images, batch_size):
-        feats = np.asarray(split.images[start : start + batch_size], dtype=np.float32)
+        feats = np.array(split.images[start : start + batch_size], dtype=np.float32)
         images.append(model.encode_images(torch.from_numpy(feats).to(device)))
     for start in range(chosen.start, chosen.stop, batch_size):
         chunk = split.captions[start : min(start + batch_size, chosen.stop)]
@@ -86,9 +86,7 @@ def encode_split_xattn(
     features = split.require_regions()
     regions = [
         model.encode_images(
-            torch.from_numpy(np.asarray(features[start : start + batch_size], np.float32)).to(
-                device
-            )
+            torch.from_numpy(np.array(features[start : start + batch_size], np.float32)).to(device)
         )
         for start in range(0, split.num_images, batch_size)
     ]

@@ -296,7 +296,7 @@ def markdown(
 
 def continuity_of_features(split: CaptionSplit) -> dict:
     """Continuity of the input image features themselves: what the encoders start from."""
-    return continuity(torch.from_numpy(np.asarray(split.images)), split.attributes)
+    return continuity(torch.from_numpy(np.array(split.images)), split.attributes)
 
 
 def _chance(baselines: dict[int, dict]) -> dict:

@@ -71,3 +71,26 @@ def test_caption_lines_are_counted_with_every_line_end(tmp_path):
     for text in ("a\r\nb\r\nc\r\nd\r\ne\r\nf\r\n", "a\rb\rc\rd\re\rf", "a\nb\nc\nd\ne\nf"):
         (folder / "train_caps.txt").write_bytes(text.encode())
         assert training_pairs(str(folder)) == 6
+
+
+def test_training_on_a_small_folder_says_so_and_warns_nothing(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from jwae_ext.data import export_precomp
+
+    folder = export_precomp(tmp_path / "small", sizes={"train": 30, "dev": 8, "test": 8})
+    args = ["--data", str(folder), "--epochs", "2", "--embed-size", "16", "--word-dim", "8"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "jwae_ext.train", "--run-dir", str(tmp_path), "--name", "r",
+         "--no-progress", *args],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "150 training pairs (under 10000: the small-data preset)" in proc.stdout
+    # Memory-mapped features are copied before they become tensors: no read-only warning.
+    assert "Warning" not in proc.stderr, proc.stderr
+    config = json.loads((tmp_path / "r" / "config.json").read_text())
+    # 150 pairs: 94 epochs make 14000 samples, half of them warm-up.
+    assert (config["batch_size"], config["img_hidden"], config["warmup_epochs"]) == (32, 0, 47)
