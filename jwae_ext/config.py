@@ -358,15 +358,15 @@ def data_kind(data: str, task: str = "retrieval", train_images: int | None = Non
 
 
 def training_pairs(folder: str, train_images: int | None = None) -> int | None:
-    """The training pairs of precomp ``folder`` (its first ``train_images`` images), read from
-    the files' header and line ends; ``None`` when they cannot be read (loading reports why)."""
-    from jwae_ext.data.precomp import read_features
+    """The training pairs of precomp ``folder`` (its first ``train_images`` images), from the
+    features' header and the captions file; ``None`` when they cannot be read (loading reports
+    why)."""
+    from jwae_ext.data.precomp import read_captions, read_features
 
     root = Path(folder)
     try:
         images = read_features(root / "train_ims.npy").shape[0]
-        text = (root / "train_caps.txt").read_bytes().replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-        captions = text.rstrip(b"\n").count(b"\n") + 1
+        captions = len(read_captions(root / "train_caps.txt"))
     except (OSError, ValueError):
         return None
     if captions % images:

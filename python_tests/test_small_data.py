@@ -1,7 +1,10 @@
 """The small-data preset: a precomp folder with fewer than SMALL_DATA_PAIRS training pairs trains
 with a smaller model, smaller batches and a schedule counted in samples seen, not COCO's recipe."""
 
+import json
 import math
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -15,6 +18,7 @@ from jwae_ext.config import (
     resolve,
     training_pairs,
 )
+from jwae_ext.data import export_precomp
 from jwae_ext.data.precomp import write_precomp
 
 
@@ -74,12 +78,6 @@ def test_caption_lines_are_counted_with_every_line_end(tmp_path):
 
 
 def test_training_on_a_small_folder_says_so_and_warns_nothing(tmp_path):
-    import json
-    import subprocess
-    import sys
-
-    from jwae_ext.data import export_precomp
-
     folder = export_precomp(tmp_path / "small", sizes={"train": 30, "dev": 8, "test": 8})
     args = ["--data", str(folder), "--epochs", "2", "--embed-size", "16", "--word-dim", "8"]
     proc = subprocess.run(
