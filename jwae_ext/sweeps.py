@@ -94,7 +94,7 @@ def shift_sweep(
 def prior_weight_sweep(weights: Sequence[float], variant: str = "jwae-mh") -> Sweep:
     """``variant`` with lambda3 = lambda4 = each of ``weights``; at its default weight the row
     is the default run (the poster job's)."""
-    prior, default = default_prior(variant)
+    prior, default, _ = default_prior(variant)
 
     def row(w: float) -> Row:
         label = f"{variant}, lambda3 = lambda4 = {w:g}"

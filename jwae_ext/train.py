@@ -66,6 +66,7 @@ def loss_config(cfg: TrainConfig) -> LossConfig:
         margin=cfg.margin,
         weights=cfg.weights,
         recon=cfg.recon,
+        mmd_quadratic=cfg.mmd_quadratic,
     )
 
 

@@ -51,7 +51,9 @@ def grounding_loss_config(cfg: TrainConfig) -> GroundingLossConfig:
         neg_ratio=cfg.neg_ratio,
         concept_l1=cfg.concept_l1,
         mse_weight=cfg.mse_weight,
-        jwae=LossConfig(prior=cfg.prior, weights=cfg.weights, recon=cfg.recon),
+        jwae=LossConfig(
+            prior=cfg.prior, weights=cfg.weights, recon=cfg.recon, mmd_quadratic=cfg.mmd_quadratic
+        ),
     )
 
 

@@ -15,7 +15,7 @@ from torch.func import functional_call
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from jwae_ext import ops
-from jwae_ext.losses import LossConfig
+from jwae_ext.losses import LossConfig, quadratic_mmd
 
 PAD, START, END, UNK = 0, 1, 2, 3
 
@@ -232,6 +232,9 @@ class JointModel(nn.Module):
             else:
                 prior_txt = prior
             mmd_img, mmd_txt = ops.mmd_imq(z_img, prior), ops.mmd_imq(z_txt, prior_txt)
+            if cfg.mmd_quadratic:  # one MMD, with the sum of the two kernels
+                mmd_img = mmd_img + cfg.mmd_quadratic * quadratic_mmd(z_img, self.cfg.sigma)
+                mmd_txt = mmd_txt + cfg.mmd_quadratic * quadratic_mmd(z_txt, self.cfg.sigma)
             total = total + w_img * mmd_img + w_txt * mmd_txt
             terms.update(mmd_img=mmd_img.detach(), mmd_txt=mmd_txt.detach())
         return total, terms
