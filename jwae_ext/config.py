@@ -536,11 +536,15 @@ def from_args(argv: list[str] | None = None) -> TrainConfig:
 
 def saved_config(saved: object) -> TrainConfig:
     """The :class:`TrainConfig` of a saved ``config.json`` (or a checkpoint's ``config``): its
-    known fields, type-checked, the others at their defaults (a run of an earlier version)."""
+    known fields, type-checked; the others (a run of an earlier version) at the value such runs
+    had where it differs from today's default, else at their defaults."""
     return TrainConfig(**_saved_fields(saved))
 
 
 _JSON_TYPES = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,)}
+# Fields added after runs were first saved, with the value every run of an earlier version had:
+# a run of an earlier version, resumed, keeps the objective it started with.
+_EARLIER_VERSIONS = {"mmd_quadratic": 0.0}
 
 
 def _saved_fields(saved: object) -> dict:
@@ -560,4 +564,4 @@ def _saved_fields(saved: object) -> dict:
         if isinstance(value, bool) != (base == "bool") or not isinstance(value, _JSON_TYPES[base]):
             raise ValueError(f"'{f.name}' must be of type {f.type}, got {value!r}")
         values[f.name] = value
-    return values
+    return {**{k: v for k, v in _EARLIER_VERSIONS.items() if k not in saved}, **values}

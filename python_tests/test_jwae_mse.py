@@ -1,7 +1,9 @@
 """jWAE-MSE's objective: the pair term, the polynomial-kernel MMD that holds its codes' second
 moments to the prior's, and the variant's prior defaults (docs/design.md, "jWAE-MSE")."""
 
+import dataclasses
 import itertools
+import json
 import re
 
 import pytest
@@ -10,7 +12,7 @@ import torch.nn.functional as F
 from hypothesis import given
 from hypothesis import strategies as st
 
-from jwae_ext.config import TrainConfig, resolve
+from jwae_ext.config import TrainConfig, from_args, resolve, saved_config
 from jwae_ext.losses import LossConfig, matching_loss, quadratic_mmd
 from jwae_ext.models import JWAE, ModelConfig
 
@@ -173,3 +175,18 @@ def test_negative_polynomial_kernel_weights_are_refused():
         resolve(TrainConfig(variant="jwae-mse", mmd_quadratic=-1.0))
     with pytest.raises(ValueError, match="mmd_quadratic must be a finite number >= 0"):
         LossConfig(variant="jwae-mse", mmd_quadratic=float("inf"))
+
+
+def test_a_run_of_an_earlier_version_resumes_without_the_polynomial_kernel(tmp_path):
+    """Runs saved before ``mmd_quadratic`` existed trained with the IMQ kernels alone; resuming
+    one must not switch its objective to today's jwae-mse default."""
+    saved = dataclasses.asdict(resolve(TrainConfig(variant="jwae-mse", name="old")))
+    del saved["mmd_quadratic"]
+    run = tmp_path / "old"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps(saved))
+    cfg = resolve(from_args(["--resume", "--run-dir", str(tmp_path), "--name", "old"]))
+    assert (cfg.prior, cfg.lambda_img, cfg.mmd_quadratic) == ("mmd", 100.0, 0.0)
+    assert resolve(saved_config(saved)).mmd_quadratic == 0.0
+    saved["mmd_quadratic"] = 2.0
+    assert resolve(saved_config(saved)).mmd_quadratic == 2.0
