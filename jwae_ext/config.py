@@ -426,9 +426,16 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
         "lambda_txt": prior.weight,
         "mmd_quadratic": prior.mmd_quadratic,
     }
+    if (cfg.prior or prior.prior) != "mmd":  # the polynomial kernel is part of the MMD
+        defaults["mmd_quadratic"] = 0.0
     filled = dataclasses.replace(
         filled, **{k: v for k, v in defaults.items() if getattr(filled, k) is None}
     )
+    if filled.mmd_quadratic and filled.prior != "mmd":
+        raise ValueError(
+            f"--mmd-quadratic weighs a kernel of the MMD prior: it needs --prior mmd, got "
+            f"--prior {filled.prior} (--mmd-quadratic {filled.mmd_quadratic})"
+        )
     positive = (
         "epochs",
         "batch_size",

@@ -161,13 +161,24 @@ def test_prior_defaults_per_variant(variant, task, prior, weight, quadratic):
 
 
 def test_explicit_prior_flags_win_over_the_variant_defaults():
-    cfg = resolve(TrainConfig(variant="jwae-mse", prior="gan", lambda_img=0.5, mmd_quadratic=0.0))
+    cfg = resolve(TrainConfig(variant="jwae-mse", prior="gan", lambda_img=0.5))
     assert (cfg.prior, cfg.lambda_img, cfg.lambda_txt, cfg.mmd_quadratic) == (
         "gan",
         0.5,
         100.0,
         0.0,
     )
+
+
+def test_the_polynomial_kernel_weight_goes_with_the_mmd_prior():
+    assert (
+        resolve(TrainConfig(variant="jwae-mh", prior="mmd", mmd_quadratic=2.0)).mmd_quadratic == 2
+    )
+    assert resolve(TrainConfig(variant="jwae-mse", prior="mmd")).mmd_quadratic == 2.0
+    with pytest.raises(ValueError, match="--mmd-quadratic weighs a kernel of the MMD prior"):
+        resolve(TrainConfig(variant="jwae-mse", prior="gan", mmd_quadratic=2.0))
+    with pytest.raises(ValueError, match="needs --prior mmd, got --prior gan"):
+        resolve(TrainConfig(variant="jwae-mh", mmd_quadratic=1.0))
 
 
 def test_negative_polynomial_kernel_weights_are_refused():
