@@ -420,14 +420,14 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
     # The prior's defaults: per variant for retrieval (VARIANT_PRIORS), the official code's
     # adversarial prior at 0.01 for grounding (whose jwae-mse is another objective).
     prior = default_prior(filled.variant, filled.task)
+    chosen = filled.prior or prior.prior
     defaults = {
-        "prior": prior.prior,
+        "prior": chosen,
         "lambda_img": prior.weight,
         "lambda_txt": prior.weight,
-        "mmd_quadratic": prior.mmd_quadratic,
+        # The polynomial kernel is part of the MMD: none when another prior is chosen.
+        "mmd_quadratic": prior.mmd_quadratic if chosen == "mmd" else 0.0,
     }
-    if (cfg.prior or prior.prior) != "mmd":  # the polynomial kernel is part of the MMD
-        defaults["mmd_quadratic"] = 0.0
     filled = dataclasses.replace(
         filled, **{k: v for k, v in defaults.items() if getattr(filled, k) is None}
     )
