@@ -41,6 +41,7 @@ from jwae_ext.evaluation import evaluate_loaded
 from jwae_ext.grounding.models import GROUNDING_VARIANTS
 from jwae_ext.grounding.sources import load_grounding
 from jwae_ext.grounding.table import grounding_markdown, summarize_grounding
+from jwae_ext.seed_stats import cell, stats
 
 VARIANTS = ("vse0", "vse++", "jwae-mse", "jwae-mh", "scan", "scan-jwae-mh")
 IN_DOMAIN, CROSS_DOMAIN = "synthetic-a", "synthetic-b"
@@ -231,11 +232,6 @@ _CONTINUITY_NOTE = (
 )
 
 
-def _stats(values: list[float]) -> dict:
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return {"mean": statistics.fmean(values), "std": std, "values": values}
-
-
 def summarize(evaluations: dict[str, dict[int, dict]], baselines: dict[int, dict]) -> dict:
     """Mean and std over seeds of every table column, per variant (and for the input features'
     continuity, the ``"image features"`` row)."""
@@ -246,15 +242,9 @@ def summarize(evaluations: dict[str, dict[int, dict]], baselines: dict[int, dict
         for table, header, data, get in _COLUMNS:
             if row == "image features" and table != "cont":
                 continue
-            columns[f"{table}/{header}"] = _stats([get(by_seed[s][data]) for s in sorted(by_seed)])
+            columns[f"{table}/{header}"] = stats([get(by_seed[s][data]) for s in sorted(by_seed)])
         summary[row] = columns
     return summary
-
-
-def _cell(stats: dict) -> str:
-    if len(stats["values"]) < 2:
-        return f"{stats['mean']:.1f}"
-    return f"{stats['mean']:.1f} ± {stats['std']:.1f}"
 
 
 def markdown(
@@ -282,7 +272,7 @@ def markdown(
         lines += ["| method | " + " | ".join(headers) + " |", "|---|" + "---:|" * len(headers)]
         for row, columns in summary.items():
             if f"{table}/{headers[0]}" in columns:
-                cells = [_cell(columns[f"{table}/{h}"]) for h in headers]
+                cells = [cell(columns[f"{table}/{h}"]) for h in headers]
                 lines.append(f"| {row} | " + " | ".join(cells) + " |")
         if table == "cont":
             cells = [

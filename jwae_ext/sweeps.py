@@ -15,11 +15,11 @@ Here are the definitions and the tables; :mod:`jwae_ext.experiments` trains and 
 
 from __future__ import annotations
 
-import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from jwae_ext.config import default_prior
+from jwae_ext.seed_stats import cell, stats
 
 __all__ = [
     "Row",
@@ -136,18 +136,13 @@ COLUMNS: tuple[tuple[str, Callable[[dict], float]], ...] = (
 )
 
 
-def _stats(values: list[float]) -> dict:
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return {"mean": statistics.fmean(values), "std": std, "values": values}
-
-
 def summarize(sweep: Sweep, evaluations: dict[str, dict[int, dict[str, dict]]]) -> dict:
     """Mean and std over seeds, per row label, test split and column, of ``evaluations``
     (row label -> seed -> test data -> evaluation result)."""
     return {
         row.label: {
             test: {
-                header: _stats([get(by_seed[s][test]) for s in sorted(by_seed)])
+                header: stats([get(by_seed[s][test]) for s in sorted(by_seed)])
                 for header, get in COLUMNS
             }
             for test in sweep.tests
@@ -155,12 +150,6 @@ def summarize(sweep: Sweep, evaluations: dict[str, dict[int, dict[str, dict]]]) 
         for row in sweep.rows
         for by_seed in (evaluations[row.label],)
     }
-
-
-def _cell(stats: dict) -> str:
-    if len(stats["values"]) < 2:
-        return f"{stats['mean']:.1f}"
-    return f"{stats['mean']:.1f} ± {stats['std']:.1f}"
 
 
 def markdown(sweep: Sweep, summary: dict, seeds: Sequence[int], command: str) -> str:
@@ -181,6 +170,6 @@ def markdown(sweep: Sweep, summary: dict, seeds: Sequence[int], command: str) ->
         lines += ["", f"## Test: {test}", ""]
         lines += ["| run | " + " | ".join(headers) + " |", "|---|" + "---:|" * len(headers)]
         for row in sweep.rows:
-            cells = [_cell(summary[row.label][test][h]) for h in headers]
+            cells = [cell(summary[row.label][test][h]) for h in headers]
             lines.append(f"| {row.label} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

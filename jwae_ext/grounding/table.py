@@ -3,25 +3,18 @@ each method, mean and sample standard deviation over seeds."""
 
 from __future__ import annotations
 
-import statistics
+from jwae_ext.seed_stats import cell, stats
 
 __all__ = ["COLUMNS", "grounding_markdown", "summarize_grounding"]
 
 COLUMNS = {"r1": "R@1", "r5": "R@5", "upper_bound": "upper bound"}
 
 
-def _stats(values: list[float]) -> dict:
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return {"mean": statistics.fmean(values), "std": std, "values": values}
-
-
 def summarize_grounding(results: dict[str, dict[int, dict]]) -> dict[str, dict[str, dict]]:
     """``{method: {seed: test result}}`` -> ``{method: {column: {mean, std, values}}}``, seeds
     in increasing order."""
     return {
-        method: {
-            column: _stats([by_seed[s][column] for s in sorted(by_seed)]) for column in COLUMNS
-        }
+        method: {column: stats([by_seed[s][column] for s in sorted(by_seed)]) for column in COLUMNS}
         for method, by_seed in results.items()
     }
 
@@ -39,9 +32,6 @@ def grounding_markdown(summary: dict[str, dict[str, dict]], data: str, phrases: 
         "|---|" + "---:|" * len(COLUMNS),
     ]
     for method, columns in summary.items():
-        cells = [
-            f"{c['mean']:.1f} ± {c['std']:.1f}" if len(c["values"]) > 1 else f"{c['mean']:.1f}"
-            for c in (columns[k] for k in COLUMNS)
-        ]
+        cells = [cell(columns[k]) for k in COLUMNS]
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
