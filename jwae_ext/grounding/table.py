@@ -19,19 +19,30 @@ def summarize_grounding(results: dict[str, dict[int, dict]]) -> dict[str, dict[s
     }
 
 
-def grounding_markdown(summary: dict[str, dict[str, dict]], data: str, phrases: int) -> str:
-    """The table in Markdown, with what it measured."""
+def grounding_markdown(
+    summary: dict[str, dict[str, dict]],
+    source: str,
+    phrases: int,
+    published: tuple[str, dict[str, dict[str, float]]] | None = None,
+) -> str:
+    """The table in Markdown, with what it measured (``source``: the data trained and tested
+    on, in words). ``published``: :func:`jwae_ext.published.published_columns`'s setting and
+    numbers, printed as *poster* columns beside the measured ones."""
+    setting, numbers = published or ("", {})
+    extra = [k for k, h in COLUMNS.items() if any(h in n for n in numbers.values())]
+    headers = [*COLUMNS.values(), *(f"poster {COLUMNS[k]}" for k in extra)]
     lines = [
-        f"## Phrase localization (train and test on the embedded grounding set of {data})",
+        f"## Phrase localization (train and test on {source})",
         "",
         f"Test split: {phrases} phrases with a box. R@K: % of phrases whose K best-scored "
         "proposals include one with IoU >= 0.5 with the ground truth; upper bound: % of phrases "
         "that some proposal reaches.",
-        "",
-        "| method | " + " | ".join(COLUMNS.values()) + " |",
-        "|---|" + "---:|" * len(COLUMNS),
     ]
+    if numbers:
+        lines += ["", f"*poster*: the poster's published numbers ({setting}), not measured here."]
+    lines += ["", "| method | " + " | ".join(headers) + " |", "|---|" + "---:|" * len(headers)]
     for method, columns in summary.items():
         cells = [cell(columns[k]) for k in COLUMNS]
+        cells += [f"{numbers[method][COLUMNS[k]]:.1f}" if method in numbers else "—" for k in extra]
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
