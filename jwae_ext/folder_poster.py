@@ -133,13 +133,7 @@ class Folders:
             name=f"{self.train}/{self.test_split}_ims.npy",
         )
         scan = [v for v in variants if v in SCAN_VARIANTS]
-        for split in (trained, *splits.values()):
-            if split.feature_dim != trained.feature_dim:
-                raise ValueError(
-                    f"{split.name} has {split.feature_dim}-dimensional image features, "
-                    f"{trained.name} {trained.feature_dim}-dimensional: a model trained on one "
-                    "cannot be tested on the other"
-                )
+        for split in (trained, *splits.values()):  # SCAN rows first: the likelier mistake
             folder, split_name = split.name.rsplit("/", 1)
             if scan and split.regions is None:
                 raise ValueError(
@@ -148,10 +142,19 @@ class Folders:
                     "variants on it, or extract region features (python -m jwae_ext.features "
                     "--regions grid)"
                 )
-            if scan and split.regions.shape[1:] != trained.regions.shape[1:]:
+        for split in splits.values():
+            if split.feature_dim != trained.feature_dim or (
+                scan and split.regions.shape[1:] != trained.regions.shape[1:]
+            ):
+                kind = "region" if scan else "image"
+                given, expected = (
+                    (split.regions.shape[1:], trained.regions.shape[1:])
+                    if scan
+                    else (split.feature_dim, trained.feature_dim)
+                )
                 raise ValueError(
-                    f"{split.name} has regions of shape {split.regions.shape[1:]}, "
-                    f"{trained.name} {trained.regions.shape[1:]}"
+                    f"{split.name} has {kind} features of size {given}, {trained.name} of size "
+                    f"{expected}: a model trained on one cannot be tested on the other"
                 )
         return splits
 
