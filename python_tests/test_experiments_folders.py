@@ -249,3 +249,17 @@ def test_unpaired_on_folders_adds_the_other_folder_s_training_data(data, tmp_pat
             assert _tables(run[str(data / folder)]) == _tables(alone)
     table = (out / "results-unpaired.md").read_text()
     assert f"## Test: {data / 'drawings'}" in table and "colour@10" not in table
+
+
+def test_the_poster_s_numbers_only_where_it_published_them():
+    assert published_columns("in", None)[1] == {}
+    assert published_columns("in", "f30k")[1] == {}  # no Flickr30k-trained retrieval table
+    setting, numbers = published_columns("cross", "coco")
+    assert setting == "COCO → Flickr30k" and numbers["scan-jwae-mh"] == {
+        "i2t R@5": 80.0,
+        "t2i R@5": 66.7,
+    }
+    assert "vse++" not in numbers  # not in the poster's cross-dataset table
+    assert published_columns("grounding", "f30k")[1]["cite-jwae"] == {"R@1": 60.4}
+    with pytest.raises(ValueError, match="--published must be one of"):
+        published_columns("in", "flickr")
