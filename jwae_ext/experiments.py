@@ -655,6 +655,7 @@ def _sweep_of(args: argparse.Namespace) -> sweeps.Sweep:
         other, split = folder_and_split(args.unpaired, "train")
         folders = folder_poster.Folders.parse(args.data, other)
         folders.check(["jwae-mh"])
+        load_split(folders.cross, split)  # the unpaired split exists: checked before training
         return sweeps.unpaired_sweep(
             source=f"{folders.cross}:{split}", train=folders.train, target=folders.cross
         )
@@ -699,6 +700,15 @@ def _poster_rows(args: argparse.Namespace) -> tuple[tuple[str, ...], tuple[str, 
     return tuple(variants), tuple(grounding)
 
 
+def _grounding_folder(folder: str | None) -> str | None:
+    """``--grounding-data``'s folder, absolute (the runs' configs keep it)."""
+    if folder is not None and not os.path.isdir(folder):
+        raise ValueError(
+            f"--grounding-data must be a Flickr30k Entities layout folder, got {folder!r}"
+        )
+    return None if folder is None else os.path.abspath(folder)
+
+
 def main(argv: list[str] | None = None) -> int:
     prog = "python -m jwae_ext.experiments"
     args = parser().parse_args(argv)
@@ -710,29 +720,24 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"--seeds must be distinct non-negative integers, got {args.seeds}")
         if args.epochs is not None and args.epochs < 1:
             raise ValueError(f"--epochs must be >= 1, got {args.epochs}")
-        data = getattr(args, "data", None)
-        if args.experiment == "unpaired" and (data is None) != (args.unpaired is None):
-            raise ValueError("--data and --unpaired go together (without both: embedded data)")
-        if args.experiment == "poster" and data is not None:
-            folders = folder_poster.Folders.parse(
-                data, args.cross_data, args.protocol, args.published
-            )
-            data = folders.train
         settings = Settings(tuple(args.seeds), args.quick, args.epochs, args.device)
-        if data is not None:
-            grounding_data = getattr(args, "grounding_data", None)
-            if grounding_data is not None:
-                grounding_data = os.path.abspath(grounding_data)
-            settings = replace(settings, data=data, grounding_data=grounding_data)
         if args.experiment == "poster":
+            folders = None
+            if args.data is not None:
+                folders = folder_poster.Folders.parse(
+                    args.data, args.cross_data, args.protocol, args.published
+                )
+                grounding_data = _grounding_folder(args.grounding_data)
+                settings = replace(settings, data=folders.train, grounding_data=grounding_data)
             variants, grounding = _poster_rows(args)
-            poster(out, settings, command, variants, grounding, folders if data else None)
+            poster(out, settings, command, variants, grounding, folders)
             written = out / "results.md"
         else:
+            if args.experiment == "unpaired" and (args.data is None) != (args.unpaired is None):
+                raise ValueError("--data and --unpaired go together (without both: embedded data)")
             sweep = _sweep_of(args)
-            settings = replace(settings, data=sweep.tests[0])
-            if not settings.embedded:
-                settings = replace(settings, grounding_data=None)
+            if sweep.tests[0] != IN_DOMAIN:  # on folders: the sweep's training data, no grounding
+                settings = replace(settings, data=sweep.tests[0], grounding_data=None)
             run_sweep(out, settings, sweep, command)
             written = out / f"results-{sweep.kind}.md"
     except (ValueError, OSError, RunFailed, CheckpointError) as err:

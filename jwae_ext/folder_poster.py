@@ -92,14 +92,16 @@ class Folders:
         other, split = (None, "test") if cross is None else folder_and_split(cross, "test")
         if other is not None and not os.path.isdir(other):
             raise ValueError(f"--cross-data must be a precomp folder [:SPLIT], got {cross!r}")
-        if other is not None and _name(other) == _name(data):
-            raise ValueError(
-                f"--data {data} and --cross-data {other} have the same folder name "
-                f"{_name(data)!r}, which names their evaluation files: rename one (or link it "
-                "under another name)"
-            )
         absolute = None if other is None else os.path.abspath(other)
-        return cls(os.path.abspath(data), absolute, split, protocol, published)
+        folders = cls(os.path.abspath(data), absolute, split, protocol, published)
+        files = [result_file_name(*test) for test in folders.tests().values()]
+        if len(set(files)) < len(files):
+            raise ValueError(
+                f"--data {data} and --cross-data {cross} would write the same evaluation file "
+                f"{files[0]} in every run (it is named by the folder's last component and the "
+                "split): rename one folder, or link it under another name"
+            )
+        return folders
 
     @property
     def test_split(self) -> str:
@@ -157,10 +159,6 @@ class Folders:
                     f"{expected}: a model trained on one cannot be tested on the other"
                 )
         return splits
-
-
-def _name(folder: str) -> str:
-    return str(folder).rstrip("/").rsplit("/", 1)[-1]
 
 
 def evaluate_run(run: Path, split: CaptionSplit, protocol: str, device: str) -> dict:

@@ -216,6 +216,7 @@ def test_the_1k_protocol_is_the_mean_over_five_folds_of_testall(data, tmp_path):
         (["--protocol", "1k"], "no split 'testall'"),
         (["--cross-data", "/no/such/folder"], "--cross-data must be a precomp folder"),
         (["--grounding", "cite"], "needs --grounding-data"),
+        (["--grounding-data", "/no/such/folder"], "--grounding-data must be a Flickr30k"),
     ],
 )
 def test_bad_folder_arguments_are_refused(data, tmp_path, capsys, args, message):
@@ -263,3 +264,10 @@ def test_the_poster_s_numbers_only_where_it_published_them():
     assert published_columns("grounding", "f30k")[1]["cite-jwae"] == {"R@1": 60.4}
     with pytest.raises(ValueError, match="--published must be one of"):
         published_columns("in", "flickr")
+
+
+def test_two_folders_of_one_name_are_refused(data, tmp_path, capsys):
+    (tmp_path / "photos").symlink_to(data / "drawings", target_is_directory=True)
+    argv = ["poster", "--out", str(tmp_path / "out"), "--data", str(data / "photos")]
+    assert experiments.main([*argv, "--cross-data", str(tmp_path / "photos"), "--quick"]) == 2
+    assert "would write the same evaluation file eval-photos-test.json" in capsys.readouterr().err
