@@ -10,8 +10,13 @@ continuity of the image codes. Then trains the phrase-localization methods ``emb
 their test R@1 and R@5 (``--grounding``). Writes ``results.json`` and ``results.md`` (mean +-
 sample std over seeds, in the form of the poster's tables) and the figures.
 
+With ``--data TRAIN`` the same experiment runs on precomp folders (:mod:`jwae_ext.folder_poster`:
+in-domain under COCO's protocols, ``--cross-data OTHER[:SPLIT]``, ``--grounding-data ENTITIES``,
+the ridge baseline as a row, the poster's numbers with ``--published``).
+
 ``unpaired``, ``shift`` and ``prior-weight`` are the measurements beside the poster's tables
-(:mod:`jwae_ext.sweeps`), written to ``results-KIND.md`` / ``.json`` in the same folder.
+(:mod:`jwae_ext.sweeps`), written to ``results-KIND.md`` / ``.json`` in the same folder;
+``unpaired --data TRAIN --unpaired OTHER[:SPLIT]`` runs on folders.
 
 The job is resumable: a run with ``test.json`` is done and skipped, a run with ``last.pt`` is
 resumed, an evaluation already written is read back. Interrupt it (Ctrl-C) and start the same
