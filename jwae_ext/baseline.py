@@ -20,9 +20,9 @@ import torch
 
 from jwae_ext.data import CaptionSplit, load_split
 from jwae_ext.data.vocab import tokenize
-from jwae_ext.retrieval import evaluate, format_table
+from jwae_ext.retrieval import PROTOCOLS, evaluate, format_table
 
-__all__ = ["ALPHAS", "RidgeBaseline", "bag_of_words", "ridge_baseline"]
+__all__ = ["ALPHAS", "RidgeBaseline", "bag_of_words", "fit_ridge", "ridge_baseline"]
 
 ALPHAS = (0.1, 1.0, 10.0, 100.0, 1000.0, 10000.0)
 
@@ -79,6 +79,7 @@ class RidgeBaseline:
             gram = xc.T @ xc + alpha * torch.eye(d, dtype=xc.dtype)
             self.weight = torch.linalg.solve(gram, self._targets)
         self.bias = self._y_mean - self._x_mean @ self.weight
+        self.alpha = float(alpha)
         return self
 
     def _standardize(self, features: torch.Tensor) -> torch.Tensor:
@@ -94,23 +95,26 @@ class RidgeBaseline:
         """Bags of the split's captions, l2-normalized (dense)."""
         return bag_of_words(split.captions, self.words).to_dense()
 
-    def evaluate(self, split: CaptionSplit, caption_codes: torch.Tensor | None = None) -> dict:
-        """The retrieval table of ``split`` (``caption_codes``: its :meth:`caption_codes`, when
+    def evaluate(
+        self,
+        split: CaptionSplit,
+        caption_codes: torch.Tensor | None = None,
+        protocol: str = "full",
+    ) -> dict:
+        """The retrieval table of ``split`` under ``protocol`` (as
+        :func:`jwae_ext.retrieval.evaluate`; ``caption_codes``: its :meth:`caption_codes`, when
         already computed)."""
         if caption_codes is None:
             caption_codes = self.caption_codes(split)
         cap_to_img = torch.as_tensor(split.cap_to_img)
-        return evaluate(self.image_codes(split), caption_codes, cap_to_img)
+        return evaluate(self.image_codes(split), caption_codes, cap_to_img, protocol=protocol)
 
 
-def ridge_baseline(
-    train: CaptionSplit,
-    dev: CaptionSplit,
-    test: CaptionSplit,
-    alphas: Sequence[float] = ALPHAS,
-) -> dict:
-    """The test table of the ridge weight with the best dev rsum (the first of equals), with
-    ``alpha`` and every weight's dev rsum (``dev_rsum``)."""
+def fit_ridge(
+    train: CaptionSplit, dev: CaptionSplit, alphas: Sequence[float] = ALPHAS
+) -> tuple[RidgeBaseline, dict[float, float]]:
+    """The baseline fitted on ``train`` at the ridge weight with the best rsum on ``dev`` (the
+    first of equals), and every weight's dev rsum."""
     if not alphas:
         raise ValueError("jwae_ext: alphas must not be empty")
     model = RidgeBaseline(train, alphas[0])
@@ -119,7 +123,21 @@ def ridge_baseline(
     for a in alphas:
         dev_rsum[float(a)] = model.refit(a).evaluate(dev, dev_captions)["rsum"]
     alpha = max(dev_rsum, key=lambda a: (dev_rsum[a], -list(dev_rsum).index(a)))
-    return {**model.refit(alpha).evaluate(test), "alpha": alpha, "dev_rsum": dev_rsum}
+    return model.refit(alpha), dev_rsum
+
+
+def ridge_baseline(
+    train: CaptionSplit,
+    dev: CaptionSplit,
+    test: CaptionSplit,
+    alphas: Sequence[float] = ALPHAS,
+    protocol: str = "full",
+) -> dict:
+    """The ``test`` table (under ``protocol``) of :func:`fit_ridge`'s baseline, with ``alpha``
+    and every weight's dev rsum (``dev_rsum``)."""
+    model, dev_rsum = fit_ridge(train, dev, alphas)
+    table = model.evaluate(test, protocol=protocol)
+    return {**table, "alpha": model.alpha, "dev_rsum": dev_rsum}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -131,6 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train-split", default="train")
     parser.add_argument("--dev-split", default="dev")
     parser.add_argument("--split", default="test", help="the split to report")
+    parser.add_argument("--protocol", default="full", choices=PROTOCOLS, help="test protocol")
     parser.add_argument("--seed", type=int, default=0, help="embedded data's seed")
     parser.add_argument("--alphas", type=float, nargs="+", default=list(ALPHAS))
     args = parser.parse_args(argv)
@@ -139,10 +158,13 @@ def main(argv: list[str] | None = None) -> int:
             load_split(args.data, split, seed=args.seed)
             for split in (args.train_split, args.dev_split, args.split)
         )
-        result = ridge_baseline(train, dev, test, args.alphas)
+        result = ridge_baseline(train, dev, test, args.alphas, args.protocol)
     except (OSError, ValueError) as err:
         parser.exit(2, f"{parser.prog}: error: {err}\n")
-    print(f"ridge baseline on {args.data} ({args.split}), alpha {result['alpha']:g} (dev rsum)")
+    print(
+        f"ridge baseline on {args.data} ({args.split}, protocol {args.protocol}), alpha "
+        f"{result['alpha']:g} (dev rsum)"
+    )
     print(format_table(result))
     return 0
 

@@ -22,7 +22,7 @@ from jwae_ext.checkpoint import CheckpointError, load_model, write_text_atomic
 from jwae_ext.config import resolve_device
 from jwae_ext.continuity import format_continuity
 from jwae_ext.data import load_split
-from jwae_ext.evaluation import CONTINUITY_K, evaluate_loaded
+from jwae_ext.evaluation import CONTINUITY_K, evaluate_loaded, result_file_name
 from jwae_ext.grounding.evaluation import evaluate_loaded_grounding, format_grounding
 from jwae_ext.grounding.sources import load_grounding
 from jwae_ext.grounding.synthetic import NUM_PROPOSALS
@@ -63,11 +63,6 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def _default_out(checkpoint: Path, data: str, split: str) -> Path:
-    name = data.rstrip("/").rsplit("/", 1)[-1]
-    return checkpoint.parent / f"eval-{name}-{split}.json"
-
-
 def run(args: argparse.Namespace) -> tuple[str, Path]:
     """Everything the command does but printing; returns the report and the JSON file."""
     for name in ("num_images", "k", "batch_size"):
@@ -78,7 +73,10 @@ def run(args: argparse.Namespace) -> tuple[str, Path]:
     data = args.data or loaded.config["data"]
     seed = loaded.config.get("seed", 0) if args.seed is None else args.seed
     num_images = args.num_images or loaded.config.get("eval_images")
-    out = Path(args.out) if args.out else _default_out(loaded.path, data, args.split)
+    if args.out:
+        out = Path(args.out)
+    else:
+        out = loaded.path.parent / result_file_name(data, args.split, args.protocol)
     if loaded.config.get("task") == "grounding":
         split = load_grounding(
             data,

@@ -27,10 +27,20 @@ __all__ = [
     "encode_and_rank",
     "evaluate_loaded",
     "evaluate_split",
+    "result_file_name",
     "table_of_codes",
 ]
 
 CONTINUITY_K = 10
+
+
+def result_file_name(data: str, split: str, protocol: str = "full") -> str:
+    """The file an evaluation of ``split`` of ``data`` (an embedded name or a folder: its last
+    component) writes beside the checkpoint: ``eval-DATA-SPLIT.json``, with ``-PROTOCOL``
+    before ``.json`` for the COCO protocols (so that they do not overwrite the full table)."""
+    name = str(data).rstrip("/").rsplit("/", 1)[-1]
+    suffix = "" if protocol == "full" else f"-{protocol}"
+    return f"eval-{name}-{split}{suffix}.json"
 
 
 def table_of_codes(

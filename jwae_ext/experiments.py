@@ -10,8 +10,13 @@ continuity of the image codes. Then trains the phrase-localization methods ``emb
 their test R@1 and R@5 (``--grounding``). Writes ``results.json`` and ``results.md`` (mean +-
 sample std over seeds, in the form of the poster's tables) and the figures.
 
+With ``--data TRAIN`` the same experiment runs on precomp folders (:mod:`jwae_ext.folder_poster`:
+in-domain under COCO's protocols, ``--cross-data OTHER[:SPLIT]``, ``--grounding-data ENTITIES``,
+the ridge baseline as a row, the poster's numbers with ``--published``).
+
 ``unpaired``, ``shift`` and ``prior-weight`` are the measurements beside the poster's tables
-(:mod:`jwae_ext.sweeps`), written to ``results-KIND.md`` / ``.json`` in the same folder.
+(:mod:`jwae_ext.sweeps`), written to ``results-KIND.md`` / ``.json`` in the same folder;
+``unpaired --data TRAIN --unpaired OTHER[:SPLIT]`` runs on folders.
 
 The job is resumable: a run with ``test.json`` is done and skipped, a run with ``last.pt`` is
 resumed, an evaluation already written is read back. Interrupt it (Ctrl-C) and start the same
@@ -23,33 +28,41 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import statistics
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from jwae_ext import figures, sweeps, train
+from jwae_ext import figures, folder_poster, sweeps, train
 from jwae_ext.checkpoint import CheckpointError, load_model, write_text_atomic
 from jwae_ext.config import resolve_device
 from jwae_ext.continuity import continuity
-from jwae_ext.data import CaptionSplit, SceneAttributes, load_split
-from jwae_ext.evaluation import evaluate_loaded
+from jwae_ext.data import EMBEDDED, CaptionSplit, SceneAttributes, load_split
+from jwae_ext.data.sources import embedded_style, folder_and_split
+from jwae_ext.evaluation import evaluate_loaded, result_file_name
 from jwae_ext.grounding.models import GROUNDING_VARIANTS
 from jwae_ext.grounding.sources import load_grounding
 from jwae_ext.grounding.table import grounding_markdown, summarize_grounding
+from jwae_ext.losses import SCAN_VARIANTS
+from jwae_ext.published import DATASETS, published_columns
+from jwae_ext.retrieval import PROTOCOLS
+from jwae_ext.seed_stats import cell, stats
 
 VARIANTS = ("vse0", "vse++", "jwae-mse", "jwae-mh", "scan", "scan-jwae-mh")
 IN_DOMAIN, CROSS_DOMAIN = "synthetic-a", "synthetic-b"
 # The trainer's tiny test settings: every code path in seconds, numbers meaningless.
 QUICK_EVAL_IMAGES = 24
-QUICK_FLAGS = tuple(
-    f"--train-images 48 --eval-images {QUICK_EVAL_IMAGES} --batch-size 16 --embed-size 16 "
-    "--img-hidden 16 --word-dim 8 --warmup-epochs 1 --epochs 1".split()
+QUICK_MODEL_FLAGS = (
+    *("--batch-size", "16", "--embed-size", "16", "--img-hidden", "16", "--word-dim", "8"),
+    *("--warmup-epochs", "1", "--epochs", "1"),
 )
+# On the embedded data also fewer images; a folder is used whole (tests generate small ones).
+QUICK_FLAGS = ("--train-images", "48", "--eval-images", str(QUICK_EVAL_IMAGES), *QUICK_MODEL_FLAGS)
 LATENT_PAIR = ("vse++", "jwae-mh")  # the poster's supervised-vs-jWAE comparison
 
 
@@ -61,13 +74,20 @@ class Settings:
     quick: bool
     epochs: int | None
     device: str
+    data: str = IN_DOMAIN  # the retrieval runs' training data: embedded or a precomp folder
+    grounding_data: str | None = IN_DOMAIN  # the phrase-localization runs' (None: no such runs)
+
+    @property
+    def embedded(self) -> bool:
+        return self.data == IN_DOMAIN
 
     def train_flags(self, variant: str, seed: int, task: str = "retrieval") -> list[str]:
-        flags = ["--data", IN_DOMAIN, "--variant", variant, "--seed", str(seed), "--no-progress"]
+        data = self.grounding_data if task == "grounding" else self.data
+        flags = ["--data", data, "--variant", variant, "--seed", str(seed), "--no-progress"]
         flags += ["--task", task]
         flags += ["--device", self.device]
         if self.quick:
-            flags += QUICK_FLAGS
+            flags += QUICK_FLAGS if self.embedded else QUICK_MODEL_FLAGS
         if self.epochs is not None:
             flags += ["--epochs", str(self.epochs)]
         return flags
@@ -87,12 +107,18 @@ def log(message: str) -> None:
 
 def _check_settings(out: Path, settings: Settings) -> None:
     """Refuse to mix runs of different settings in one folder (a resumed job must not reuse, say,
-    ``--quick`` runs for the full table). Seeds may be added and the device changed."""
+    ``--quick`` runs for the full table, or runs trained on other data). Seeds may be added, the
+    device changed, and phrase localization added to a folder that had none."""
     path = out / "settings.json"
     current = asdict(settings)
     if path.is_file():
-        saved = json.loads(path.read_text())
-        differs = [k for k in ("quick", "epochs") if saved.get(k) != current[k]]
+        saved = {"data": IN_DOMAIN, "grounding_data": IN_DOMAIN, **json.loads(path.read_text())}
+        differs = [k for k in ("quick", "epochs", "data") if saved[k] != current[k]]
+        grounding = (saved["grounding_data"], current["grounding_data"])
+        if None not in grounding and grounding[0] != grounding[1]:
+            differs.append("grounding_data")
+        if current["grounding_data"] is None:  # keep the folder's grounding data on record
+            current["grounding_data"] = saved["grounding_data"]
         if differs:
             raise ValueError(
                 f"{out} holds runs made with other settings ({', '.join(differs)}: "
@@ -154,9 +180,13 @@ class Splits:
         self._cache: dict[tuple[str, int], CaptionSplit] = {}
 
     def get(self, data: str, seed: int) -> CaptionSplit:
-        key = (data, seed)
+        """The test split of ``data``: an embedded one generated from ``seed`` (its first
+        ``num_images``), a folder's whole."""
+        embedded = embedded_style(data) is not None
+        key = (data, seed if embedded else 0)
         if key not in self._cache:
-            self._cache[key] = load_split(data, "test", seed=seed, num_images=self.num_images)
+            num_images = self.num_images if embedded else None
+            self._cache[key] = load_split(data, "test", seed=seed, num_images=num_images)
         return self._cache[key]
 
 
@@ -171,7 +201,7 @@ def evaluate_run(
     cross-domain; read back when already written)."""
     results, loaded = {}, None
     for data in tests:
-        path = folder / f"eval-{data}-test.json"
+        path = folder / result_file_name(data, "test")
         if not path.is_file():
             loaded = loaded or load_model(folder, resolve_device(device))
             evaluation = evaluate_loaded(loaded, splits.get(data, seed))
@@ -231,11 +261,6 @@ _CONTINUITY_NOTE = (
 )
 
 
-def _stats(values: list[float]) -> dict:
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return {"mean": statistics.fmean(values), "std": std, "values": values}
-
-
 def summarize(evaluations: dict[str, dict[int, dict]], baselines: dict[int, dict]) -> dict:
     """Mean and std over seeds of every table column, per variant (and for the input features'
     continuity, the ``"image features"`` row)."""
@@ -246,15 +271,9 @@ def summarize(evaluations: dict[str, dict[int, dict]], baselines: dict[int, dict
         for table, header, data, get in _COLUMNS:
             if row == "image features" and table != "cont":
                 continue
-            columns[f"{table}/{header}"] = _stats([get(by_seed[s][data]) for s in sorted(by_seed)])
+            columns[f"{table}/{header}"] = stats([get(by_seed[s][data]) for s in sorted(by_seed)])
         summary[row] = columns
     return summary
-
-
-def _cell(stats: dict) -> str:
-    if len(stats["values"]) < 2:
-        return f"{stats['mean']:.1f}"
-    return f"{stats['mean']:.1f} ± {stats['std']:.1f}"
 
 
 def markdown(
@@ -282,7 +301,7 @@ def markdown(
         lines += ["| method | " + " | ".join(headers) + " |", "|---|" + "---:|" * len(headers)]
         for row, columns in summary.items():
             if f"{table}/{headers[0]}" in columns:
-                cells = [_cell(columns[f"{table}/{h}"]) for h in headers]
+                cells = [cell(columns[f"{table}/{h}"]) for h in headers]
                 lines.append(f"| {row} | " + " | ".join(cells) + " |")
         if table == "cont":
             cells = [
@@ -370,11 +389,16 @@ def draw_figures(
 
 
 def phrase_localization(
-    out: Path, settings: Settings, methods: tuple[str, ...]
+    out: Path, settings: Settings, methods: tuple[str, ...], published: str | None = None
 ) -> tuple[dict, str, list[Path]]:
-    """Train (or resume) every localization method on the embedded grounding set for every
-    seed; returns the results (per-run test results and the summary), the Markdown table and the
-    figures (the first seed's methods on its test split, every run's training curves)."""
+    """Train (or resume) every localization method on ``settings.grounding_data`` (the embedded
+    grounding set, or a Flickr30k Entities layout folder) for every seed; returns the results
+    (per-run test results and the summary), the Markdown table (with the poster's numbers when
+    ``published`` names its data) and the figures (the first seed's methods on its test split,
+    every run's training curves)."""
+    data = settings.grounding_data
+    if data is None:
+        raise ValueError("phrase localization on folders needs --grounding-data ENTITIES")
     seeds = list(settings.seeds)
     tests: dict[str, dict[int, dict]] = {m: {} for m in methods}
     for seed in seeds:
@@ -387,21 +411,25 @@ def phrase_localization(
         "summary": summary,
         "runs": {run_name(m, s, "grounding"): tests[m][s] for m in methods for s in seeds},
     }
-    table = grounding_markdown(summary, IN_DOMAIN, tests[methods[0]][seeds[0]]["phrases"])
+    source = f"the embedded grounding set of {data}" if data in EMBEDDED else data
+    phrases = tests[methods[0]][seeds[0]]["phrases"]
+    numbers = published_columns("grounding", published) if data not in EMBEDDED else None
+    table = grounding_markdown(summary, source, phrases, numbers)
     device = resolve_device(settings.device)
     loaded = {
         m: load_model(out / "runs" / run_name(m, seeds[0], "grounding"), device) for m in methods
     }
     config = next(iter(loaded.values())).config
     split = load_grounding(
-        IN_DOMAIN,
+        data,
         "test",
         seed=seeds[0],
         num_images=config["eval_images"],
         num_proposals=config["proposals"],
     )
     fig_dir = out / "figures"
-    written = [figures.grounding_examples(fig_dir / f"grounding-{IN_DOMAIN}.png", loaded, split)]
+    name = data.rstrip("/").rsplit("/", 1)[-1]
+    written = [figures.grounding_examples(fig_dir / f"grounding-{name}.png", loaded, split)]
     for name in (run_name(m, s, "grounding") for m in methods for s in seeds):
         metrics = out / "runs" / name / "metrics.jsonl"
         written.append(figures.training_curves(metrics, fig_dir / f"curves-{name}.png"))
@@ -445,26 +473,62 @@ def retrieval_tables(
     return results, text, draw_figures(out, list(variants), seeds, splits, settings.device)
 
 
+def folder_retrieval_tables(
+    out: Path,
+    settings: Settings,
+    folders: folder_poster.Folders,
+    command: str,
+    variants: tuple[str, ...],
+) -> tuple[dict, str, list[Path]]:
+    """:func:`retrieval_tables` on precomp folders (:mod:`jwae_ext.folder_poster`): the tables
+    and every run's training curves (a folder's images have no labels or pixels to draw)."""
+
+    def train(variant: str, seed: int) -> Path:
+        return train_run(out, settings, variant, seed)
+
+    results, text = folder_poster.retrieval_tables(
+        folders, variants, settings.seeds, train, settings.device, command, log
+    )
+    written = [
+        figures.training_curves(
+            out / "runs" / name / "metrics.jsonl", out / "figures" / f"curves-{name}.png"
+        )
+        for name in results["runs"]
+    ]
+    return results, text, written
+
+
 def poster(
     out: Path,
     settings: Settings,
     command: str,
     variants: tuple[str, ...] = VARIANTS,
     grounding: tuple[str, ...] = GROUNDING_VARIANTS,
+    folders: folder_poster.Folders | None = None,
 ) -> dict:
     """Run (or resume) the experiment for the retrieval ``variants`` (the tables then have those
     rows) and the phrase-localization methods ``grounding``, either possibly empty; returns
-    ``results.json``'s content."""
+    ``results.json``'s content. ``folders``: the precomp folders to run it on (then
+    ``settings.data`` is their training folder), else the embedded data."""
     if not variants and not grounding:
         raise ValueError("nothing to run: --variants and --grounding are both empty")
+    if folders is not None and variants:
+        folders.check(variants)  # before any training: a SCAN row on pooled features, ...
     _check_settings(out, settings)
     results: dict = {"command": command, "settings": asdict(settings)}
-    text, written = f"# Poster experiments on the embedded data\n\nCommand: `{command}`\n", []
-    if variants:
+    title = "the embedded data" if folders is None else settings.data
+    text, written = f"# Poster experiments on {title}\n\nCommand: `{command}`\n", []
+    if variants and folders is None:
         part, text, written = retrieval_tables(out, settings, command, variants)
         results.update(part)
+    elif variants:
+        part, text, written = folder_retrieval_tables(out, settings, folders, command, variants)
+        results.update(part)
     if grounding:
-        results["grounding"], table, drawn = phrase_localization(out, settings, grounding)
+        published = None if folders is None else folders.published
+        results["grounding"], table, drawn = phrase_localization(
+            out, settings, grounding, published
+        )
         text += "\n" + table
         written += drawn
     write_text_atomic(out / "results.json", json.dumps(results, indent=1))
@@ -504,9 +568,11 @@ def run_sweep(out: Path, settings: Settings, sweep: sweeps.Sweep, command: str) 
     return results
 
 
-def _common_options(q: argparse.ArgumentParser, out: str) -> None:
+def _common_options(q: argparse.ArgumentParser, out: str | None) -> None:
     q.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    q.add_argument("--out", default=out, help="output folder (resumable)")
+    q.add_argument(
+        "--out", default=out, help="output folder (resumable; default runs/poster[-DATA])"
+    )
     q.add_argument("--quick", action="store_true", help="tiny sizes, 1 epoch: a smoke test")
     q.add_argument("--epochs", type=int, help="override the trainer's epochs")
     q.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
@@ -515,7 +581,8 @@ def _common_options(q: argparse.ArgumentParser, out: str) -> None:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m jwae_ext.experiments",
-        description="Reproduce the poster's experiments, in form, on the embedded data.",
+        description="Reproduce the poster's experiments, in form, on the embedded data or on "
+        "precomp folders (--data).",
     )
     sub = p.add_subparsers(dest="experiment", required=True)
     q = sub.add_parser(
@@ -528,29 +595,57 @@ def parser() -> argparse.ArgumentParser:
         "--variants",
         nargs="*",
         choices=VARIANTS,
-        default=list(VARIANTS),
-        help="the rows to train and tabulate (runs of a folder are kept: add rows later)",
+        help="the rows to train and tabulate (runs of a folder are kept: add rows later; "
+        "default: all, on a pooled --data folder all but the SCAN ones)",
     )
     q.add_argument(
         "--grounding",
         nargs="*",
         choices=GROUNDING_VARIANTS,
-        default=list(GROUNDING_VARIANTS),
-        help="the phrase-localization methods to train and tabulate (none: no such table)",
+        help="the phrase-localization methods to train and tabulate (none: no such table; "
+        "default: all, with --data only with --grounding-data)",
     )
-    q.add_argument("--out", default="runs/poster", help="output folder (resumable)")
+    q.add_argument("--out", help="output folder (resumable; default runs/poster[-DATA])")
     q.add_argument("--quick", action="store_true", help="tiny sizes, 1 epoch: a smoke test")
     q.add_argument("--epochs", type=int, help="override the trainer's epochs")
     q.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    folders = q.add_argument_group("on precomp folders (instead of the embedded data)")
+    folders.add_argument("--data", metavar="TRAIN", help="precomp folder to train on")
+    folders.add_argument(
+        "--cross-data", metavar="OTHER[:SPLIT]", help="the cross-dataset test (split: test)"
+    )
+    folders.add_argument(
+        "--grounding-data", metavar="ENTITIES", help="Flickr30k Entities layout folder"
+    )
+    folders.add_argument(
+        "--protocol",
+        default="full",
+        choices=PROTOCOLS,
+        help="in-domain protocol; 1k and 5k test TRAIN's 5000-image testall split",
+    )
+    folders.add_argument(
+        "--published",
+        choices=DATASETS,
+        help="the folders are the poster's data (TRAIN COCO, OTHER Flickr30k, ENTITIES "
+        "Flickr30k Entities; f30k: TRAIN Flickr30k): print its numbers beside the tables",
+    )
     helps = {
-        "unpaired": "jwae-mh with and without synthetic-b's training data, unpaired",
+        "unpaired": "jwae-mh with and without synthetic-b's (or --unpaired's) training data",
         "shift": "vse++ and jwae-mh tested at several shift strengths of synthetic-b",
         "prior-weight": "jwae-mh at several prior weights lambda3 = lambda4",
     }
     for kind, text in helps.items():
         q = sub.add_parser(kind, help=text, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
         # The poster job's folder by default: its runs are reused where the names match.
-        _common_options(q, "runs/poster")
+        _common_options(q, None)
+        if kind == "unpaired":
+            q.add_argument("--data", metavar="TRAIN", help="precomp folder to train on")
+            q.add_argument(
+                "--unpaired",
+                metavar="OTHER[:SPLIT]",
+                help="with --data: the new domain's folder; its SPLIT (train) joins unpaired, "
+                "its test split is tested",
+            )
         if kind == "shift":
             q.add_argument("--strengths", type=float, nargs="+", default=[0.0, 0.5, 1.0, 2.0])
         if kind == "prior-weight":
@@ -560,7 +655,15 @@ def parser() -> argparse.ArgumentParser:
 
 def _sweep_of(args: argparse.Namespace) -> sweeps.Sweep:
     if args.experiment == "unpaired":
-        return sweeps.unpaired_sweep()
+        if args.data is None:
+            return sweeps.unpaired_sweep()
+        other, split = folder_and_split(args.unpaired, "train")
+        folders = folder_poster.Folders.parse(args.data, other)
+        folders.check(["jwae-mh"])
+        load_split(folders.cross, split)  # the unpaired split exists: checked before training
+        return sweeps.unpaired_sweep(
+            source=f"{folders.cross}:{split}", train=folders.train, target=folders.cross
+        )
     values = args.strengths if args.experiment == "shift" else args.weights
     if min(values) < 0 or len(set(values)) != len(values):
         flag = "--strengths" if args.experiment == "shift" else "--weights"
@@ -570,29 +673,78 @@ def _sweep_of(args: argparse.Namespace) -> sweeps.Sweep:
     return sweeps.prior_weight_sweep(values)
 
 
+def _default_out(args: argparse.Namespace) -> Path:
+    """``runs/poster``; on folders ``runs/poster-TRAIN`` (another folder's runs are others)."""
+    if getattr(args, "data", None) is None:
+        return Path("runs/poster")
+    return Path(f"runs/poster-{args.data.rstrip('/').rsplit('/', 1)[-1]}")
+
+
+def _poster_rows(args: argparse.Namespace) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The retrieval variants and localization methods of ``poster`` (see its --help)."""
+    variants, grounding = args.variants, args.grounding
+    for name, values in (("variants", variants), ("grounding", grounding)):
+        if values is not None and len(set(values)) != len(values):
+            raise ValueError(f"--{name} must be distinct, got {values}")
+    if args.data is None:
+        for flag in ("cross_data", "grounding_data", "published"):
+            if getattr(args, flag) is not None:
+                raise ValueError(f"--{flag.replace('_', '-')} needs --data (a precomp folder)")
+        if args.protocol != "full":
+            raise ValueError("--protocol needs --data: the embedded test split has 1000 images")
+        return tuple(VARIANTS if variants is None else variants), tuple(
+            GROUNDING_VARIANTS if grounding is None else grounding
+        )
+    if variants is None:
+        pooled = load_split(args.data, "train").regions is None
+        variants = [v for v in VARIANTS if not (pooled and v in SCAN_VARIANTS)]
+    if grounding is None:
+        grounding = GROUNDING_VARIANTS if args.grounding_data else ()
+    elif grounding and args.grounding_data is None:
+        raise ValueError(f"--grounding {' '.join(grounding)} on folders needs --grounding-data")
+    return tuple(variants), tuple(grounding)
+
+
+def _grounding_folder(folder: str | None) -> str | None:
+    """``--grounding-data``'s folder, absolute (the runs' configs keep it)."""
+    if folder is not None and not os.path.isdir(folder):
+        raise ValueError(
+            f"--grounding-data must be a Flickr30k Entities layout folder, got {folder!r}"
+        )
+    return None if folder is None else os.path.abspath(folder)
+
+
 def main(argv: list[str] | None = None) -> int:
     prog = "python -m jwae_ext.experiments"
     args = parser().parse_args(argv)
     argv = sys.argv[1:] if argv is None else argv
     command = " ".join(["python -m jwae_ext.experiments", *argv])
+    out = Path(args.out) if args.out else _default_out(args)
     try:
         if len(set(args.seeds)) != len(args.seeds) or min(args.seeds) < 0:
             raise ValueError(f"--seeds must be distinct non-negative integers, got {args.seeds}")
-        if args.experiment == "poster":
-            for name in ("variants", "grounding"):
-                values = getattr(args, name)
-                if len(set(values)) != len(values):
-                    raise ValueError(f"--{name} must be distinct, got {values}")
         if args.epochs is not None and args.epochs < 1:
             raise ValueError(f"--epochs must be >= 1, got {args.epochs}")
         settings = Settings(tuple(args.seeds), args.quick, args.epochs, args.device)
         if args.experiment == "poster":
-            poster(Path(args.out), settings, command, tuple(args.variants), tuple(args.grounding))
-            written = Path(args.out) / "results.md"
+            folders = None
+            if args.data is not None:
+                folders = folder_poster.Folders.parse(
+                    args.data, args.cross_data, args.protocol, args.published
+                )
+                grounding_data = _grounding_folder(args.grounding_data)
+                settings = replace(settings, data=folders.train, grounding_data=grounding_data)
+            variants, grounding = _poster_rows(args)
+            poster(out, settings, command, variants, grounding, folders)
+            written = out / "results.md"
         else:
+            if args.experiment == "unpaired" and (args.data is None) != (args.unpaired is None):
+                raise ValueError("--data and --unpaired go together (without both: embedded data)")
             sweep = _sweep_of(args)
-            run_sweep(Path(args.out), settings, sweep, command)
-            written = Path(args.out) / f"results-{sweep.kind}.md"
+            if sweep.tests[0] != IN_DOMAIN:  # on folders: the sweep's training data, no grounding
+                settings = replace(settings, data=sweep.tests[0], grounding_data=None)
+            run_sweep(out, settings, sweep, command)
+            written = out / f"results-{sweep.kind}.md"
     except (ValueError, OSError, RunFailed, CheckpointError) as err:
         print(f"{prog}: error: {err}", file=sys.stderr)
         return 2

@@ -15,11 +15,11 @@ Here are the definitions and the tables; :mod:`jwae_ext.experiments` trains and 
 
 from __future__ import annotations
 
-import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from jwae_ext.config import default_prior
+from jwae_ext.seed_stats import cell, stats
 
 __all__ = [
     "Row",
@@ -56,17 +56,24 @@ class Sweep:
     note: str
 
 
-def unpaired_sweep(variant: str = "jwae-mh", source: str = "synthetic-b") -> Sweep:
-    """``variant`` without and with ``source``'s training images and captions, unpaired."""
+def unpaired_sweep(
+    variant: str = "jwae-mh",
+    source: str = "synthetic-b",
+    train: str = TRAIN_DATA,
+    target: str | None = None,
+) -> Sweep:
+    """``variant`` trained on ``train`` without and with ``source``'s training images and
+    captions, unpaired (an embedded name, a precomp ``FOLDER`` or ``FOLDER:SPLIT``), tested on
+    ``train`` and on ``target`` (default ``source``; for a folder source, its folder)."""
     flags = ("--unpaired-images", source, "--unpaired-captions", source)
     return Sweep(
         kind="unpaired",
-        title=f"Unpaired {source} training data for {variant} (train {TRAIN_DATA})",
+        title=f"Unpaired {source} training data for {variant} (train {train})",
         rows=(
             Row(f"{variant}, pairs only", variant, variant),
             Row(f"{variant} + unpaired {source}", variant, f"{variant}-unpaired", flags),
         ),
-        tests=(TRAIN_DATA, source),
+        tests=(train, target or source),
         note=(
             f"The second row adds batches of {source}'s training images and captions (drawn "
             "independently: no pairs), which enter only the jWAE terms (reconstructions, prior "
@@ -124,7 +131,8 @@ def _agreement(kind: str) -> Callable[[dict], float]:
     return lambda r: 100 * r["continuity"]["class_agreement"][kind]
 
 
-# Per test split: (column header, value of one evaluation).
+# Per test split: (column header, value of one evaluation); the continuity columns only where the
+# data has labels (the embedded data; not a folder).
 COLUMNS: tuple[tuple[str, Callable[[dict], float]], ...] = (
     ("i2t R@1", _recall("i2t", 1)),
     ("t2i R@1", _recall("t2i", 1)),
@@ -136,9 +144,11 @@ COLUMNS: tuple[tuple[str, Callable[[dict], float]], ...] = (
 )
 
 
-def _stats(values: list[float]) -> dict:
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return {"mean": statistics.fmean(values), "std": std, "values": values}
+def _columns(evaluation: dict) -> tuple[tuple[str, Callable[[dict], float]], ...]:
+    """The :data:`COLUMNS` an evaluation has (no continuity without labels)."""
+    if evaluation.get("continuity") is not None:
+        return COLUMNS
+    return tuple((h, get) for h, get in COLUMNS if not h.endswith("@10"))
 
 
 def summarize(sweep: Sweep, evaluations: dict[str, dict[int, dict[str, dict]]]) -> dict:
@@ -147,20 +157,14 @@ def summarize(sweep: Sweep, evaluations: dict[str, dict[int, dict[str, dict]]]) 
     return {
         row.label: {
             test: {
-                header: _stats([get(by_seed[s][test]) for s in sorted(by_seed)])
-                for header, get in COLUMNS
+                header: stats([get(by_seed[s][test]) for s in sorted(by_seed)])
+                for header, get in _columns(by_seed[min(by_seed)][test])
             }
             for test in sweep.tests
         }
         for row in sweep.rows
         for by_seed in (evaluations[row.label],)
     }
-
-
-def _cell(stats: dict) -> str:
-    if len(stats["values"]) < 2:
-        return f"{stats['mean']:.1f}"
-    return f"{stats['mean']:.1f} ± {stats['std']:.1f}"
 
 
 def markdown(sweep: Sweep, summary: dict, seeds: Sequence[int], command: str) -> str:
@@ -172,15 +176,15 @@ def markdown(sweep: Sweep, summary: dict, seeds: Sequence[int], command: str) ->
         f"Command: `{command}`  ",
         f"Seeds: {', '.join(map(str, seeds))} ({spread}). Recalls and continuity in %; "
         "continuity: the share of each test image's 10 nearest images whose main object has the "
-        "same shape / colour.",
+        "same shape / colour (none on a folder: its images have no labels).",
         "",
         sweep.note,
     ]
-    headers = [h for h, _ in COLUMNS]
     for test in sweep.tests:
+        headers = list(summary[sweep.rows[0].label][test])
         lines += ["", f"## Test: {test}", ""]
         lines += ["| run | " + " | ".join(headers) + " |", "|---|" + "---:|" * len(headers)]
         for row in sweep.rows:
-            cells = [_cell(summary[row.label][test][h]) for h in headers]
+            cells = [cell(summary[row.label][test][h]) for h in headers]
             lines.append(f"| {row.label} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

@@ -10,7 +10,7 @@ import sys
 import pytest
 from matplotlib.image import imread
 
-from jwae_ext import experiments, figures
+from jwae_ext import experiments, figures, seed_stats
 
 VARIANTS = experiments.VARIANTS  # the poster rows, SCAN and SCAN+jWAE-MH included
 GROUNDING = experiments.GROUNDING_VARIANTS  # the phrase-localization rows
@@ -156,9 +156,8 @@ def test_markdown_of_hand_made_results():
 
 
 def test_one_seed_shows_no_spread():
-    stats = experiments._stats([42.0])
-    assert experiments._cell(stats) == "42.0"
-    assert experiments._cell(experiments._stats([1.0, 2.0])) == "1.5 ± 0.7"
+    assert seed_stats.cell(seed_stats.stats([42.0])) == "42.0"
+    assert seed_stats.cell(seed_stats.stats([1.0, 2.0])) == "1.5 ± 0.7"
 
 
 def test_a_subset_of_rows_reuses_the_folder_s_runs(job, tmp_path):

@@ -31,6 +31,15 @@ def embedded_style(name: str) -> tuple[str, float] | None:
         ) from None
 
 
+def folder_and_split(source: str, default: str) -> tuple[str, str]:
+    """The folder and split that ``FOLDER`` (its ``default`` split) or ``FOLDER:SPLIT`` names
+    (an existing folder whose own name has a colon is a folder)."""
+    if not os.path.isdir(source) and ":" in source:
+        folder, split = source.rsplit(":", 1)
+        return folder, split
+    return source, default
+
+
 def load_split(
     data: str | os.PathLike,
     split: str,

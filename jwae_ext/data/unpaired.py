@@ -24,7 +24,7 @@ import torch
 
 from jwae_ext.data.dataset import pad_captions
 from jwae_ext.data.precomp import load_precomp, read_captions
-from jwae_ext.data.sources import EMBEDDED, embedded_style, load_split
+from jwae_ext.data.sources import EMBEDDED, embedded_style, folder_and_split, load_split
 from jwae_ext.data.split import CaptionSplit, FeatureArray
 
 __all__ = ["UnpairedData", "load_unpaired_captions", "load_unpaired_images", "unpaired_batch"]
@@ -37,9 +37,7 @@ def _split_of(source: str, argument: str, seed: int) -> CaptionSplit | None:
     """The split ``source`` names, or None when it names a file (not a dataset)."""
     if embedded_style(source) is not None:
         return load_split(source, "train", seed=seed)
-    folder, split = source, "train"
-    if not os.path.isdir(folder) and ":" in source:
-        folder, split = source.rsplit(":", 1)
+    folder, split = folder_and_split(source, "train")
     if os.path.isdir(folder):
         try:
             return load_precomp(folder, split)
