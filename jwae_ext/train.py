@@ -264,7 +264,10 @@ class Trainer(RunLoop):
         table (the fit is deterministic), so there is nothing to recompute."""
         path = self.dir / "baseline.json"
         if self.cfg.resume and path.is_file():
-            return json.loads(path.read_text())
+            try:
+                return json.loads(path.read_text())
+            except (OSError, ValueError) as err:  # written atomically: damage from outside
+                raise checkpoint.CheckpointError(f"cannot read {path}: {err}") from err
         started = time.perf_counter()
         _, table = fit_on_dev(self.train_split, self.dev_split)
         table["seconds"] = round(time.perf_counter() - started, 2)
