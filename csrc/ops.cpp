@@ -32,13 +32,18 @@ TORCH_LIBRARY(jwae_ext, m) {
       "Tensor support_t2i) -> Tensor grad_scores");
 
   // ---- retrieval: exact retrieval ranks and top-k search (csrc/retrieval.cpp, cuda/retrieval.cu).
-  m.def("retrieval_ranks(Tensor img_emb, Tensor cap_emb, Tensor cap_to_img) -> (Tensor, Tensor)");
+  // Ranks and counts come with, per query, the other items tied with its threshold (§3.3: a tie
+  // counts against the query).
+  m.def(
+      "retrieval_ranks(Tensor img_emb, Tensor cap_emb, Tensor cap_to_img) -> (Tensor i2t_ranks, "
+      "Tensor t2i_ranks, Tensor i2t_ties, Tensor t2i_ties)");
   m.def(
       "retrieval_thresholds(Tensor img_emb, Tensor cap_emb, Tensor cap_to_img) -> "
       "(Tensor, Tensor)");
   m.def(
-      "retrieval_count_above(Tensor img_emb, Tensor cap_emb, Tensor cap_to_img, "
-      "Tensor img_thresholds, Tensor cap_thresholds) -> (Tensor, Tensor)");
+      "retrieval_count_at_least(Tensor img_emb, Tensor cap_emb, Tensor cap_to_img, "
+      "Tensor img_thresholds, Tensor cap_thresholds) -> (Tensor img_counts, Tensor cap_counts, "
+      "Tensor img_ties, Tensor cap_ties)");
   m.def("topk_search(Tensor queries, Tensor gallery, int k) -> (Tensor, Tensor)");
 
   // ---- linear_cross_entropy: vocabulary projection fused with cross-entropy. For reduction
@@ -83,7 +88,7 @@ TORCH_LIBRARY(jwae_ext, m) {
   m.def(
       "xattn_ranks(Tensor images, Tensor captions, Tensor cap_lens, Tensor cap_to_img, "
       "str direction, float lambda_softmax, str agg, float lambda_lse, str raw_feature_norm) -> "
-      "(Tensor i2t_ranks, Tensor t2i_ranks)");
+      "(Tensor i2t_ranks, Tensor t2i_ranks, Tensor i2t_ties, Tensor t2i_ties)");
   // end xattn
 }
 

@@ -44,57 +44,81 @@ at::Tensor own_scores_cpu(const at::Tensor& img, const at::Tensor& cap, const at
   return own;
 }
 
-// Per row r and column c of a tile: row_hits[r] += S > row_thr[r], col_hits[c] += S > col_thr[c].
-// The hot loop of the counting pass, kept branch-free so that it vectorises.
+// A tile's counts: per row and per column, the scores at least as high as its threshold (hits)
+// and exactly as high (ties).
+struct TileCounts {
+  std::vector<int32_t> row_hits, col_hits, row_ties, col_ties;
+  TileCounts(int64_t rows, int64_t cols)
+      : row_hits(rows), col_hits(cols, 0), row_ties(rows), col_ties(cols, 0) {}
+};
+
+// Per row r and column c of a tile: hits += S >= threshold, ties += S == threshold, for the row's
+// and the column's threshold. The hot loop of the counting pass, kept branch-free so that it
+// vectorises.
 template <typename scalar_t>
 void count_tile(const ScoreTile<scalar_t>& tile, const scalar_t* row_thr, const scalar_t* col_thr,
-                int32_t* row_hits, int32_t* col_hits) {
+                TileCounts& counts) {
+  int32_t* col_hits = counts.col_hits.data();
+  int32_t* col_ties = counts.col_ties.data();
   for (int64_t r = 0; r < tile.rows; ++r) {
     const scalar_t* s = tile.row(r);
     const scalar_t threshold = row_thr[r];
     int32_t hits = 0;
-#pragma omp simd reduction(+ : hits)
+    int32_t ties = 0;
+#pragma omp simd reduction(+ : hits, ties)
     for (int64_t c = 0; c < tile.cols; ++c) {
-      hits += s[c] > threshold;
-      col_hits[c] += s[c] > col_thr[c];
+      hits += s[c] >= threshold;
+      ties += s[c] == threshold;
+      col_hits[c] += s[c] >= col_thr[c];
+      col_ties[c] += s[c] == col_thr[c];
     }
-    row_hits[r] = hits;
+    counts.row_hits[r] = hits;
+    counts.row_ties[r] = ties;
   }
 }
 
-std::tuple<at::Tensor, at::Tensor> count_above_cpu(const at::Tensor& img, const at::Tensor& cap,
-                                                   const at::Tensor& owner,
-                                                   const at::Tensor& img_thresholds,
-                                                   const at::Tensor& cap_thresholds) {
+RankCounts count_at_least_cpu(const at::Tensor& img, const at::Tensor& cap, const at::Tensor& owner,
+                              const at::Tensor& img_thresholds, const at::Tensor& cap_thresholds) {
   const TileGrid grid = score_grid(img, cap);
   at::Tensor img_counts = at::zeros({img.size(0)}, owner.options());
   at::Tensor cap_counts = at::zeros({cap.size(0)}, owner.options());
-  AT_DISPATCH_FLOATING_TYPES(img.scalar_type(), "retrieval_count_above", [&] {
+  at::Tensor img_ties = at::zeros({img.size(0)}, owner.options());
+  at::Tensor cap_ties = at::zeros({cap.size(0)}, owner.options());
+  AT_DISPATCH_FLOATING_TYPES(img.scalar_type(), "retrieval_count_at_least", [&] {
     const int64_t* image_of = owner.const_data_ptr<int64_t>();
     const scalar_t* img_thr = img_thresholds.const_data_ptr<scalar_t>();
     const scalar_t* cap_thr = cap_thresholds.const_data_ptr<scalar_t>();
     int64_t* img_out = img_counts.mutable_data_ptr<int64_t>();
     int64_t* cap_out = cap_counts.mutable_data_ptr<int64_t>();
+    int64_t* img_ties_out = img_ties.mutable_data_ptr<int64_t>();
+    int64_t* cap_ties_out = cap_ties.mutable_data_ptr<int64_t>();
     for_each_score_tile<scalar_t>(img, cap, grid, [&](const ScoreTile<scalar_t>& tile) {
-      std::vector<int32_t> row_hits(tile.rows);
-      std::vector<int32_t> col_hits(tile.cols, 0);
+      TileCounts counts(tile.rows, tile.cols);
       const scalar_t* row_thr = img_thr + tile.row0;
       const scalar_t* col_thr = cap_thr + tile.col0;
-      count_tile(tile, row_thr, col_thr, row_hits.data(), col_hits.data());
-      // An image's own captions and a caption's own image never count: take back what the loop
-      // above counted for the own pairs in this tile.
+      count_tile(tile, row_thr, col_thr, counts);
+      // An image's own captions and a caption's own image never count (each ties with its own
+      // threshold): take back what the loop above counted for the own pairs in this tile.
       for (int64_t c = 0; c < tile.cols; ++c) {
         const int64_t r = image_of[tile.col0 + c] - tile.row0;
         if (r < 0 || r >= tile.rows) continue;
         const scalar_t s = tile.row(r)[c];
-        row_hits[r] -= s > row_thr[r];
-        col_hits[c] -= s > col_thr[c];
+        counts.row_hits[r] -= s >= row_thr[r];
+        counts.row_ties[r] -= s == row_thr[r];
+        counts.col_hits[c] -= s >= col_thr[c];
+        counts.col_ties[c] -= s == col_thr[c];
       }
-      for (int64_t r = 0; r < tile.rows; ++r) atomic_add(img_out + tile.row0 + r, row_hits[r]);
-      for (int64_t c = 0; c < tile.cols; ++c) atomic_add(cap_out + tile.col0 + c, col_hits[c]);
+      for (int64_t r = 0; r < tile.rows; ++r) {
+        atomic_add(img_out + tile.row0 + r, counts.row_hits[r]);
+        atomic_add(img_ties_out + tile.row0 + r, counts.row_ties[r]);
+      }
+      for (int64_t c = 0; c < tile.cols; ++c) {
+        atomic_add(cap_out + tile.col0 + c, counts.col_hits[c]);
+        atomic_add(cap_ties_out + tile.col0 + c, counts.col_ties[c]);
+      }
     });
   });
-  return {img_counts, cap_counts};
+  return {img_counts, cap_counts, img_ties, cap_ties};
 }
 
 // ---- top-k search ---------------------------------------------------------------------------
@@ -232,7 +256,7 @@ std::tuple<at::Tensor, at::Tensor> topk_search_cpu(const at::Tensor& queries,
 // ---- operator entry points --------------------------------------------------------------------
 
 const RetrievalKernels& cpu_kernels() {
-  static const RetrievalKernels kernels{own_scores_cpu, count_above_cpu, topk_search_cpu};
+  static const RetrievalKernels kernels{own_scores_cpu, count_at_least_cpu, topk_search_cpu};
   return kernels;
 }
 

@@ -7,6 +7,11 @@
 // can differ in the last bit. Taking the own scores from the very tiles the counting pass computes
 // again (the same GEMM calls) keeps every comparison between values of one computation, so exact
 // ties, e.g. duplicate captions, count the same way as in one score matrix.
+//
+// The tie rule (DESIGN.md §3.3): a rank counts the other items scoring at least as high as the
+// ground truth, so a model that gives several captions one code cannot rank first by it. The
+// counting pass also counts, per query, the other items scoring exactly as high (its ties), for
+// the tables to say how many queries tied.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -49,7 +54,7 @@ inline void check_embedding_pair(const at::Tensor& a, const char* a_name, const 
 }
 
 // cap_to_img: int64 (M,) on the embeddings' device with values in [lowest, N). lowest is 0 for the
-// ranks; count_above also takes -1 for a caption whose image is not among img_emb (a shard).
+// ranks; count_at_least also takes -1 for a caption whose image is not among img_emb (a shard).
 inline void check_cap_to_img(const at::Tensor& cap_to_img, const at::Tensor& img_emb,
                              const at::Tensor& cap_emb, int64_t lowest) {
   check_index_vector(cap_to_img, cap_emb.size(0), "cap_to_img", "cap_emb");
@@ -70,6 +75,10 @@ inline void check_every_image_captioned(const at::Tensor& cap_to_img, int64_t n_
                     uncaptioned.size(0), " of ", n_images, " images have none, the first is image ",
                     uncaptioned[0][0].item<int64_t>());
 }
+
+// Per image and per caption: the other items scoring at least as high as its threshold, and of
+// those, the ones scoring exactly as high. (img_counts, cap_counts, img_ties, cap_ties), int64.
+using RankCounts = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 
 inline void check_thresholds(const at::Tensor& thresholds, const char* name, int64_t length,
                              const char* length_of, const at::Tensor& emb) {
@@ -122,12 +131,11 @@ inline at::Tensor best_own_scores(const at::Tensor& cap_thresholds, const at::Te
 struct RetrievalKernels {
   // The own score S[cap_to_img[j], j] of every caption j, from the tiles that hold them.
   at::Tensor (*own_scores)(const at::Tensor& img, const at::Tensor& cap, const at::Tensor& owner);
-  // Per image, captions of other images scoring strictly above img_thresholds; per caption,
-  // images other than its own scoring strictly above cap_thresholds.
-  std::tuple<at::Tensor, at::Tensor> (*count_above)(const at::Tensor& img, const at::Tensor& cap,
-                                                    const at::Tensor& owner,
-                                                    const at::Tensor& img_thresholds,
-                                                    const at::Tensor& cap_thresholds);
+  // Per image, captions of other images scoring at least img_thresholds; per caption, images
+  // other than its own scoring at least cap_thresholds; and the ties among them.
+  RankCounts (*count_at_least)(const at::Tensor& img, const at::Tensor& cap,
+                               const at::Tensor& owner, const at::Tensor& img_thresholds,
+                               const at::Tensor& cap_thresholds);
   // The exact top-k (scores, indices) of every query.
   std::tuple<at::Tensor, at::Tensor> (*topk)(const at::Tensor& queries, const at::Tensor& gallery,
                                              int64_t k);
@@ -157,10 +165,8 @@ inline std::tuple<at::Tensor, at::Tensor> retrieval_thresholds_op(const Retrieva
 // in ascending order are first put in that order (one copy of cap_emb): the own-score pre-pass
 // then touches only the staircase of tiles instead of nearly all of them, and counts do not depend
 // on the order of the gallery.
-inline std::tuple<at::Tensor, at::Tensor> retrieval_ranks_op(const RetrievalKernels& kernels,
-                                                             const at::Tensor& img_emb,
-                                                             const at::Tensor& cap_emb,
-                                                             const at::Tensor& cap_to_img) {
+inline RankCounts retrieval_ranks_op(const RetrievalKernels& kernels, const at::Tensor& img_emb,
+                                     const at::Tensor& cap_emb, const at::Tensor& cap_to_img) {
   const c10::OptionalDeviceGuard guard(at::device_of(img_emb));
   check_embedding_pair(img_emb, "img_emb", cap_emb, "cap_emb");
   check_cap_to_img(cap_to_img, img_emb, cap_emb, 0);
@@ -178,12 +184,16 @@ inline std::tuple<at::Tensor, at::Tensor> retrieval_ranks_op(const RetrievalKern
   }
   const at::Tensor img = img_emb.contiguous();
   const auto [img_thresholds, cap_thresholds] = own_thresholds(kernels, img, cap, owner);
-  auto [i2t, t2i] = kernels.count_above(img, cap, owner, img_thresholds, cap_thresholds);
-  if (!grouped) t2i = at::empty_like(t2i).index_copy_(0, order, t2i);
-  return {i2t, t2i};
+  auto [i2t, t2i, i2t_ties, t2i_ties] =
+      kernels.count_at_least(img, cap, owner, img_thresholds, cap_thresholds);
+  if (!grouped) {
+    t2i = at::empty_like(t2i).index_copy_(0, order, t2i);
+    t2i_ties = at::empty_like(t2i_ties).index_copy_(0, order, t2i_ties);
+  }
+  return {i2t, t2i, i2t_ties, t2i_ties};
 }
 
-inline std::tuple<at::Tensor, at::Tensor> retrieval_count_above_op(
+inline RankCounts retrieval_count_at_least_op(
     const RetrievalKernels& kernels, const at::Tensor& img_emb, const at::Tensor& cap_emb,
     const at::Tensor& cap_to_img, const at::Tensor& img_thresholds,
     const at::Tensor& cap_thresholds) {
@@ -192,8 +202,9 @@ inline std::tuple<at::Tensor, at::Tensor> retrieval_count_above_op(
   check_cap_to_img(cap_to_img, img_emb, cap_emb, -1);
   check_thresholds(img_thresholds, "img_thresholds", img_emb.size(0), "img_emb", img_emb);
   check_thresholds(cap_thresholds, "cap_thresholds", cap_emb.size(0), "cap_emb", cap_emb);
-  return kernels.count_above(img_emb.contiguous(), cap_emb.contiguous(), cap_to_img.contiguous(),
-                             img_thresholds.contiguous(), cap_thresholds.contiguous());
+  return kernels.count_at_least(img_emb.contiguous(), cap_emb.contiguous(),
+                                cap_to_img.contiguous(), img_thresholds.contiguous(),
+                                cap_thresholds.contiguous());
 }
 
 inline std::tuple<at::Tensor, at::Tensor> topk_search_op(const RetrievalKernels& kernels,
@@ -209,7 +220,7 @@ template <const RetrievalKernels& (*kernels)()>
 void register_retrieval(torch::Library& m) {
   m.impl("retrieval_ranks", &OnDevice<retrieval_ranks_op, kernels>::call);
   m.impl("retrieval_thresholds", &OnDevice<retrieval_thresholds_op, kernels>::call);
-  m.impl("retrieval_count_above", &OnDevice<retrieval_count_above_op, kernels>::call);
+  m.impl("retrieval_count_at_least", &OnDevice<retrieval_count_at_least_op, kernels>::call);
   m.impl("topk_search", &OnDevice<topk_search_op, kernels>::call);
 }
 

@@ -411,8 +411,8 @@ inline void atomic_add(int64_t* target, int64_t value) {
 // keeping every score they produce; the thresholds follow from the own pairs' scores. Then the
 // other tiles are computed and counted, and the kept scores counted too. Every tile is computed
 // once, and a pair's score is the one every other score is compared with: ties count as in one
-// score matrix.
-std::tuple<at::Tensor, at::Tensor> xattn_ranks_cpu(
+// score matrix, against the query (§3.3), and are counted apart as well.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> xattn_ranks_cpu(
     const at::Tensor& images, const at::Tensor& captions, const at::Tensor& cap_lens,
     const at::Tensor& cap_to_img, std::string_view direction, double lambda_softmax,
     std::string_view agg, double lambda_lse, std::string_view raw_feature_norm) {
@@ -457,6 +457,8 @@ std::tuple<at::Tensor, at::Tensor> xattn_ranks_cpu(
   };
   at::Tensor i2t = at::zeros({n_images}, owner_t.options());
   at::Tensor t2i = at::zeros({n_captions}, owner_t.options());
+  at::Tensor i2t_ties = at::zeros({n_images}, owner_t.options());
+  at::Tensor t2i_ties = at::zeros({n_captions}, owner_t.options());
   AT_DISPATCH_FLOATING_TYPES(p.images.scalar_type(), "xattn_ranks", [&] {
     std::vector<scalar_t> kept(n_kept);
     std::vector<scalar_t> cap_thr(n_captions);
@@ -470,10 +472,14 @@ std::tuple<at::Tensor, at::Tensor> xattn_ranks_cpu(
     }
     int64_t* img_count = i2t.mutable_data_ptr<int64_t>();
     int64_t* cap_count = t2i.mutable_data_ptr<int64_t>();
+    int64_t* img_ties = i2t_ties.mutable_data_ptr<int64_t>();
+    int64_t* cap_ties = t2i_ties.mutable_data_ptr<int64_t>();
     auto count = [&](int64_t image, int64_t caption, scalar_t s) {
       if (owner[caption] == image) return;
-      if (s > img_thr[image]) atomic_add(img_count + image, 1);
-      if (s > cap_thr[caption]) atomic_add(cap_count + caption, 1);
+      if (s >= img_thr[image]) atomic_add(img_count + image, 1);
+      if (s == img_thr[image]) atomic_add(img_ties + image, 1);
+      if (s >= cap_thr[caption]) atomic_add(cap_count + caption, 1);
+      if (s == cap_thr[caption]) atomic_add(cap_ties + caption, 1);
     };
     // Image counts are shared between the threads sweeping caption groups, so both counts are
     // added atomically (one rule for the concurrent pass and the kept scores' serial one).
@@ -489,7 +495,8 @@ std::tuple<at::Tensor, at::Tensor> xattn_ranks_cpu(
       }
     }
   });
-  return {i2t.to(images.device()), t2i.to(images.device())};
+  return {i2t.to(images.device()), t2i.to(images.device()), i2t_ties.to(images.device()),
+          t2i_ties.to(images.device())};
 }
 
 }  // namespace

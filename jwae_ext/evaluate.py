@@ -21,7 +21,7 @@ from pathlib import Path
 from jwae_ext.checkpoint import CheckpointError, load_model, write_text_atomic
 from jwae_ext.config import resolve_device
 from jwae_ext.continuity import format_continuity
-from jwae_ext.data import load_split
+from jwae_ext.data import load_split, unknown_captions_line
 from jwae_ext.evaluation import CONTINUITY_K, evaluate_loaded, result_file_name
 from jwae_ext.grounding.evaluation import evaluate_loaded_grounding, format_grounding
 from jwae_ext.grounding.sources import load_grounding
@@ -100,7 +100,9 @@ def run(args: argparse.Namespace) -> tuple[str, Path]:
         report = (
             f"{result['variant']} trained on {result['trained_on']}, evaluated on "
             f"{result['data']} ({result['images']} images, {result['captions']} captions, "
-            f"protocol {args.protocol})\n{format_table(result)}"
+            f"protocol {args.protocol})\n"
+            f"{unknown_captions_line(split.name, result['no_known_word'], result['captions'])}\n"
+            f"{format_table(result)}"
         )
         if result["continuity"] is not None:
             report += "\n" + format_continuity(result["continuity"])

@@ -106,7 +106,9 @@ def evaluate_loaded(
     k: int = CONTINUITY_K,
 ) -> Evaluation:
     """The retrieval table of ``loaded`` on ``split`` and, when the split has attributes, the
-    continuity of its image codes (``k`` neighbours)."""
+    continuity of its image codes (``k`` neighbours); ``no_known_word``: how many of the
+    split's captions have no word the model's vocabulary knows (they reach it as ``<unk>``
+    only, and their codes tie)."""
     expected = loaded.model.cfg.img_dim
     regions = isinstance(loaded.model, SCAN)
     given = split.require_regions().shape[-1] if regions else split.feature_dim
@@ -128,6 +130,7 @@ def evaluate_loaded(
         "protocol": protocol,
         "images": split.num_images,
         "captions": split.num_captions,
+        "no_known_word": loaded.vocab.captions_without_known_word(split.captions),
         **table,
         "continuity": None if split.attributes is None else continuity(img, split.attributes, k),
     }

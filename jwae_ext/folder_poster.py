@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from jwae_ext.baseline import fit_ridge
+from jwae_ext.baseline import fit_on_dev
 from jwae_ext.checkpoint import load_model, write_text_atomic
 from jwae_ext.config import resolve_device
 from jwae_ext.data import CaptionSplit, Vocabulary, available_splits, load_split
@@ -181,14 +181,12 @@ def evaluate_run(run: Path, split: CaptionSplit, protocol: str, device: str) -> 
 def baseline_tables(folders: Folders, splits: dict[str, CaptionSplit]) -> dict:
     """The ridge baseline fitted on TRAIN's train split, its weight chosen on TRAIN's dev split,
     tested like the runs; with the share of the cross test's words its bag of words lacks."""
-    model, dev_rsum = fit_ridge(
-        load_split(folders.train, "train"), load_split(folders.train, "dev")
-    )
+    model, on_dev = fit_on_dev(load_split(folders.train, "train"), load_split(folders.train, "dev"))
     tables = {
         test: model.evaluate(splits[test], protocol=protocol)
         for test, (_, _, protocol) in folders.tests().items()
     }
-    result = {"alpha": model.alpha, "dev_rsum": dev_rsum, "tests": tables}
+    result = {"alpha": on_dev["alpha"], "dev_rsum": on_dev["dev_rsum"], "tests": tables}
     if CROSS in splits:
         result["unknown_words"] = unknown_words(model.words, splits[CROSS].captions)
     return result

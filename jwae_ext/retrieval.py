@@ -3,7 +3,9 @@
 Ranks come from :func:`jwae_ext.ops.retrieval_ranks` (0 = the ground truth is first). The metrics
 are VSE++'s: R@1/5/10 in percent, ``medr = floor(median) + 1`` (the median of an even count being
 the mean of the two middle ranks, as numpy takes it), ``meanr = mean + 1``, and ``rsum`` the sum of
-the six recalls. With no tied scores every number equals VSE++'s ``i2t``/``t2i`` exactly.
+the six recalls. A tie is never a hit (DESIGN.md §3.3: every other item scoring at least as high
+as the ground truth counts against the query), and the tables say how many queries tied. With no
+tied scores every number equals VSE++'s ``i2t``/``t2i`` exactly.
 """
 
 from __future__ import annotations
@@ -32,8 +34,9 @@ _COCO_TEST_IMAGES = 5000
 _COCO_FOLDS = 5
 _RECALL_KS = (1, 5, 10)
 
-# (img_emb, cap_emb, cap_to_img) -> (i2t ranks, t2i ranks), e.g. jwae_ext.ops.retrieval_ranks.
-RanksFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+# (img_emb, cap_emb, cap_to_img) -> (i2t ranks, t2i ranks, i2t ties, t2i ties), e.g.
+# jwae_ext.ops.retrieval_ranks.
+RanksFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], ops.Ranks]
 
 
 def recall_table(ranks: torch.Tensor) -> dict[str, float]:
@@ -64,10 +67,12 @@ def recall_table(ranks: torch.Tensor) -> dict[str, float]:
     return table
 
 
-def _tables(ranks: tuple[torch.Tensor, torch.Tensor]) -> dict:
-    i2t, t2i = ranks
+def _tables(ranks: ops.Ranks) -> dict:
+    i2t, t2i, i2t_ties, t2i_ties = ranks
     result = {"i2t": recall_table(i2t), "t2i": recall_table(t2i)}
     result["rsum"] = sum(result[d][f"r{k}"] for d in ("i2t", "t2i") for k in _RECALL_KS)
+    # Queries whose ground truth's score another item matches (those items counted against it).
+    result["ties"] = {"i2t": int((i2t_ties > 0).sum()), "t2i": int((t2i_ties > 0).sum())}
     return result
 
 
@@ -110,6 +115,8 @@ def _mean_of(tables: list[dict]) -> dict:
         for d in ("i2t", "t2i")
     }
     mean["rsum"] = sum(t["rsum"] for t in tables) / len(tables)
+    # Tied queries are counted, not averaged: every fold's queries are distinct.
+    mean["ties"] = {d: sum(t["ties"][d] for t in tables) for d in ("i2t", "t2i")}
     return mean
 
 
@@ -130,7 +137,10 @@ def evaluate(
             over the folds as VSE++ does (medr may then be fractional).
 
     Returns:
-        ``{"i2t": table, "t2i": table, "rsum": float}`` with tables from :func:`recall_table`.
+        ``{"i2t": table, "t2i": table, "rsum": float, "ties": {"i2t": int, "t2i": int}}`` with
+        tables from :func:`recall_table`; ``ties``: how many queries (summed over the folds for
+        ``"1k"``) had another item scoring exactly their ground truth's score, which counts
+        against them.
     """
     for name, value in (("img_emb", img_emb), ("cap_emb", cap_emb), ("cap_to_img", cap_to_img)):
         check_tensor(name, value)
@@ -164,7 +174,7 @@ def protocol_tables(
     """The tables of :func:`evaluate` with the ranks of each image set computed by ``ranks``.
 
     ``ranks(img_emb, cap_emb, cap_to_img)`` returns the i2t ranks of the images and the t2i ranks
-    of the captions (in any order: a table does not depend on it), like
+    of the captions (in any order: a table does not depend on it), then their ties, like
     :func:`jwae_ext.ops.retrieval_ranks`; a sharded evaluation passes one that holds only a part
     of the captions (:func:`jwae_ext.retrieval_sharded.evaluate_sharded`). Arguments are checked
     by the caller.
@@ -180,7 +190,7 @@ def protocol_tables(
 
 def format_table(result: dict) -> str:
     """The standard table of an :func:`evaluate` result: i2t and t2i R@1/5/10, medr, meanr, and
-    rsum."""
+    rsum, then how many queries tied with their ground truth when any did."""
     cols = ("r1", "r5", "r10", "medr", "meanr")
     header = f"{'':<6}" + "".join(f"{c:>8}" for c in ("R@1", "R@5", "R@10", "medr", "meanr"))
     lines = [header]
@@ -188,6 +198,12 @@ def format_table(result: dict) -> str:
         row = result[direction]
         lines.append(f"{direction:<6}" + "".join(f"{row[c]:>8.1f}" for c in cols))
     lines.append(f"rsum {result['rsum']:.1f}")
+    ties = result.get("ties", {})  # absent from tables recorded before ties were counted
+    if any(ties.values()):
+        lines.append(
+            f"ties: {ties['i2t']} i2t and {ties['t2i']} t2i queries had another item scoring "
+            "exactly their ground truth's score (a tie is not a hit: it counts against them)"
+        )
     return "\n".join(lines)
 
 
@@ -226,7 +242,7 @@ def evaluate_xattn(
             :func:`jwae_ext.ops.xattn_scores`.
 
     Returns:
-        The tables of :func:`evaluate` (strictly higher scores count against a query).
+        The tables of :func:`evaluate` (scores at least as high count against a query).
 
     Ranks come from :func:`jwae_ext.ops.xattn_ranks`: the positive pairs' scores first, then one
     counting pass over the same tiles; memory grows with N + M, never with N * M.

@@ -41,9 +41,10 @@ def caption_shard(num_captions: int, chunk: int, ctx: Context) -> range:
 
 def _sharded_ranks(
     img_emb: torch.Tensor, cap_emb: torch.Tensor, cap_to_img: torch.Tensor, ctx: Context
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> ops.Ranks:
     """Exact ranks with every image on every rank and the captions sharded: the i2t ranks of all
-    images and the t2i ranks of the captions of all ranks (concatenated in rank order)."""
+    images and the t2i ranks of the captions of all ranks (concatenated in rank order), then
+    their ties in the same order."""
     n, here = img_emb.shape[0], cap_emb.shape[0] > 0
     if here:
         img_thresholds, cap_thresholds = ops.retrieval_thresholds(img_emb, cap_emb, cap_to_img)
@@ -52,15 +53,22 @@ def _sharded_ranks(
     # An image's threshold is its best own caption, wherever that caption is.
     dist.all_reduce(img_thresholds, op=dist.ReduceOp.MAX)
     if here:
-        img_counts, cap_counts = ops.retrieval_count_above(
+        counts = ops.retrieval_count_at_least(
             img_emb, cap_emb, cap_to_img, img_thresholds, cap_thresholds
         )
     else:
-        img_counts = torch.zeros(n, dtype=torch.int64, device=img_emb.device)
-        cap_counts = torch.zeros(0, dtype=torch.int64, device=img_emb.device)
-    dist.all_reduce(img_counts)  # captions above the threshold, summed over the shards
+        none = torch.zeros(0, dtype=torch.int64, device=img_emb.device)
+        counts = ops.Ranks(none.new_zeros(n), none, none.new_zeros(n), none)
+    # Captions at least as high as (and tied with) the threshold, summed over the shards.
+    per_image = torch.stack([counts.i2t, counts.i2t_ties])
+    dist.all_reduce(per_image)
     # A caption's rank is complete here (all images are); the tables need every rank's.
-    return img_counts, gather_uneven(cap_counts, ctx)
+    return ops.Ranks(
+        i2t=per_image[0],
+        t2i=gather_uneven(counts.t2i, ctx),
+        i2t_ties=per_image[1],
+        t2i_ties=gather_uneven(counts.t2i_ties, ctx),
+    )
 
 
 def _check_shard(
@@ -112,10 +120,10 @@ def evaluate_sharded(
     Every rank passes all images ``(N, d)`` and its own captions ``(M_r, d)`` with their images
     ``(M_r,)`` (any split of the captions; a rank may have none). Each rank scores only its
     ``N x M_r`` block: image thresholds (best own caption) are combined with a max over ranks and
-    counts of higher-scoring captions summed, while a caption's rank is complete on its own rank
-    and the ranks are gathered for the tables. Every rank returns the result of one process on
-    all captions, exactly (same GEMM scores, same integer counts). Collective: call it on all
-    ranks. In one process it is :func:`jwae_ext.retrieval.evaluate`.
+    counts of captions scoring at least as high (and of ties) summed, while a caption's rank is
+    complete on its own rank and the ranks are gathered for the tables. Every rank returns the
+    result of one process on all captions, exactly (same GEMM scores, same integer counts).
+    Collective: call it on all ranks. In one process it is :func:`jwae_ext.retrieval.evaluate`.
     """
     if not ctx.enabled:
         return retrieval.evaluate(img_emb, cap_emb, cap_to_img, protocol)

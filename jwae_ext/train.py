@@ -4,8 +4,10 @@ With no flags it trains ``jwae-mh`` on the embedded dataset in a few CPU minutes
 ``--task grounding`` trains a phrase-localization model instead
 (:mod:`jwae_ext.grounding.trainer`). A run lives in
 ``runs/NAME/``: ``config.json``, ``vocab.json``, ``metrics.jsonl`` (one JSON object per epoch),
-``last.pt`` and ``best.pt`` (written atomically; ``--resume`` continues exactly from ``last.pt``)
-and ``test.json``.
+``last.pt`` and ``best.pt`` (written atomically; ``--resume`` continues exactly from ``last.pt``),
+``test.json``, and ``baseline.json``: the ridge baseline (:mod:`jwae_ext.baseline`) on the same
+dev split, computed once at the start; a run whose best dev rsum stays below it ends with a
+warning naming both.
 
 Under ``torchrun --nproc_per_node N -m jwae_ext.train ...`` the same run is data-parallel over N
 processes (docs/distributed.md): ``--batch-size`` stays the global batch, rank 0 writes the files
@@ -15,14 +17,18 @@ random streams of word dropout and prior samples, which are per rank.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
+import time
 
 import torch
 from tqdm import tqdm
 
 from jwae_ext import checkpoint, distributed
+from jwae_ext.baseline import fit_on_dev
+from jwae_ext.checkpoint import write_text_atomic
 from jwae_ext.collapse import code_spread, collapse_message
 from jwae_ext.config import (
     SMALL_DATA_PAIRS,
@@ -32,7 +38,15 @@ from jwae_ext.config import (
     resolve,
     resolve_device,
 )
-from jwae_ext.data import CaptionSplit, PairBatch, PairDataset, Vocabulary, collate, load_split
+from jwae_ext.data import (
+    CaptionSplit,
+    PairBatch,
+    PairDataset,
+    Vocabulary,
+    collate,
+    load_split,
+    unknown_captions_line,
+)
 from jwae_ext.data.unpaired import UnpairedData, load_unpaired_captions, load_unpaired_images
 from jwae_ext.grounding.trainer import GroundingTrainer
 from jwae_ext.losses import LossConfig
@@ -224,6 +238,55 @@ class Trainer(RunLoop):
     def format_result(self, result: dict) -> str:
         return f"\ntest ({self.cfg.protocol}), best dev epoch:\n{format_table(result)}"
 
+    def notes_at_start(self) -> list[str]:
+        """The captions of the training and dev splits that have no known word, and the ridge
+        baseline's dev table (:meth:`dev_baseline`)."""
+        lines = [
+            unknown_captions_line(
+                split.name, self.vocab.captions_without_known_word(split.captions),
+                split.num_captions,
+            )
+            for split in (self.train_split, self.dev_split)
+        ]  # fmt: skip
+        self.baseline = self.dev_baseline()
+        b = self.baseline
+        lines.append(
+            f"ridge baseline on {self.dev_split.name} (python -m jwae_ext.baseline, alpha "
+            f"{b['alpha']:g}): dev rsum {b['rsum']:.1f}  i2t R@1 {b['i2t']['r1']:.1f}  "
+            f"t2i R@1 {b['t2i']['r1']:.1f}  ({b['seconds']:.1f} s)"
+        )
+        return lines
+
+    def dev_baseline(self) -> dict:
+        """The ridge baseline's table on the dev split (the weight chosen there, as this run
+        chooses its best epoch), fitted on the training split already loaded; written to
+        ``baseline.json`` once. A resumed run reads it back: the same splits give the same
+        table (the fit is deterministic), so there is nothing to recompute."""
+        path = self.dir / "baseline.json"
+        if self.cfg.resume and path.is_file():
+            try:
+                return json.loads(path.read_text())
+            except (OSError, ValueError) as err:  # written atomically: damage from outside
+                raise checkpoint.CheckpointError(f"cannot read {path}: {err}") from err
+        started = time.perf_counter()
+        _, table = fit_on_dev(self.train_split, self.dev_split)
+        table["seconds"] = round(time.perf_counter() - started, 2)
+        table["data"] = self.dev_split.name
+        write_text_atomic(path, json.dumps(table, indent=1))
+        return table
+
+    def notes_at_end(self) -> list[str]:
+        """A warning when the best dev rsum stayed below the ridge baseline's."""
+        baseline = self.baseline["rsum"]
+        if self.best_rsum >= baseline:
+            return []
+        return [
+            f"warning: the best dev rsum of this run, {self.best_rsum:.1f}, stayed below the "
+            f"ridge baseline's dev rsum, {baseline:.1f}, on the same split "
+            f"({self.dev_split.name}): a linear map from the image features to bags of words "
+            "retrieves better than this model (see baseline.json)"
+        ]
+
 
 def main(argv: list[str] | None = None) -> int:
     prog = "python -m jwae_ext.train"
@@ -266,10 +329,15 @@ def _run(trainer: RunLoop) -> None:
             f"device {trainer.device}{processes}",
             flush=True,
         )
+        for line in trainer.notes_at_start():
+            print(line, flush=True)
     trainer.fit()
     result = trainer.test()
-    if result is not None and ctx.is_main:
-        print(trainer.format_result(result))
+    if ctx.is_main:
+        if result is not None:
+            print(trainer.format_result(result))
+        for line in trainer.notes_at_end():
+            print(line, file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -211,6 +211,14 @@ class RunLoop:
         """The test result as printed at the end of the run."""
         raise NotImplementedError
 
+    def notes_at_start(self) -> list[str]:
+        """Lines printed (rank 0) under the run's first line, before the first epoch."""
+        return []
+
+    def notes_at_end(self) -> list[str]:
+        """Warnings printed (rank 0, on stderr) once the run has ended."""
+        return []
+
     # -- checkpoints -------------------------------------------------------------------------
 
     def _state(self) -> dict:

@@ -6,7 +6,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from jwae_ext.data import END_ID, PAD_ID, START_ID, UNK_ID, Vocabulary, tokenize
+from jwae_ext.data import (
+    END_ID,
+    PAD_ID,
+    START_ID,
+    UNK_ID,
+    Vocabulary,
+    tokenize,
+    unknown_captions_line,
+)
 from jwae_ext.data.vocab import SPECIAL_TOKENS
 
 
@@ -183,3 +191,13 @@ def test_vocab_loader_fuzz_json_structures(tmp_path_factory, data):
     else:
         assert vocab.idx2word[:4] == list(SPECIAL_TOKENS)
         assert all(vocab.word2idx[w] == i for i, w in enumerate(vocab.idx2word))
+
+
+def test_captions_without_known_word():
+    vocab = Vocabulary(["a", "red", "cube", "."])
+    captions = ["A red cube.", "a zebra", "zebra quagga", "Quagga!", "", "okapi ."]
+    # "a zebra" and "okapi ." keep a known token; the others have none (or no token at all).
+    assert vocab.captions_without_known_word(captions) == 3
+    assert unknown_captions_line("x/dev", 3, len(captions)) == (
+        "x/dev: 3 of 6 captions have no known word"
+    )

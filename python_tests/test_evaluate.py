@@ -41,7 +41,8 @@ def tables(result: dict) -> dict:
 
 def check_schema(result: dict) -> None:
     assert {"checkpoint", "variant", "trained_on", "data", "protocol", "images", "captions",
-            "seed", "i2t", "t2i", "rsum", "continuity"} <= set(result)  # fmt: skip
+            "no_known_word", "seed", "i2t", "t2i", "rsum", "ties",
+            "continuity"} <= set(result)  # fmt: skip
     for direction in ("i2t", "t2i"):
         assert set(result[direction]) == TABLE_KEYS
         assert all(0 <= result[direction][f"r{k}"] <= 100 for k in (1, 5, 10))
@@ -105,6 +106,20 @@ def test_precomp_folder_gives_the_embedded_table(run, tmp_path):
     assert tables(result) == tables(json.loads((run / "test.json").read_text()))
     # Codes can be drawn (by modality), pictures cannot.
     assert sorted(p.name for p in fig_dir.iterdir()) == ["curves.png", "latent.png"]
+
+
+def test_captions_with_no_known_word_are_counted(run, tmp_path):
+    folder = export_precomp(tmp_path / "precomp", "a", seed=0, sizes={"test": 24})
+    captions = folder / "test_caps.txt"
+    lines = captions.read_text().splitlines()
+    lines[:7] = ["xylophone quux"] * 6 + ["zzyzx"]  # words the vocabulary cannot hold
+    captions.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "unknown.json"
+    proc = evaluate(str(run), "--data", str(folder), "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(out.read_text())
+    assert result["no_known_word"] == 7
+    assert f"{folder}/test: 7 of 120 captions have no known word" in proc.stdout
 
 
 def test_missing_checkpoint_exits_cleanly(tmp_path):

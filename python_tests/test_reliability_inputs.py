@@ -62,7 +62,7 @@ def _retrieval_inputs():
     }
 
 
-def _count_above_inputs():
+def _count_at_least_inputs():
     inputs = _retrieval_inputs()
     thresholds = reference.retrieval_thresholds(*inputs.values())
     return {**inputs, "img_thresholds": thresholds[0], "cap_thresholds": thresholds[1]}
@@ -140,10 +140,10 @@ ENTRIES = {
         _RETRIEVAL_KINDS,
         "error",
     ),
-    "retrieval_count_above": Entry(
-        ops.retrieval_count_above,
-        reference.retrieval_count_above,
-        _count_above_inputs,
+    "retrieval_count_at_least": Entry(
+        ops.retrieval_count_at_least,
+        reference.retrieval_count_at_least,
+        _count_at_least_inputs,
         {**_RETRIEVAL_KINDS, "img_thresholds": "float", "cap_thresholds": "float"},
         "error",
         {"img_thresholds": "threshold", "cap_thresholds": "threshold"},

@@ -1,4 +1,5 @@
-"""Retrieval ranks, thresholds, counts and top-k against the full-matrix references."""
+"""Retrieval ranks, thresholds, counts and top-k against the full-matrix references, and the
+ranks' tie rule (a tie is never a hit) against its definition."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
+from rank_rules import ranks_by_definition
 
 from jwae_ext import ops
 from jwae_ext.reference import retrieval as reference
@@ -55,14 +57,64 @@ def retrieval_cases(draw, max_images: int = 200, max_dim: int = 300):
 # ---- retrieval_ranks ----------------------------------------------------------------------------
 
 
+def assert_same(got, want):
+    for a, b in zip(got, want, strict=True):
+        assert a.dtype == b.dtype == torch.int64
+        assert torch.equal(a, b)
+
+
 @given(retrieval_cases())
 def test_ranks_equal_the_vsepp_procedure(case):
     img, cap, cap_to_img = case
-    i2t, t2i = ops.retrieval_ranks(img, cap, cap_to_img)
-    ref_i2t, ref_t2i = reference.retrieval_ranks(img, cap, cap_to_img)
-    assert i2t.dtype == t2i.dtype == torch.int64
-    assert torch.equal(i2t, ref_i2t)
-    assert torch.equal(t2i, ref_t2i)
+    want = reference.retrieval_ranks(img, cap, cap_to_img)
+    assert_same(ops.retrieval_ranks(img, cap, cap_to_img), want)
+
+
+@st.composite
+def tied_cases(draw):
+    """Scores full of exact ties: embeddings of small integers in a few dimensions (exact dot
+    products on every path), captions and images repeated, captions with no word (zero rows, as
+    a caption of unknown words in a bag of words)."""
+    seed = draw(st.integers(0, 2**31 - 1))
+    g = torch.Generator().manual_seed(seed)
+    n_images = draw(st.integers(1, 40))
+    counts = draw(st.lists(st.integers(1, 6), min_size=n_images, max_size=n_images))
+    cap_to_img = caption_owners(counts, draw(st.booleans()), g)
+    d = draw(st.integers(1, 4))
+    low = draw(st.sampled_from([0, -1]))
+    img = torch.randint(low, 2, (n_images, d), generator=g).float()
+    cap = torch.randint(low, 2, (len(cap_to_img), d), generator=g).float()
+    repeated = torch.randint(0, len(cap), (len(cap) // 3,), generator=g)
+    cap[repeated] = cap[torch.randint(0, len(cap), (len(repeated),), generator=g)]
+    cap[torch.randint(0, len(cap), (len(cap) // 5,), generator=g)] = 0.0
+    img[torch.randint(0, n_images, (n_images // 3,), generator=g)] = img[0].clone()
+    return img, cap, cap_to_img
+
+
+@given(tied_cases())
+def test_ties_count_against_the_query(case):
+    img, cap, cap_to_img = case
+    want = ranks_by_definition(img.double() @ cap.double().T, cap_to_img)
+    assert_same(ops.retrieval_ranks(img, cap, cap_to_img), want)
+    assert_same(reference.retrieval_ranks(img, cap, cap_to_img), want)
+    thresholds = ops.retrieval_thresholds(img, cap, cap_to_img)
+    assert_same(ops.retrieval_count_at_least(img, cap, cap_to_img, *thresholds), want)
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_tie_free_scores_rank_as_under_the_rule_before(shuffle):
+    # Continuous scores tie with probability ~0: counting ties against the query changes nothing
+    # there (the README's tables, all measured on such scores, stand), and no query has a tie.
+    g = torch.Generator().manual_seed(11)
+    cap_to_img = caption_owners([5] * 500 + [1, 2, 3] * 40, shuffle, g)
+    for dtype in (torch.float32, torch.float64):
+        img = torch.randn(620, 32, generator=g, dtype=dtype)
+        cap = img[cap_to_img] + 2.0 * torch.randn(len(cap_to_img), 32, generator=g, dtype=dtype)
+        got = ops.retrieval_ranks(img, cap, cap_to_img)
+        before = ranks_by_definition(img.double() @ cap.double().T, cap_to_img, ties_count="for")
+        assert torch.equal(got.i2t, before[0]) and torch.equal(got.t2i, before[1])
+        assert not got.i2t_ties.any() and not got.t2i_ties.any()
+        assert 0 < int((got.i2t == 0).sum()) < len(img)  # a case that discriminates
 
 
 @pytest.mark.parametrize("shuffle", [False, True])
@@ -73,40 +125,38 @@ def test_ranks_across_many_tiles(shuffle, integer):
     cap_to_img = caption_owners([5] * 500 + [6] * 100, shuffle, g)
     img = embeddings(600, 24, integer, g)
     cap = embeddings(len(cap_to_img), 24, integer, g)
-    for got, want in zip(
-        ops.retrieval_ranks(img, cap, cap_to_img),
-        reference.retrieval_ranks(img, cap, cap_to_img),
-        strict=True,
-    ):
-        assert torch.equal(got, want)
+    assert_same(
+        ops.retrieval_ranks(img, cap, cap_to_img), reference.retrieval_ranks(img, cap, cap_to_img)
+    )
 
 
 def test_duplicate_captions_tie_in_fp32():
-    # Copies tie exactly in exact arithmetic. The ranks count those ties in the query's favour
+    # Copies tie exactly in exact arithmetic. The ranks count those ties against the query
     # although the copies and the own scores sit in different GEMM tiles (thresholds come from
     # the tiles themselves): the duplicated image and the original rank alike, as do the copied
-    # captions, and all equal the reference's.
+    # captions, each has a tie, and all equal the reference's.
     g = torch.Generator().manual_seed(2)
     cap_to_img = torch.arange(3000) // 5
     img = torch.randn(600, 64, generator=g)
     cap = torch.randn(3000, 64, generator=g)
     cap[2995:] = cap[:5]  # image 599's captions copy image 0's
     img[599] = img[0]
-    i2t, t2i = ops.retrieval_ranks(img, cap, cap_to_img)
-    assert i2t[0] == i2t[599]
-    assert torch.equal(t2i[:5], t2i[2995:])
-    ref_i2t, ref_t2i = reference.retrieval_ranks(img, cap, cap_to_img)
-    assert torch.equal(i2t, ref_i2t) and torch.equal(t2i, ref_t2i)
+    ranks = ops.retrieval_ranks(img, cap, cap_to_img)
+    assert ranks.i2t[0] == ranks.i2t[599] and ranks.i2t_ties[0] > 0
+    assert torch.equal(ranks.t2i[:5], ranks.t2i[2995:]) and (ranks.t2i_ties[:5] > 0).all()
+    assert_same(ranks, reference.retrieval_ranks(img, cap, cap_to_img))
 
 
-def test_ties_count_in_favour_of_the_query():
-    # Every score is equal: nothing scores strictly higher, every rank is 0.
+def test_one_code_for_every_item_ranks_nothing_first():
+    # Every score is equal (a model that cannot tell anything apart): every other item ties with
+    # the ground truth and counts against it, so no query is a hit.
     img = torch.ones(4, 3)
     cap = torch.ones(9, 3)
     cap_to_img = torch.tensor([0, 0, 1, 1, 1, 2, 3, 3, 3])
-    i2t, t2i = ops.retrieval_ranks(img, cap, cap_to_img)
-    assert torch.equal(i2t, torch.zeros(4, dtype=torch.int64))
-    assert torch.equal(t2i, torch.zeros(9, dtype=torch.int64))
+    i2t, t2i, i2t_ties, t2i_ties = ops.retrieval_ranks(img, cap, cap_to_img)
+    others = 9 - torch.bincount(cap_to_img)  # captions of the other images
+    assert torch.equal(i2t, others) and torch.equal(i2t_ties, others)
+    assert torch.equal(t2i, torch.full((9,), 3)) and torch.equal(t2i_ties, torch.full((9,), 3))
 
 
 def test_ranks_on_a_hand_made_case():
@@ -114,13 +164,15 @@ def test_ranks_on_a_hand_made_case():
     cap = torch.tensor([[2.0, 0.0], [0.0, 1.0], [3.0, 3.0], [1.0, 0.0]])
     cap_to_img = torch.tensor([1, 0, 2, 2])
     # S = [[2, 0, 3, 1], [0, 1, 3, 0], [2, 1, 6, 1]]
-    i2t, t2i = ops.retrieval_ranks(img, cap, cap_to_img)
+    i2t, t2i, i2t_ties, t2i_ties = ops.retrieval_ranks(img, cap, cap_to_img)
     # image 0: own {1}: best 0 -> captions 0, 2, 3 above -> 3; image 1: own {0}: best 0 ->
-    # captions 1 and 2 (other images) above -> 2; image 2: own {2, 3}: best 6 -> 0.
-    assert i2t.tolist() == [3, 2, 0]
+    # captions 1 and 2 (other images) above and 3 tied -> 3; image 2: own {2, 3}: best 6 -> 0.
+    assert i2t.tolist() == [3, 3, 0]
+    assert i2t_ties.tolist() == [0, 1, 0]
     # caption 0 (image 1, S=0): images 0 and 2 above -> 2; caption 1 (image 0, S=0): 1 and 2 -> 2;
-    # caption 2 (image 2, S=6): 0; caption 3 (image 2, S=1): image 0 ties (not above) -> 0.
-    assert t2i.tolist() == [2, 2, 0, 0]
+    # caption 2 (image 2, S=6): 0; caption 3 (image 2, S=1): image 0 ties, a miss -> 1.
+    assert t2i.tolist() == [2, 2, 0, 1]
+    assert t2i_ties.tolist() == [0, 0, 0, 1]
 
 
 def test_ranks_do_not_depend_on_the_thread_count():
@@ -134,8 +186,7 @@ def test_ranks_do_not_depend_on_the_thread_count():
         single = ops.retrieval_ranks(img, cap, cap_to_img)
     finally:
         torch.set_num_threads(threads)
-    for got, want in zip(ops.retrieval_ranks(img, cap, cap_to_img), single, strict=True):
-        assert torch.equal(got, want)
+    assert_same(ops.retrieval_ranks(img, cap, cap_to_img), single)
 
 
 def test_non_contiguous_inputs():
@@ -149,12 +200,11 @@ def test_non_contiguous_inputs():
     owners_sliced = torch.stack([cap_to_img, cap_to_img], dim=1)[:, 0]  # stride 2
     got = ops.retrieval_ranks(img_t, cap_sliced, owners_sliced)
     assert not img_t.is_contiguous() and not cap_sliced.is_contiguous()
-    for a, b in zip(got, expected, strict=True):
-        assert torch.equal(a, b)
+    assert_same(got, expected)
     # expanded (stride-0) inputs: one image, every caption its own
     one = img[:1].expand(1, 16)
-    i2t, t2i = ops.retrieval_ranks(one, cap, torch.zeros(1, dtype=torch.int64).expand(120))
-    assert i2t.tolist() == [0] and t2i.tolist() == [0] * 120
+    ranks = ops.retrieval_ranks(one, cap, torch.zeros(1, dtype=torch.int64).expand(120))
+    assert ranks.i2t.tolist() == [0] and ranks.t2i.tolist() == [0] * 120
 
 
 def test_inputs_that_require_grad_give_plain_ranks():
@@ -168,7 +218,7 @@ def test_inputs_that_require_grad_give_plain_ranks():
         assert not out.requires_grad
 
 
-# ---- retrieval_thresholds and retrieval_count_above ---------------------------------------------
+# ---- retrieval_thresholds and retrieval_count_at_least ------------------------------------------
 
 
 @given(retrieval_cases(max_images=60, max_dim=40))
@@ -183,27 +233,24 @@ def test_thresholds_and_counts_equal_the_reference(case):
     # external thresholds: the own ones shifted to land on, between and beside the scores
     img_thr = thresholds[0] + torch.randint(-2, 3, thresholds[0].shape).float() * 0.5
     cap_thr = thresholds[1] + torch.randint(-2, 3, thresholds[1].shape).float() * 0.5
-    for got, want in zip(
-        ops.retrieval_count_above(img, cap, cap_to_img, img_thr, cap_thr),
-        reference.retrieval_count_above(img, cap, cap_to_img, img_thr, cap_thr),
-        strict=True,
-    ):
-        assert torch.equal(got, want)
+    assert_same(
+        ops.retrieval_count_at_least(img, cap, cap_to_img, img_thr, cap_thr),
+        reference.retrieval_count_at_least(img, cap, cap_to_img, img_thr, cap_thr),
+    )
 
 
-def test_ranks_are_counts_above_the_thresholds():
+def test_ranks_are_counts_at_least_the_thresholds():
     g = torch.Generator().manual_seed(5)
     cap_to_img = torch.arange(2600) // 5
     img = torch.randn(520, 32, generator=g)
     cap = torch.randn(2600, 32, generator=g)
     thresholds = ops.retrieval_thresholds(img, cap, cap_to_img)
-    counts = ops.retrieval_count_above(img, cap, cap_to_img, *thresholds)
-    for got, want in zip(counts, ops.retrieval_ranks(img, cap, cap_to_img), strict=True):
-        assert torch.equal(got, want)
+    counts = ops.retrieval_count_at_least(img, cap, cap_to_img, *thresholds)
+    assert_same(counts, ops.retrieval_ranks(img, cap, cap_to_img))
 
 
 def test_sharded_gallery_sums_to_the_ranks():
-    # Captions split in two shards: best own scores reduce with max, counts with sum.
+    # Captions split in two shards: best own scores reduce with max, counts and ties with sum.
     g = torch.Generator().manual_seed(6)
     cap_to_img = caption_owners([1, 3, 5, 2] * 30, True, g)
     img = embeddings(120, 6, True, g)
@@ -212,12 +259,15 @@ def test_sharded_gallery_sums_to_the_ranks():
     per_shard = [ops.retrieval_thresholds(img, cap[s], cap_to_img[s]) for s in shards]
     img_thr = torch.maximum(per_shard[0][0], per_shard[1][0])
     counts = [
-        ops.retrieval_count_above(img, cap[s], cap_to_img[s], img_thr, thr[1])
+        ops.retrieval_count_at_least(img, cap[s], cap_to_img[s], img_thr, thr[1])
         for s, thr in zip(shards, per_shard, strict=True)
     ]
-    i2t, t2i = ops.retrieval_ranks(img, cap, cap_to_img)
-    assert torch.equal(counts[0][0] + counts[1][0], i2t)
-    assert torch.equal(torch.cat([counts[0][1], counts[1][1]]), t2i)
+    ranks = ops.retrieval_ranks(img, cap, cap_to_img)
+    assert ranks.i2t_ties.any() and ranks.t2i_ties.any()  # the integer case has ties
+    assert torch.equal(counts[0].i2t + counts[1].i2t, ranks.i2t)
+    assert torch.equal(counts[0].i2t_ties + counts[1].i2t_ties, ranks.i2t_ties)
+    assert torch.equal(torch.cat([counts[0].t2i, counts[1].t2i]), ranks.t2i)
+    assert torch.equal(torch.cat([counts[0].t2i_ties, counts[1].t2i_ties]), ranks.t2i_ties)
 
 
 def test_image_thresholds_without_captions_are_minus_infinity():
@@ -228,16 +278,18 @@ def test_image_thresholds_without_captions_are_minus_infinity():
     assert cap_thr.tolist() == [1.0, 0.0]
 
 
-def test_count_above_skips_captions_of_absent_images():
+def test_count_at_least_skips_captions_of_absent_images():
     img = torch.tensor([[1.0], [2.0]])
     cap = torch.tensor([[1.0], [3.0], [5.0]])
     cap_to_img = torch.tensor([0, -1, 1])  # caption 1 belongs to an image of another shard
-    img_counts, cap_counts = ops.retrieval_count_above(
+    img_counts, cap_counts, img_ties, cap_ties = ops.retrieval_count_at_least(
         img, cap, cap_to_img, torch.tensor([2.0, 2.0]), torch.tensor([0.0, 2.0, 0.0])
     )
     # S = [[1, 3, 5], [2, 6, 10]]
-    assert img_counts.tolist() == [2, 1]  # image 0: 3, 5 (not its own 1); image 1: 6 (not 10)
+    assert img_counts.tolist() == [2, 2]  # image 0: 3, 5 (not its own 1); image 1: 2, 6 (not 10)
+    assert img_ties.tolist() == [0, 1]  # image 1: caption 0's 2 equals the threshold
     assert cap_counts.tolist() == [1, 2, 1]  # caption 0: image 1 only; caption 1: both
+    assert cap_ties.tolist() == [0, 0, 0]
 
 
 # ---- topk_search --------------------------------------------------------------------------------
@@ -369,7 +421,7 @@ def _opcheck_cases():
     return [
         ("retrieval_ranks", (img, cap, cap_to_img)),
         ("retrieval_thresholds", (img, cap, cap_to_img)),
-        ("retrieval_count_above", (img, cap, cap_to_img, img_thr, cap_thr)),
+        ("retrieval_count_at_least", (img, cap, cap_to_img, img_thr, cap_thr)),
         ("topk_search", (img, cap, 5)),
         ("topk_search", (img.double().requires_grad_(), cap.double().requires_grad_(), 13)),
     ]
@@ -436,14 +488,14 @@ def test_bad_thresholds(change, error, message):
     img, cap, owners = _valid()
     thresholds = ops.retrieval_thresholds(img, cap, owners)
     with pytest.raises(error, match=message):
-        ops.retrieval_count_above(img, cap, owners, *change(*thresholds))
+        ops.retrieval_count_at_least(img, cap, owners, *change(*thresholds))
 
 
-def test_count_above_takes_minus_one_but_nothing_lower():
+def test_count_at_least_takes_minus_one_but_nothing_lower():
     img, cap, owners = _valid()
     thresholds = ops.retrieval_thresholds(img, cap, owners)
     with pytest.raises(ValueError, match=r"image ids in \[-1, 4\)"):
-        ops.retrieval_count_above(img, cap, owners - 2, *thresholds)
+        ops.retrieval_count_at_least(img, cap, owners - 2, *thresholds)
 
 
 @pytest.mark.parametrize(

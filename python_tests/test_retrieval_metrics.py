@@ -73,6 +73,7 @@ def test_full_protocol_equals_vsepp():
     assert _as_tuple(result["i2t"]) == vsepp_i2t(images, cap.numpy())
     assert _as_tuple(result["t2i"]) == vsepp_t2i(images, cap.numpy())
     assert 0 < result["i2t"]["r1"] < 100  # a case that discriminates
+    assert result["ties"] == {"i2t": 0, "t2i": 0}  # tie-free: VSE++'s rule and ours agree
     recalls = ("r1", "r5", "r10")
     assert result["rsum"] == sum(result[d][r] for d in ("i2t", "t2i") for r in recalls)
 
@@ -99,9 +100,10 @@ def test_1k_protocol_equals_vsepp_fold5():
 
 
 def _fold_case(shuffle: bool):
-    """COCO-5K-shaped case with known answers. Images of fold f are all e_f, their captions e_f,
-    except caption 0 of image 0 (fold 0): 2 * (e_0 + ... + e_4), which scores 2 against every
-    image while every own score is 1 and other folds score 0."""
+    """COCO-5K-shaped case with known answers, made of ties. Images of fold f are all e_f, their
+    captions e_f, except caption 0 of image 0 (fold 0): 2 * (e_0 + ... + e_4), which scores 2
+    against every image while every own score is 1, as are the scores of the other images and
+    captions of the fold, and other folds score 0."""
     eye = torch.eye(5)
     img = eye.repeat_interleave(1000, dim=0)
     cap_to_img = torch.arange(25000) // 5
@@ -116,23 +118,47 @@ def _fold_case(shuffle: bool):
 @pytest.mark.parametrize("shuffle", [False, True])
 def test_protocols_on_a_known_case(shuffle):
     img, cap, cap_to_img = _fold_case(shuffle)
-    # 5K: every image but image 0 has the super caption (another image's) above: i2t rank 1.
-    # t2i: own image scores 1, its fold's images tie (not above), others 0: rank 0; the super
-    # caption's own image scores 2 like every other image: rank 0.
+    # Ties count against the query. 5K, i2t: image 0's best caption (the super one, 2) has nothing
+    # as high: rank 0. Another image of fold 0 (best 1): the 4995 other captions of the fold score
+    # at least 1 (the super caption 2, the rest tie): rank 4995. An image of folds 1-4: its fold's
+    # 4995 other captions tie and the super caption scores 2: rank 4996.
     five_k = retrieval.evaluate(img, cap, cap_to_img, protocol="5k")
+    i2t_ranks_sum = 999 * 4995 + 4000 * 4996
     assert five_k["i2t"] == pytest.approx(
-        {"r1": 100 / 5000, "r5": 100.0, "r10": 100.0, "medr": 2.0, "meanr": 1 + 4999 / 5000}
+        {"r1": 100 / 5000, "r5": 100 / 5000, "r10": 100 / 5000, "medr": 4997.0,
+         "meanr": 1 + i2t_ranks_sum / 5000}
+    )  # fmt: skip
+    # t2i: a caption's own image scores 1 and the 999 other images of its fold tie: rank 999; the
+    # super caption's own image scores 2 like every other image: rank 4999.
+    t2i_ranks_sum = 24999 * 999 + 4999
+    assert five_k["t2i"] == pytest.approx(
+        {"r1": 0.0, "r5": 0.0, "r10": 0.0, "medr": 1000.0, "meanr": 1 + t2i_ranks_sum / 25000}
     )
-    assert five_k["t2i"] == {"r1": 100.0, "r5": 100.0, "r10": 100.0, "medr": 1.0, "meanr": 1.0}
-    assert five_k["rsum"] == pytest.approx(100 / 5000 + 500)
+    assert five_k["rsum"] == pytest.approx(3 * 100 / 5000)
+    assert five_k["ties"] == {"i2t": 4999, "t2i": 25000}
     assert retrieval.evaluate(img, cap, cap_to_img, protocol="full") == five_k
-    # 1K: only fold 0 holds the super caption: R@1 is 0.1% there and 100% in folds 1-4.
+    # 1K: each fold ranks alone. i2t: fold 0 as in 5K (rank 0 once, 4995 for the other 999);
+    # folds 1-4 have no super caption: 4995. t2i: 999 for every caption, the super one included.
     one_k = retrieval.evaluate(img, cap, cap_to_img, protocol="1k")
-    assert one_k["i2t"]["r1"] == pytest.approx((0.1 + 4 * 100) / 5)
-    assert one_k["i2t"]["medr"] == pytest.approx((2 + 4 * 1) / 5)
-    assert one_k["i2t"]["meanr"] == pytest.approx((1 + 999 / 1000 + 4 * 1) / 5)
-    assert one_k["t2i"]["r1"] == 100.0
-    assert one_k["rsum"] == pytest.approx((0.1 + 4 * 100) / 5 + 500)
+    assert one_k["i2t"]["r1"] == pytest.approx(0.1 / 5)
+    assert one_k["i2t"]["r10"] == pytest.approx(0.1 / 5)
+    assert one_k["i2t"]["medr"] == 4996.0
+    assert one_k["i2t"]["meanr"] == pytest.approx((1 + 999 * 4995 / 1000 + 4 * 4996) / 5)
+    assert one_k["t2i"] == {"r1": 0.0, "r5": 0.0, "r10": 0.0, "medr": 1000.0, "meanr": 1000.0}
+    assert one_k["rsum"] == pytest.approx(3 * 0.1 / 5)
+    assert one_k["ties"] == {"i2t": 999 + 4 * 1000, "t2i": 25000}  # summed over the folds
+
+
+def test_the_table_says_how_many_queries_tied():
+    img, cap, cap_to_img = _coco_like(20, 4, seed=5)
+    untied = retrieval.evaluate(img, cap, cap_to_img)
+    assert "ties" not in retrieval.format_table(untied)
+    # Image 2's captions copy image 1's: the best caption of each of the two images ties with a
+    # caption of the other; no caption ties (the two images differ).
+    cap[10:15] = cap[5:10]
+    tied = retrieval.evaluate(img, cap, cap_to_img)
+    assert tied["ties"] == {"i2t": 2, "t2i": 0}
+    assert "ties: 2 i2t and 0 t2i queries" in retrieval.format_table(tied)
 
 
 def test_recall_table_known_answers():

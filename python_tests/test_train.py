@@ -62,6 +62,11 @@ def test_train_writes_the_run_and_prints_the_test_table(tmp_path):
         assert {"i2t", "t2i", "rsum"} <= set(r["dev"])
         assert set(r["dev"]["codes"]) == {"image", "caption"}  # their spread (collapse.py)
     assert "R@1" in proc.stdout and "rsum" in proc.stdout and "i2t" in proc.stdout
+    assert "synthetic-a/train: 0 of 240 captions have no known word" in proc.stdout
+    assert "synthetic-a/dev: " in proc.stdout and "captions have no known word" in proc.stdout
+    baseline = json.loads((run / "baseline.json").read_text())
+    assert baseline["data"] == "synthetic-a/dev" and str(baseline["alpha"]) in baseline["dev_rsum"]
+    assert f"dev rsum {baseline['rsum']:.1f}" in proc.stdout.split("ridge baseline on")[1]
     test = json.loads((run / "test.json").read_text())
     assert 0 <= test["i2t"]["r1"] <= 100 and test["rsum"] > 0
     config = json.loads((run / "config.json").read_text())
@@ -82,6 +87,31 @@ def test_resume_continues_exactly(tmp_path):
         for n in ("straight", "resumed")
     ]
     assert [r["train"] for r in lines[0]] == [r["train"] for r in lines[1]]
+
+
+def test_a_run_below_the_ridge_baseline_ends_with_a_warning(tmp_path):
+    train(tmp_path, "--epochs", "1", "--name", "run")
+    run = tmp_path / "run"
+    # A resumed run reads baseline.json back instead of fitting again: with a baseline rsum of
+    # 600 (every recall 100%), which the tiny run stays below, it ends with the warning.
+    baseline = json.loads((run / "baseline.json").read_text())
+    (run / "baseline.json").write_text(json.dumps({**baseline, "rsum": 600.0}))
+    proc = train(tmp_path, "--resume", "--epochs", "2", "--name", "run")
+    assert "dev rsum 600.0" in proc.stdout.split("ridge baseline on")[1]
+    best = max(json.loads(line)["dev"]["rsum"] for line in (run / "metrics.jsonl").open())
+    assert best < 600.0
+    assert (
+        f"warning: the best dev rsum of this run, {best:.1f}, stayed below the ridge baseline's "
+        "dev rsum, 600.0, on the same split (synthetic-a/dev)"
+    ) in proc.stderr
+
+
+def test_no_warning_at_or_above_the_baseline(tmp_path):
+    trainer = tiny_trainer(tmp_path)
+    trainer.baseline = {"rsum": 120.0}
+    for best, warned in ((119.9, True), (120.0, False), (300.0, False)):
+        trainer.best_rsum = best
+        assert bool(trainer.notes_at_end()) == warned
 
 
 @pytest.mark.parametrize("variant", ["vse++", "vse0", "jwae-mse"])

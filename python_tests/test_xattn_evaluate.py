@@ -7,6 +7,7 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
+from rank_rules import ranks_by_definition
 
 from jwae_ext import ops, reference, retrieval
 from jwae_ext.reference.xattn_scores import AGGREGATIONS, DIRECTIONS, RAW_FEATURE_NORMS
@@ -29,7 +30,7 @@ def matrix_tables(scores: torch.Tensor, cap_to_img: torch.Tensor, protocol: str 
 
 
 @st.composite
-def cases(draw):
+def cases(draw, duplicates: bool = False):
     seed = draw(st.integers(0, 2**31 - 1))
     g = torch.Generator().manual_seed(seed)
     n_images = draw(st.integers(1, 25))
@@ -47,7 +48,11 @@ def cases(draw):
     images = features(n_images, regions, d, g)
     captions = features(len(cap_to_img), max_words, d, g)
     lengths = torch.randint(1, max_words + 1, (len(cap_to_img),), generator=g)
-    if draw(st.booleans()):  # exact duplicates: ties in both computations
+    if duplicates:
+        # Duplicates tie exactly only where every word-region product is exact: a float product
+        # computed at another row of the kernel's GEMM can differ in the last bit from the
+        # original's. Small integers are exact (and tie in other ways too).
+        images, captions = images.round(), captions.round()
         j = torch.randint(0, len(captions), (max(1, len(captions) // 4),), generator=g)
         source = torch.randint(0, len(captions), (len(j),), generator=g)
         captions[j], lengths[j] = captions[source], lengths[source]
@@ -74,6 +79,20 @@ def test_tables_equal_evaluate_on_the_reference_score_matrix(case):
                                          cap_to_img)  # fmt: skip
     for r, w in zip(ranks, want_ranks, strict=True):
         assert torch.equal(r, w)
+    assert not ranks.i2t_ties.any() and not ranks.t2i_ties.any()  # random features: no tie
+
+
+@given(cases(duplicates=True))
+def test_ties_count_against_the_query(case):
+    # Ties are exact in the kernel's own scores (the reference's may round elsewhere): the ranks
+    # are the rule's on the score matrix of ops.xattn_scores, computed by the same tiles.
+    images, captions, lengths, cap_to_img, kwargs = case
+    ranks = ops.xattn_ranks(images, captions, lengths, cap_to_img, **kwargs)
+    scores = ops.xattn_scores(images, captions, lengths, **kwargs)
+    for r, w in zip(ranks, ranks_by_definition(scores, cap_to_img), strict=True):
+        assert torch.equal(r, w)
+    if len(images) > 1:  # the last image copies the first: image 0's captions have a t2i tie
+        assert ranks.t2i_ties[cap_to_img == 0].all()
 
 
 @pytest.mark.parametrize("direction", DIRECTIONS)
@@ -93,26 +112,36 @@ def test_ranks_across_many_tiles_with_duplicates(direction):
     want = reference.retrieval_ranks(scores, torch.eye(200, dtype=scores.dtype), cap_to_img)
     for r, w in zip(got, want, strict=True):
         assert torch.equal(r, w)
+    # The copied images tie with the originals for every caption of either: t2i ties, counted
+    # against the caption.
+    of_copied = (cap_to_img < 5) | ((cap_to_img >= 30) & (cap_to_img < 35))
+    assert got.t2i_ties[of_copied].all()
+    for r, w in zip(got, ranks_by_definition(scores, cap_to_img), strict=True):
+        assert torch.equal(r, w)
 
 
-def _ranks_from_scores(scores: torch.Tensor, cap_to_img: torch.Tensor):
-    """§3.3's ranks counted on a score matrix (for sizes where the identity trick is too big)."""
-    n_images, n_captions = scores.shape
-    own = scores[cap_to_img, torch.arange(n_captions)]
-    other = cap_to_img.view(1, -1) != torch.arange(n_images).view(-1, 1)
-    best = torch.full((n_images,), float("-inf"), dtype=scores.dtype)
-    best = best.scatter_reduce(0, cap_to_img, own, "amax")
-    i2t = ((scores > best.view(-1, 1)) & other).sum(1)
-    t2i = ((scores > own.view(1, -1)) & other).sum(0)
-    return i2t, t2i
+@pytest.mark.parametrize("direction", DIRECTIONS)
+def test_tie_free_scores_rank_as_under_the_rule_before(direction):
+    # Random features give tie-free scores: the ranks are those of the rule before (strictly
+    # higher scores only), and no query has a tie.
+    g = torch.Generator().manual_seed(8)
+    cap_to_img = owners([1, 2, 5] * 10, True, g)
+    images = features(30, 7, 6, g)
+    captions = features(len(cap_to_img), 5, 6, g)
+    lengths = torch.randint(1, 6, (len(cap_to_img),), generator=g)
+    scores = reference_scores(images, captions, lengths, direction=direction)
+    got = ops.xattn_ranks(images, captions, lengths, cap_to_img, direction=direction)
+    before = ranks_by_definition(scores, cap_to_img, ties_count="for")
+    assert torch.equal(got.i2t, before[0]) and torch.equal(got.t2i, before[1])
+    assert not got.i2t_ties.any() and not got.t2i_ties.any()
 
 
-def test_counting_helper_equals_the_reference_ranks():
+def test_the_definition_equals_the_reference_ranks():
     g = torch.Generator().manual_seed(3)
     cap_to_img = owners([1, 3, 2, 5], True, g)
     scores = torch.randint(-3, 4, (4, 11), generator=g).double()  # many ties
     want = reference.retrieval_ranks(scores, torch.eye(11, dtype=torch.float64), cap_to_img)
-    for r, w in zip(_ranks_from_scores(scores, cap_to_img), want, strict=True):
+    for r, w in zip(ranks_by_definition(scores, cap_to_img), want, strict=True):
         assert torch.equal(r, w)
 
 
@@ -127,7 +156,7 @@ def test_coco_protocols(protocol, per_image):
 
     def ranks(fold_images, caption_index, fold_cap_to_img):
         scores = ops.xattn_scores(fold_images, captions[caption_index], lengths[caption_index])
-        return _ranks_from_scores(scores, fold_cap_to_img)
+        return ranks_by_definition(scores, fold_cap_to_img)
 
     caption_index = torch.arange(len(cap_to_img))
     want = retrieval.protocol_tables(images, caption_index, cap_to_img, protocol, ranks)

@@ -38,17 +38,22 @@ __global__ void own_scores_kernel(const score_t* __restrict__ tile, int64_t row0
   if (r >= 0 && r < rows) own[col0 + c] = tile[r * cols + c];
 }
 
-// Counts, over one tile, S > img_thr[row] per row and S > cap_thr[col] per column, skipping own
-// pairs. A thread owns a column and walks kRowsPerBlock rows; per-row hits are summed by warp
-// ballots and a block reduction, then added with one atomic per row and per column.
+// Counts, over one tile, S >= img_thr[row] per row and S >= cap_thr[col] per column (hits), and
+// S == the threshold (ties), skipping own pairs. A thread owns a column and walks kRowsPerBlock
+// rows; per-row hits and ties are summed by warp ballots and a block reduction, then added with
+// one atomic per row and per column.
 template <typename score_t>
-__global__ void count_above_kernel(const score_t* __restrict__ tile, int64_t row0, int64_t rows,
-                                   int64_t col0, int64_t cols, const int64_t* __restrict__ owner,
-                                   const score_t* __restrict__ img_thr,
-                                   const score_t* __restrict__ cap_thr,
-                                   unsigned long long* __restrict__ img_counts,
-                                   unsigned long long* __restrict__ cap_counts) {
+__global__ void count_at_least_kernel(const score_t* __restrict__ tile, int64_t row0,
+                                      int64_t rows, int64_t col0, int64_t cols,
+                                      const int64_t* __restrict__ owner,
+                                      const score_t* __restrict__ img_thr,
+                                      const score_t* __restrict__ cap_thr,
+                                      unsigned long long* __restrict__ img_counts,
+                                      unsigned long long* __restrict__ cap_counts,
+                                      unsigned long long* __restrict__ img_ties,
+                                      unsigned long long* __restrict__ cap_ties) {
   __shared__ int row_hits[kRowsPerBlock][kWarps];
+  __shared__ int row_ties[kRowsPerBlock][kWarps];
   const int warp = threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
   const int64_t c = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
@@ -58,20 +63,33 @@ __global__ void count_above_kernel(const score_t* __restrict__ tile, int64_t row
   const score_t col_thr = active ? cap_thr[col0 + c] : score_t(0);
   const int64_t own_row = active ? owner[col0 + c] - row0 : -1;
   unsigned long long col_hits = 0;
+  unsigned long long col_ties = 0;
   for (int64_t r = r_begin; r < r_end; ++r) {
     const bool counted = active && r != own_row;
     const score_t s = counted ? tile[r * cols + c] : score_t(0);
-    col_hits += counted && s > col_thr;
-    const unsigned ballot = __ballot_sync(0xffffffffu, counted && s > img_thr[row0 + r]);
-    if (lane == 0) row_hits[r - r_begin][warp] = __popc(ballot);
+    col_hits += counted && s >= col_thr;
+    col_ties += counted && s == col_thr;
+    const score_t row_thr = img_thr[row0 + r];
+    const unsigned hit_ballot = __ballot_sync(0xffffffffu, counted && s >= row_thr);
+    const unsigned tie_ballot = __ballot_sync(0xffffffffu, counted && s == row_thr);
+    if (lane == 0) {
+      row_hits[r - r_begin][warp] = __popc(hit_ballot);
+      row_ties[r - r_begin][warp] = __popc(tie_ballot);
+    }
   }
   __syncthreads();
   if (threadIdx.x < r_end - r_begin) {
     unsigned long long hits = 0;
-    for (int w = 0; w < kWarps; ++w) hits += row_hits[threadIdx.x][w];
+    unsigned long long ties = 0;
+    for (int w = 0; w < kWarps; ++w) {
+      hits += row_hits[threadIdx.x][w];
+      ties += row_ties[threadIdx.x][w];
+    }
     if (hits) atomicAdd(img_counts + row0 + r_begin + threadIdx.x, hits);
+    if (ties) atomicAdd(img_ties + row0 + r_begin + threadIdx.x, ties);
   }
   if (col_hits) atomicAdd(cap_counts + col0 + c, col_hits);
+  if (col_ties) atomicAdd(cap_ties + col0 + c, col_ties);
 }
 
 at::Tensor own_scores_cuda(const at::Tensor& img, const at::Tensor& cap, const at::Tensor& owner) {
@@ -93,29 +111,32 @@ at::Tensor own_scores_cuda(const at::Tensor& img, const at::Tensor& cap, const a
   return own;
 }
 
-std::tuple<at::Tensor, at::Tensor> count_above_cuda(const at::Tensor& img, const at::Tensor& cap,
-                                                    const at::Tensor& owner,
-                                                    const at::Tensor& img_thresholds,
-                                                    const at::Tensor& cap_thresholds) {
+RankCounts count_at_least_cuda(const at::Tensor& img, const at::Tensor& cap,
+                               const at::Tensor& owner, const at::Tensor& img_thresholds,
+                               const at::Tensor& cap_thresholds) {
   const TileGrid grid = score_grid(img.size(0), cap.size(0));
   at::Tensor img_counts = at::zeros({img.size(0)}, owner.options());
   at::Tensor cap_counts = at::zeros({cap.size(0)}, owner.options());
+  at::Tensor img_ties = at::zeros({img.size(0)}, owner.options());
+  at::Tensor cap_ties = at::zeros({cap.size(0)}, owner.options());
+  auto counters = [](at::Tensor& t) {
+    return reinterpret_cast<unsigned long long*>(t.mutable_data_ptr<int64_t>());
+  };
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES(img_thresholds.scalar_type(), "retrieval_count_above_cuda", [&] {
+  AT_DISPATCH_FLOATING_TYPES(img_thresholds.scalar_type(), "retrieval_count_at_least_cuda", [&] {
     for_each_tile(img, cap, grid, [&](const DeviceTile& t, const at::Tensor& tile) {
       // rows <= 1024 and cols <= 4096: at most 16 x 32 blocks.
       const dim3 blocks(static_cast<unsigned>((t.cols + kThreads - 1) / kThreads),
                         static_cast<unsigned>((t.rows + kRowsPerBlock - 1) / kRowsPerBlock));
-      count_above_kernel<scalar_t><<<blocks, kThreads, 0, stream>>>(
+      count_at_least_kernel<scalar_t><<<blocks, kThreads, 0, stream>>>(
           tile.const_data_ptr<scalar_t>(), t.row0, t.rows, t.col0, t.cols,
           owner.const_data_ptr<int64_t>(), img_thresholds.const_data_ptr<scalar_t>(),
-          cap_thresholds.const_data_ptr<scalar_t>(),
-          reinterpret_cast<unsigned long long*>(img_counts.mutable_data_ptr<int64_t>()),
-          reinterpret_cast<unsigned long long*>(cap_counts.mutable_data_ptr<int64_t>()));
+          cap_thresholds.const_data_ptr<scalar_t>(), counters(img_counts), counters(cap_counts),
+          counters(img_ties), counters(cap_ties));
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   });
-  return {img_counts, cap_counts};
+  return {img_counts, cap_counts, img_ties, cap_ties};
 }
 
 // Candidates sorted per step: bounds the (running top-k + tile) rows when k is large.
@@ -155,7 +176,7 @@ std::tuple<at::Tensor, at::Tensor> topk_search_cuda(const at::Tensor& queries,
 }
 
 const RetrievalKernels& cuda_kernels() {
-  static const RetrievalKernels kernels{own_scores_cuda, count_above_cuda, topk_search_cuda};
+  static const RetrievalKernels kernels{own_scores_cuda, count_at_least_cuda, topk_search_cuda};
   return kernels;
 }
 

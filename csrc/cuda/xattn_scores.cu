@@ -577,8 +577,9 @@ std::tuple<at::Tensor, at::Tensor> xattn_scores_backward_cuda(
 
 // Exact ranks: own pairs' scores from the tiles holding one, then one counting pass over every
 // tile (the same tiles, the same bits). The CPU kernel keeps the own tiles' scores instead of
-// computing those tiles twice; here they are recomputed (a few tiles on a GPU).
-std::tuple<at::Tensor, at::Tensor> xattn_ranks_cuda(
+// computing those tiles twice; here they are recomputed (a few tiles on a GPU). A tie counts
+// against the query (§3.3), and is counted apart as well.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> xattn_ranks_cuda(
     const at::Tensor& images, const at::Tensor& captions, const at::Tensor& cap_lens,
     const at::Tensor& cap_to_img, std::string_view direction, double lambda_softmax,
     std::string_view agg, double lambda_lse, std::string_view raw_feature_norm) {
@@ -604,6 +605,8 @@ std::tuple<at::Tensor, at::Tensor> xattn_ranks_cuda(
   at::Tensor cap_thr = at::empty({n_captions}, p.regions.options());
   at::Tensor i2t = at::zeros({n_images}, owner_d.options());
   at::Tensor t2i = at::zeros({n_captions}, owner_d.options());
+  at::Tensor i2t_ties = at::zeros({n_images}, owner_d.options());
+  at::Tensor t2i_ties = at::zeros({n_captions}, owner_d.options());
   auto own_mask = [&](const Tile& t) {  // (captions × images) of the tile: the own pairs
     const at::Tensor images_of = at::arange(t.i0, t.i1, owner_d.options());
     return owner_d.narrow(0, t.c0, t.c1 - t.c0).unsqueeze(1) == images_of.unsqueeze(0);
@@ -623,13 +626,15 @@ std::tuple<at::Tensor, at::Tensor> xattn_ranks_cuda(
         p, [](int64_t, int64_t) { return true; },
         [&](const Tile& t, const at::Tensor& s) {
           const at::Tensor other = own_mask(t).logical_not();
-          const at::Tensor above_img = s > img_thr.narrow(0, t.i0, t.i1 - t.i0).unsqueeze(0);
-          const at::Tensor above_cap = s > cap_thr.narrow(0, t.c0, t.c1 - t.c0).unsqueeze(1);
-          i2t.narrow(0, t.i0, t.i1 - t.i0).add_(above_img.logical_and(other).sum(0));
-          t2i.narrow(0, t.c0, t.c1 - t.c0).add_(above_cap.logical_and(other).sum(1));
+          const at::Tensor img_t = img_thr.narrow(0, t.i0, t.i1 - t.i0).unsqueeze(0);
+          const at::Tensor cap_t = cap_thr.narrow(0, t.c0, t.c1 - t.c0).unsqueeze(1);
+          i2t.narrow(0, t.i0, t.i1 - t.i0).add_((s >= img_t).logical_and(other).sum(0));
+          t2i.narrow(0, t.c0, t.c1 - t.c0).add_((s >= cap_t).logical_and(other).sum(1));
+          i2t_ties.narrow(0, t.i0, t.i1 - t.i0).add_((s == img_t).logical_and(other).sum(0));
+          t2i_ties.narrow(0, t.c0, t.c1 - t.c0).add_((s == cap_t).logical_and(other).sum(1));
         });
   });
-  return {i2t, t2i};
+  return {i2t, t2i, i2t_ties, t2i_ties};
 }
 
 }  // namespace

@@ -19,7 +19,15 @@ from jwae_ext.data.scenes import SceneAttributes
 from jwae_ext.data.sources import EMBEDDED, load_split
 from jwae_ext.data.split import CaptionSplit, PooledRegions
 from jwae_ext.data.synthetic import DEFAULT_SIZES, export_precomp, synthetic_split
-from jwae_ext.data.vocab import END_ID, PAD_ID, START_ID, UNK_ID, Vocabulary, tokenize
+from jwae_ext.data.vocab import (
+    END_ID,
+    PAD_ID,
+    START_ID,
+    UNK_ID,
+    Vocabulary,
+    tokenize,
+    unknown_captions_line,
+)
 
 __all__ = [
     "DEFAULT_SIZES",
@@ -42,6 +50,7 @@ __all__ = [
     "pad_captions",
     "synthetic_split",
     "tokenize",
+    "unknown_captions_line",
     "write_precomp",
     "write_precomp_splits",
 ]

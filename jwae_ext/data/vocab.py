@@ -73,6 +73,12 @@ class Vocabulary:
         get = self.word2idx.get
         return [START_ID, *(get(tok, UNK_ID) for tok in tokenize(caption)), END_ID]
 
+    def captions_without_known_word(self, captions: Iterable[str]) -> int:
+        """How many of ``captions`` have no known word: every token unknown (or none at all), so
+        the model sees ``<unk>`` only and cannot tell them apart (their codes tie)."""
+        known = self.word2idx
+        return sum(not any(tok in known for tok in tokenize(c)) for c in captions)
+
     def decode(self, ids: Iterable[int], strip_special: bool = True) -> str:
         """The words of ``ids`` joined by spaces; stops at ``<end>`` and drops ``<start>`` and
         ``<pad>`` unless ``strip_special`` is False. Raises ``ValueError`` on an id out of range."""
@@ -152,3 +158,9 @@ class Vocabulary:
         if word2idx != {w: i for i, w in enumerate(words)} or len(word2idx) != n:
             raise ValueError("'word2idx' and 'idx2word' are not inverse maps of each other")
         return cls(words[4:])
+
+
+def unknown_captions_line(name: str, count: int, total: int) -> str:
+    """What training and evaluation report of a split ``name`` whose ``count`` of ``total``
+    captions have no known word (:meth:`Vocabulary.captions_without_known_word`)."""
+    return f"{name}: {count} of {total} captions have no known word"

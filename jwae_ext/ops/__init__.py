@@ -13,7 +13,8 @@ from jwae_ext.ops.linear_cross_entropy import linear_cross_entropy
 from jwae_ext.ops.mh_loss import mh_loss, mh_loss_from_scores
 from jwae_ext.ops.mmd_imq import mmd_imq
 from jwae_ext.ops.retrieval import (
-    retrieval_count_above,
+    Ranks,
+    retrieval_count_at_least,
     retrieval_ranks,
     retrieval_thresholds,
     topk_search,
@@ -22,12 +23,13 @@ from jwae_ext.ops.wae_loss import wae_loss
 from jwae_ext.ops.xattn_scores import xattn_ranks, xattn_scores
 
 __all__ = [
+    "Ranks",
     "discriminator_loss",
     "linear_cross_entropy",
     "mh_loss",
     "mh_loss_from_scores",
     "mmd_imq",
-    "retrieval_count_above",
+    "retrieval_count_at_least",
     "retrieval_ranks",
     "retrieval_thresholds",
     "topk_search",

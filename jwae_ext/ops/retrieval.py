@@ -5,23 +5,47 @@ Scores are dot products ``S = img_emb @ cap_emb.T``, computed one GEMM tile at a
 score matrix is never held. fp32/fp64 on CPU; fp32/fp64/fp16/bf16 on CUDA, where fp16/bf16 are
 accumulated (and returned) in fp32. Shapes, dtypes, devices, ids and ``k`` are checked in C++, so
 ``torch.ops.jwae_ext.*`` called directly raises the same errors.
+
+The tie rule (DESIGN.md §3.3): a rank counts the other items scoring *at least* as high as the
+ground truth, so a tie is never a hit (a model that gives several captions one code cannot rank
+them first). Each query's ties, the other items scoring exactly as high, come with its rank.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 
 from jwae_ext.ops._checks import check_int, check_same_device, check_tensor
 from jwae_ext.ops._dtypes import accumulation_dtype
 
-__all__ = ["retrieval_count_above", "retrieval_ranks", "retrieval_thresholds", "topk_search"]
+__all__ = [
+    "Ranks",
+    "retrieval_count_at_least",
+    "retrieval_ranks",
+    "retrieval_thresholds",
+    "topk_search",
+]
 
 _ops = torch.ops.jwae_ext
 
 
+class Ranks(NamedTuple):
+    """Per image (``i2t``, (N,)) and per caption (``t2i``, (M,)), int64: the other items counted
+    against it, and of those the ones tied with its ground truth's score (``*_ties``; a query has
+    a tie when its entry is > 0). For :func:`retrieval_count_at_least`, counts against the given
+    thresholds."""
+
+    i2t: torch.Tensor
+    t2i: torch.Tensor
+    i2t_ties: torch.Tensor
+    t2i_ties: torch.Tensor
+
+
 def retrieval_ranks(
     img_emb: torch.Tensor, cap_emb: torch.Tensor, cap_to_img: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> Ranks:
     """Exact image-to-text and text-to-image ranks, without the N x M score matrix.
 
     Args:
@@ -31,14 +55,15 @@ def retrieval_ranks(
             caption, any number of them, in any order.
 
     Returns:
-        ``(i2t_ranks, t2i_ranks)``, int64 (N,) and (M,). The i2t rank of image i is the number of
-        captions of other images scoring strictly higher than the best of its own captions; the
-        t2i rank of caption j is the number of other images scoring strictly higher than its own
-        image. 0 is a hit at the top; ties count in the query's favour.
+        :class:`Ranks` ``(i2t, t2i, i2t_ties, t2i_ties)``, int64 (N,), (M,), (N,), (M,). The i2t
+        rank of image i is the number of captions of other images scoring at least as high as the
+        best of its own captions; the t2i rank of caption j is the number of other images scoring
+        at least as high as its own image. 0 is a hit at the top; a tie counts against the query.
+        ``i2t_ties[i]`` / ``t2i_ties[j]``: how many of those score exactly as high.
     """
     for name, value in (("img_emb", img_emb), ("cap_emb", cap_emb), ("cap_to_img", cap_to_img)):
         check_tensor(name, value)
-    return _ops.retrieval_ranks(img_emb, cap_emb, cap_to_img)
+    return Ranks(*_ops.retrieval_ranks(img_emb, cap_emb, cap_to_img))
 
 
 def retrieval_thresholds(
@@ -49,22 +74,23 @@ def retrieval_thresholds(
     Returns ``(img_thresholds, cap_thresholds)`` in the score dtype: for image i the best score of
     its own captions (``-inf`` if it has none here, e.g. in a shard of the captions), for caption
     j the score of its own image ``S[cap_to_img[j], j]``. Together with
-    :func:`retrieval_count_above` this splits :func:`retrieval_ranks` so that a gallery can be
-    sharded: reduce the image thresholds with a max and the counts with a sum.
+    :func:`retrieval_count_at_least` this splits :func:`retrieval_ranks` so that a gallery can be
+    sharded: reduce the image thresholds with a max and the counts (and ties) with a sum.
     """
     for name, value in (("img_emb", img_emb), ("cap_emb", cap_emb), ("cap_to_img", cap_to_img)):
         check_tensor(name, value)
     return _ops.retrieval_thresholds(img_emb, cap_emb, cap_to_img)
 
 
-def retrieval_count_above(
+def retrieval_count_at_least(
     img_emb: torch.Tensor,
     cap_emb: torch.Tensor,
     cap_to_img: torch.Tensor,
     img_thresholds: torch.Tensor,
     cap_thresholds: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per query, the gallery items scoring strictly above a given threshold, own items excluded.
+) -> Ranks:
+    """Per query, the gallery items scoring at least a given threshold, own items excluded, and
+    those scoring exactly the threshold.
 
     Args:
         img_emb, cap_emb: (N, d) and (M, d) embeddings.
@@ -74,9 +100,10 @@ def retrieval_count_above(
             float32 for float16/bfloat16), not NaN.
 
     Returns:
-        ``(img_counts, cap_counts)``, int64: ``img_counts[i] = #{j : cap_to_img[j] != i,
-        S[i, j] > img_thresholds[i]}`` and ``cap_counts[j] = #{i != cap_to_img[j] :
-        S[i, j] > cap_thresholds[j]}``. One tiled pass over the GEMM for both.
+        :class:`Ranks` ``(img_counts, cap_counts, img_ties, cap_ties)``, int64:
+        ``img_counts[i] = #{j : cap_to_img[j] != i, S[i, j] >= img_thresholds[i]}``,
+        ``cap_counts[j] = #{i != cap_to_img[j] : S[i, j] >= cap_thresholds[j]}``, and the ties
+        the same with ``==``. One tiled pass over the GEMM for all four.
     """
     for name, value in (
         ("img_emb", img_emb),
@@ -86,7 +113,11 @@ def retrieval_count_above(
         ("cap_thresholds", cap_thresholds),
     ):
         check_tensor(name, value)
-    return _ops.retrieval_count_above(img_emb, cap_emb, cap_to_img, img_thresholds, cap_thresholds)
+    return Ranks(
+        *_ops.retrieval_count_at_least(
+            img_emb, cap_emb, cap_to_img, img_thresholds, cap_thresholds
+        )
+    )
 
 
 def topk_search(
@@ -120,13 +151,17 @@ def _check_devices(img_emb, cap_emb, cap_to_img, img_thresholds=None, cap_thresh
     )
 
 
+def _fake_counts(img_emb, cap_emb):
+    """Empty int64 (N,), (M,), (N,), (M,): ranks or counts, then their ties."""
+    per_image = img_emb.new_empty((img_emb.shape[0],), dtype=torch.int64)
+    per_caption = cap_emb.new_empty((cap_emb.shape[0],), dtype=torch.int64)
+    return per_image, per_caption, torch.empty_like(per_image), torch.empty_like(per_caption)
+
+
 @torch.library.register_fake("jwae_ext::retrieval_ranks")
 def _(img_emb, cap_emb, cap_to_img):
     _check_devices(img_emb, cap_emb, cap_to_img)
-    return (
-        img_emb.new_empty((img_emb.shape[0],), dtype=torch.int64),
-        cap_emb.new_empty((cap_emb.shape[0],), dtype=torch.int64),
-    )
+    return _fake_counts(img_emb, cap_emb)
 
 
 @torch.library.register_fake("jwae_ext::retrieval_thresholds")
@@ -139,13 +174,10 @@ def _(img_emb, cap_emb, cap_to_img):
     )
 
 
-@torch.library.register_fake("jwae_ext::retrieval_count_above")
+@torch.library.register_fake("jwae_ext::retrieval_count_at_least")
 def _(img_emb, cap_emb, cap_to_img, img_thresholds, cap_thresholds):
     _check_devices(img_emb, cap_emb, cap_to_img, img_thresholds, cap_thresholds)
-    return (
-        img_emb.new_empty((img_emb.shape[0],), dtype=torch.int64),
-        cap_emb.new_empty((cap_emb.shape[0],), dtype=torch.int64),
-    )
+    return _fake_counts(img_emb, cap_emb)
 
 
 @torch.library.register_fake("jwae_ext::topk_search")
@@ -162,7 +194,7 @@ def _(queries, gallery, k):
 # Ranks, counts and thresholds are not differentiated: their outputs do not require grad, even for
 # inputs that do (e.g. evaluation inside a training step), so autograd falls through to the kernel.
 _AUTOGRAD = torch.library.Library("jwae_ext", "IMPL")
-for _name in ("retrieval_ranks", "retrieval_thresholds", "retrieval_count_above"):
+for _name in ("retrieval_ranks", "retrieval_thresholds", "retrieval_count_at_least"):
     _AUTOGRAD.impl(_name, torch.library.fallthrough_kernel, "Autograd")
 
 

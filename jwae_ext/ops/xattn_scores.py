@@ -14,6 +14,7 @@ import torch
 
 from jwae_ext.ops._checks import check_choice, check_finite_number, check_same_device, check_tensors
 from jwae_ext.ops._dtypes import accumulation_dtype
+from jwae_ext.ops.retrieval import Ranks
 from jwae_ext.reference.xattn_scores import AGGREGATIONS, DIRECTIONS, RAW_FEATURE_NORMS
 
 __all__ = ["xattn_ranks", "xattn_scores"]
@@ -84,21 +85,23 @@ def xattn_ranks(
     agg: str = "lse",
     lambda_lse: float = 6.0,
     raw_feature_norm: str = "clipped_l2norm",
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> Ranks:
     """Exact i2t and t2i ranks under the cross-attention scores, without the score matrix.
 
-    The ranks of :func:`jwae_ext.ops.retrieval_ranks` (docs/design.md#retrieval-ranks: strictly
-    higher scores count; any number of captions per image, in any order; every image needs one)
-    for the scores of :func:`xattn_scores` with the same options. Two passes over the same
-    tiles: the own pairs' scores, then one counting pass; extra memory is a few tiles per thread
-    plus O(n_image + n_caption), whatever the product n_image * n_caption.
+    The ranks of :func:`jwae_ext.ops.retrieval_ranks` (docs/design.md#retrieval-ranks: scores at
+    least as high count, a tie is never a hit; any number of captions per image, in any order;
+    every image needs one) for the scores of :func:`xattn_scores` with the same options. Two
+    passes over the same tiles: the own pairs' scores, then one counting pass; extra memory is a
+    few tiles per thread plus O(n_image + n_caption), whatever the product n_image * n_caption.
 
     Returns:
-        ``(i2t_ranks, t2i_ranks)``, int64 ``(n_image,)`` and ``(n_caption,)``.
+        :class:`jwae_ext.ops.Ranks` ``(i2t, t2i, i2t_ties, t2i_ties)``, int64 ``(n_image,)``,
+        ``(n_caption,)``, ``(n_image,)``, ``(n_caption,)``: the ranks and, per query, the other
+        items tied with its ground truth's score.
     """
     options = _options(direction, lambda_softmax, agg, lambda_lse, raw_feature_norm)
     check_tensors(images=images, captions=captions, cap_lens=cap_lens, cap_to_img=cap_to_img)
-    return _ops.xattn_ranks(images, captions, cap_lens, cap_to_img, *options)
+    return Ranks(*_ops.xattn_ranks(images, captions, cap_lens, cap_to_img, *options))
 
 
 # ---- autograd: the backward recomputes the tiles ------------------------------------------------
@@ -154,7 +157,6 @@ def _(images, captions, cap_lens, cap_to_img, *options):
         ("cap_lens", cap_lens),
         ("cap_to_img", cap_to_img),
     )
-    return (
-        images.new_empty((images.shape[0],), dtype=torch.int64),
-        captions.new_empty((captions.shape[0],), dtype=torch.int64),
-    )
+    per_image = images.new_empty((images.shape[0],), dtype=torch.int64)
+    per_caption = captions.new_empty((captions.shape[0],), dtype=torch.int64)
+    return per_image, per_caption, torch.empty_like(per_image), torch.empty_like(per_caption)

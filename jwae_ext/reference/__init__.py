@@ -10,7 +10,7 @@ from jwae_ext.reference.linear_cross_entropy import linear_cross_entropy
 from jwae_ext.reference.mh_loss import mh_loss, mh_loss_from_scores
 from jwae_ext.reference.mmd_imq import mmd_imq
 from jwae_ext.reference.retrieval import (
-    retrieval_count_above,
+    retrieval_count_at_least,
     retrieval_ranks,
     retrieval_thresholds,
     topk_search,
@@ -24,7 +24,7 @@ __all__ = [
     "mh_loss",
     "mh_loss_from_scores",
     "mmd_imq",
-    "retrieval_count_above",
+    "retrieval_count_at_least",
     "retrieval_ranks",
     "retrieval_thresholds",
     "topk_search",

@@ -2,16 +2,17 @@
 
 VSE++ (``evaluation.py``: ``i2t``/``t2i``) ranks a query by scoring the whole gallery, sorting it
 by descending score and taking the position of the (best) ground truth. Written here for any
-number of captions per image, with a stated tie rule: among equal scores the ground truth goes
-first (the sort runs over a gallery ordered ground-truth-first, and is stable), so a rank counts
-only strictly higher scores. On tie-free scores this is exactly VSE++'s rank.
+number of captions per image, with a stated tie rule (DESIGN.md §3.3): among equal scores the
+ground truth goes last (the sort runs over a gallery ordered ground-truth-last, and is stable), so
+a rank counts every other item scoring at least as high: a tie is never a hit. On tie-free scores
+this is exactly VSE++'s rank.
 """
 
 from __future__ import annotations
 
 import torch
 
-__all__ = ["retrieval_count_above", "retrieval_ranks", "retrieval_thresholds", "topk_search"]
+__all__ = ["retrieval_count_at_least", "retrieval_ranks", "retrieval_thresholds", "topk_search"]
 
 
 def _scores(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -20,24 +21,30 @@ def _scores(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return a.to(dtype) @ b.to(dtype).T
 
 
-def _first_hit_positions(scores: torch.Tensor, hits: torch.Tensor) -> torch.Tensor:
-    """Per row: argsort descending (ties: hits first, then by index); position of the first hit."""
-    hits_first = torch.argsort((~hits).to(torch.int8), dim=1, stable=True)
+def _first_hit_positions(
+    scores: torch.Tensor, hits: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row: argsort descending (ties: hits last, then by index); the position of the first
+    hit, and how many non-hits score exactly as high as it (its ties)."""
+    hits_last = torch.argsort(hits.to(torch.int8), dim=1, stable=True)
     by_score = torch.argsort(
-        torch.gather(scores, 1, hits_first), dim=1, descending=True, stable=True
+        torch.gather(scores, 1, hits_last), dim=1, descending=True, stable=True
     )
-    order = torch.gather(hits_first, 1, by_score)
-    return torch.gather(hits, 1, order).to(torch.int8).argmax(dim=1)
+    order = torch.gather(hits_last, 1, by_score)
+    position = torch.gather(hits, 1, order).to(torch.int8).argmax(dim=1)
+    best_hit = torch.gather(scores, 1, torch.gather(order, 1, position[:, None]))
+    return position, ((scores == best_hit) & ~hits).sum(dim=1)
 
 
 def retrieval_ranks(
     img_emb: torch.Tensor, cap_emb: torch.Tensor, cap_to_img: torch.Tensor, chunk: int = 256
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """i2t and t2i ranks by VSE++'s procedure: the full score matrix, sorted per query.
 
     i2t rank of image i: position of its first own caption in its row sorted descending; t2i rank
-    of caption j: position of its image in its column sorted descending. ``chunk`` queries are
-    sorted at a time (the score matrix itself is whole).
+    of caption j: position of its image in its column sorted descending (own items after the
+    others they tie with). ``chunk`` queries are sorted at a time (the score matrix itself is
+    whole). Returns ``(i2t, t2i, i2t_ties, t2i_ties)`` as :func:`jwae_ext.ops.retrieval_ranks`.
     """
     scores = _scores(img_emb, cap_emb)
     n_img, n_cap = scores.shape
@@ -50,7 +57,12 @@ def retrieval_ranks(
         _first_hit_positions(cols.T, images[None, :] == cap_to_img[s : s + chunk, None])
         for s, cols in zip(range(0, n_cap, chunk), scores.split(chunk, dim=1), strict=True)
     ]
-    return torch.cat(i2t), torch.cat(t2i)
+    return (
+        torch.cat([rank for rank, _ in i2t]),
+        torch.cat([rank for rank, _ in t2i]),
+        torch.cat([ties for _, ties in i2t]),
+        torch.cat([ties for _, ties in t2i]),
+    )
 
 
 def retrieval_thresholds(
@@ -63,20 +75,24 @@ def retrieval_thresholds(
     return best.scatter_reduce(0, cap_to_img, own, "amax"), own
 
 
-def retrieval_count_above(
+def retrieval_count_at_least(
     img_emb: torch.Tensor,
     cap_emb: torch.Tensor,
     cap_to_img: torch.Tensor,
     img_thresholds: torch.Tensor,
     cap_thresholds: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per image and per caption: items of the other side scoring strictly above its threshold,
-    own pairs excluded."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per image and per caption: items of the other side scoring at least its threshold, own
+    pairs excluded, then those scoring exactly the threshold."""
     scores = _scores(img_emb, cap_emb)
-    own = cap_to_img[None, :] == torch.arange(img_emb.shape[0], device=scores.device)[:, None]
-    img_counts = ((scores > img_thresholds[:, None]) & ~own).sum(dim=1)
-    cap_counts = ((scores > cap_thresholds[None, :]) & ~own).sum(dim=0)
-    return img_counts, cap_counts
+    other = cap_to_img[None, :] != torch.arange(img_emb.shape[0], device=scores.device)[:, None]
+    img_thr, cap_thr = img_thresholds[:, None], cap_thresholds[None, :]
+    return (
+        ((scores >= img_thr) & other).sum(dim=1),
+        ((scores >= cap_thr) & other).sum(dim=0),
+        ((scores == img_thr) & other).sum(dim=1),
+        ((scores == cap_thr) & other).sum(dim=0),
+    )
 
 
 def topk_search(
