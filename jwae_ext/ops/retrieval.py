@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import torch
 
+from jwae_ext import reference
 from jwae_ext.ops._checks import check_int, check_same_device, check_tensor
 from jwae_ext.ops._dtypes import accumulation_dtype
+from jwae_ext.ops.kernels import with_reference
 
 __all__ = ["retrieval_count_above", "retrieval_ranks", "retrieval_thresholds", "topk_search"]
 
 _ops = torch.ops.jwae_ext
 
 
+@with_reference(reference.retrieval_ranks)
 def retrieval_ranks(
     img_emb: torch.Tensor, cap_emb: torch.Tensor, cap_to_img: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -41,6 +44,7 @@ def retrieval_ranks(
     return _ops.retrieval_ranks(img_emb, cap_emb, cap_to_img)
 
 
+@with_reference(reference.retrieval_thresholds)
 def retrieval_thresholds(
     img_emb: torch.Tensor, cap_emb: torch.Tensor, cap_to_img: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -57,6 +61,7 @@ def retrieval_thresholds(
     return _ops.retrieval_thresholds(img_emb, cap_emb, cap_to_img)
 
 
+@with_reference(reference.retrieval_count_above)
 def retrieval_count_above(
     img_emb: torch.Tensor,
     cap_emb: torch.Tensor,
@@ -89,6 +94,7 @@ def retrieval_count_above(
     return _ops.retrieval_count_above(img_emb, cap_emb, cap_to_img, img_thresholds, cap_thresholds)
 
 
+@with_reference(reference.topk_search)
 def topk_search(
     queries: torch.Tensor, gallery: torch.Tensor, k: int
 ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -11,7 +11,13 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["retrieval_count_above", "retrieval_ranks", "retrieval_thresholds", "topk_search"]
+__all__ = [
+    "ranks_from_scores",
+    "retrieval_count_above",
+    "retrieval_ranks",
+    "retrieval_thresholds",
+    "topk_search",
+]
 
 
 def _scores(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -39,7 +45,13 @@ def retrieval_ranks(
     of caption j: position of its image in its column sorted descending. ``chunk`` queries are
     sorted at a time (the score matrix itself is whole).
     """
-    scores = _scores(img_emb, cap_emb)
+    return ranks_from_scores(_scores(img_emb, cap_emb), cap_to_img, chunk)
+
+
+def ranks_from_scores(
+    scores: torch.Tensor, cap_to_img: torch.Tensor, chunk: int = 256
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ranks of :func:`retrieval_ranks` from a whole (N, M) score matrix of any model."""
     n_img, n_cap = scores.shape
     images = torch.arange(n_img, device=scores.device)
     i2t = [
