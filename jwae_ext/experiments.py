@@ -41,6 +41,7 @@ from jwae_ext.evaluation import evaluate_loaded
 from jwae_ext.grounding.models import GROUNDING_VARIANTS
 from jwae_ext.grounding.sources import load_grounding
 from jwae_ext.grounding.table import grounding_markdown, summarize_grounding
+from jwae_ext.ops.kernels import add_kernels_option, kernel_mode
 
 VARIANTS = ("vse0", "vse++", "jwae-mse", "jwae-mh", "scan", "scan-jwae-mh")
 IN_DOMAIN, CROSS_DOMAIN = "synthetic-a", "synthetic-b"
@@ -61,11 +62,12 @@ class Settings:
     quick: bool
     epochs: int | None
     device: str
+    kernels: str  # compiled or reference: passed to every run (and used by the evaluations)
 
     def train_flags(self, variant: str, seed: int, task: str = "retrieval") -> list[str]:
         flags = ["--data", IN_DOMAIN, "--variant", variant, "--seed", str(seed), "--no-progress"]
         flags += ["--task", task]
-        flags += ["--device", self.device]
+        flags += ["--device", self.device, "--kernels", self.kernels]
         if self.quick:
             flags += QUICK_FLAGS
         if self.epochs is not None:
@@ -510,6 +512,7 @@ def _common_options(q: argparse.ArgumentParser, out: str) -> None:
     q.add_argument("--quick", action="store_true", help="tiny sizes, 1 epoch: a smoke test")
     q.add_argument("--epochs", type=int, help="override the trainer's epochs")
     q.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    add_kernels_option(q)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -542,6 +545,7 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("--quick", action="store_true", help="tiny sizes, 1 epoch: a smoke test")
     q.add_argument("--epochs", type=int, help="override the trainer's epochs")
     q.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    add_kernels_option(q)
     helps = {
         "unpaired": "jwae-mh with and without synthetic-b's training data, unpaired",
         "shift": "vse++ and jwae-mh tested at several shift strengths of synthetic-b",
@@ -585,7 +589,7 @@ def main(argv: list[str] | None = None) -> int:
                     raise ValueError(f"--{name} must be distinct, got {values}")
         if args.epochs is not None and args.epochs < 1:
             raise ValueError(f"--epochs must be >= 1, got {args.epochs}")
-        settings = Settings(tuple(args.seeds), args.quick, args.epochs, args.device)
+        settings = Settings(tuple(args.seeds), args.quick, args.epochs, args.device, kernel_mode())
         if args.experiment == "poster":
             poster(Path(args.out), settings, command, tuple(args.variants), tuple(args.grounding))
             written = Path(args.out) / "results.md"
