@@ -87,8 +87,13 @@ def table(rows: list[selftest.Row]) -> str:
                       _comparison(row.backward), f"{1000 * row.seconds:.1f}", result))  # fmt: skip
     widths = [max(len(line[i]) for line in lines) for i in range(6)]
     return "\n".join(
-        "  ".join([*(cell.ljust(w) for cell, w in zip(line[:5], widths, strict=False)),
-                   line[5].rjust(widths[5]), line[6]])
+        "  ".join(
+            [
+                *(cell.ljust(w) for cell, w in zip(line[:5], widths, strict=False)),
+                line[5].rjust(widths[5]),
+                line[6],
+            ]
+        )
         for line in lines
     )
 
