@@ -57,7 +57,7 @@ def environment() -> dict:
         "location": os.path.dirname(jwae_ext.__file__),
         "build": {
             "backends": build["backends"],
-            "cuda_archs": build.get("cuda_archs"),  # recorded by builds from setup.py
+            "cuda_archs": build["cuda_archs"],
             "torch": build["torch_version"],
             "cuda": build["cuda_version"],
             "openmp": build["openmp"],
