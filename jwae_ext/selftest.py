@@ -111,7 +111,7 @@ class Row:
         }
 
 
-class _Reached(TorchDispatchMode):
+class ReachedOperators(TorchDispatchMode):
     """Records the ``torch.ops.jwae_ext`` operators dispatched while active."""
 
     def __init__(self) -> None:
@@ -243,16 +243,16 @@ CASES: tuple[Case, ...] = (
 # ---- running ------------------------------------------------------------------------------------
 
 
-def _tensors(result: object) -> list[torch.Tensor]:
+def tensors_of(result: object) -> list[torch.Tensor]:
     """The tensors of an operator's result (a tensor, a tuple, or wae_loss's (total, terms))."""
     if isinstance(result, torch.Tensor):
         return [result]
     if isinstance(result, dict):
-        return [t for value in result.values() for t in _tensors(value)]
-    return [t for value in result for t in _tensors(value)]
+        return [t for value in result.values() for t in tensors_of(value)]
+    return [t for value in result for t in tensors_of(value)]
 
 
-def _leaves(inputs: list[torch.Tensor], device: str, dtype: torch.dtype) -> list[torch.Tensor]:
+def leaves(inputs: list[torch.Tensor], device: str, dtype: torch.dtype) -> list[torch.Tensor]:
     return [
         t.to(device, dtype).requires_grad_() if t.is_floating_point() else t.to(device)
         for t in inputs
@@ -265,7 +265,7 @@ def _forward_backward(
     """The case's outputs; the gradients of a random weighting of its differentiable outputs
     (``which``; by default those that require grad) with respect to its float inputs (``None``
     when there are none); and ``which``."""
-    outputs = _tensors(case.call(impl, *inputs))
+    outputs = tensors_of(case.call(impl, *inputs))
     if which is None:
         which = [o.requires_grad for o in outputs]
     if len(which) != len(outputs):
@@ -293,19 +293,18 @@ def run_case(case: Case, device: str, dtype: torch.dtype, *, impl: ModuleType = 
     """Run ``case`` through ``impl`` (the compiled operators) on ``device`` in ``dtype``, and
     compare with the reference in float64 on the CPU on the same values."""
     row = Row(case.name, device, str(dtype).removeprefix("torch."))
-    seed = SEED + CASES.index(case) if case in CASES else SEED
-    values = case.inputs(torch.Generator().manual_seed(seed))
-    inputs = _leaves(values, device, dtype)
-    exact = _leaves([t.detach().cpu() for t in inputs], "cpu", torch.float64)
-    reached = _Reached()
+    values = case.inputs(torch.Generator().manual_seed(SEED))
+    inputs = leaves(values, device, dtype)
+    exact = leaves([t.detach().cpu() for t in inputs], "cpu", torch.float64)
+    reached = ReachedOperators()
     try:
         with kernels("compiled"), reached:
             _synchronize(device)
             start = time.perf_counter()
-            got, got_grads, which = _forward_backward(case, impl, inputs, seed, None)
+            got, got_grads, which = _forward_backward(case, impl, inputs, SEED, None)
             _synchronize(device)
             row.seconds = time.perf_counter() - start
-        want, want_grads, _ = _forward_backward(case, reference, exact, seed, which)
+        want, want_grads, _ = _forward_backward(case, reference, exact, SEED, which)
         row.forward = Comparison()
         for g, w in zip(got, want, strict=True):
             row.forward.add(g, w, dtype)
@@ -327,7 +326,7 @@ def available_devices() -> list[str]:
 def run(devices: Iterable[str] | None = None, cases: Iterable[Case] = CASES) -> list[Row]:
     """Every case on every device in every dtype of :data:`DTYPES`, then one failing row per
     registered operator that no case reached."""
-    with _Reached():  # the first dispatch mode imports torch internals (seconds): not in a row
+    with ReachedOperators():  # the first dispatch mode imports torch internals (seconds)
         torch.zeros(1).add(1)
     rows = [
         run_case(case, device, dtype)

@@ -37,11 +37,11 @@ def test_every_public_operator_has_a_reference_fallback():
 
 @pytest.mark.parametrize("case", selftest.CASES, ids=lambda c: c.name)
 def test_reference_mode_runs_no_kernel_and_gives_the_reference(case):
-    inputs = selftest._leaves(case.inputs(torch.Generator().manual_seed(0)), "cpu", torch.float32)
-    reached = selftest._Reached()
+    inputs = selftest.leaves(case.inputs(torch.Generator().manual_seed(0)), "cpu", torch.float32)
+    reached = selftest.ReachedOperators()
     with kernels("reference"), reached:
-        got = selftest._tensors(case.call(ops, *inputs))
-    want = selftest._tensors(case.call(reference, *inputs))
+        got = selftest.tensors_of(case.call(ops, *inputs))
+    want = selftest.tensors_of(case.call(reference, *inputs))
     assert reached.names == set()
     assert all(torch.equal(g, w) for g, w in zip(got, want, strict=True))
     with kernels("compiled"), reached:
@@ -49,15 +49,18 @@ def test_reference_mode_runs_no_kernel_and_gives_the_reference(case):
     assert reached.names  # the same calls reach the kernels in compiled mode
 
 
-def test_reference_mode_runs_where_no_kernel_exists():
-    """Sparse tensors have no jwae_ext kernel; the references take whatever torch takes."""
-    img = torch.eye(4, 3, dtype=torch.float64).to_sparse()
-    with pytest.raises(NotImplementedError):
-        ops.topk_search(img, img, 2)
-    with kernels("reference"):
-        _, indices = ops.topk_search(img.to_dense(), img.to_dense(), 2)
-        loss = ops.discriminator_loss(torch.zeros(3, device="meta"), torch.zeros(2, device="meta"))
-    assert indices[:3, 0].tolist() == [0, 1, 2] and loss.device.type == "meta"
+def test_reference_mode_runs_on_another_device():
+    """On ``meta`` the compiled path reaches the operators' fake kernels; the references only
+    torch's own operators."""
+    img, txt = (torch.empty(6, 4, device="meta", requires_grad=True) for _ in range(2))
+    compiled = {"jwae_ext::mh_loss", "jwae_ext::mh_loss_backward"}
+    for mode, reaches in (("compiled", compiled), ("reference", set())):
+        reached = selftest.ReachedOperators()
+        with kernels(mode), reached:
+            loss = ops.mh_loss(img, txt, normalize=True)
+            loss.backward()
+        assert reached.names == reaches
+        assert loss.device.type == "meta" and img.grad.device.type == "meta"
 
 
 def test_the_mode_comes_from_the_environment(monkeypatch):
