@@ -137,7 +137,11 @@ def main(argv: list[str] | None = None) -> int:
         print("python -m jwae_ext.info: error: --devices cuda: no CUDA device is visible",
               file=sys.stderr)  # fmt: skip
         return 2
-    env = environment()
+    try:
+        env = environment()
+    except ValueError as error:  # a bad JWAE_EXT_KERNELS
+        print(f"python -m jwae_ext.info: error: {error}", file=sys.stderr)
+        return 2
     if not args.json:
         print(report(env), flush=True)
     started = time.perf_counter()

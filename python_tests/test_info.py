@@ -116,6 +116,14 @@ def test_asking_for_an_absent_gpu_is_refused(capsys):
     assert "no CUDA device is visible" in capsys.readouterr().err
 
 
+def test_a_bad_kernels_variable_is_refused(monkeypatch, capsys):
+    monkeypatch.setenv("JWAE_EXT_KERNELS", "fast")
+    assert info.main([]) == 2
+    assert "JWAE_EXT_KERNELS must be one of ('compiled', 'reference'), got 'fast'" in (
+        capsys.readouterr().err
+    )
+
+
 # A wrong CPU kernel registered over the compiled one, in its own process: the loss is 1% off.
 WRONG_KERNEL = """
 import sys, torch, torch.nn.functional as F
