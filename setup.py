@@ -45,6 +45,15 @@ def _import_torch():
     return torch
 
 
+def _cuda_archs() -> str:
+    """The GPU code the CUDA build embeds (``sm_XY``, and ``compute_XY`` for PTX), as torch picks
+    it from ``TORCH_CUDA_ARCH_LIST`` or the visible GPUs; ``jwae_ext.build_info()`` reports it."""
+    from torch.utils.cpp_extension import _get_cuda_arch_flags
+
+    codes = {flag.rsplit("code=", 1)[1] for flag in _get_cuda_arch_flags() if "code=" in flag}
+    return ",".join(sorted(codes))
+
+
 def _extension():
     torch = _import_torch()
     from torch.utils.cpp_extension import CUDA_HOME, CppExtension, CUDAExtension
@@ -70,7 +79,7 @@ def _extension():
     if with_cuda:
         sources += sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
         extra["nvcc"] = ["-O3", "-std=c++20", "-lineinfo"]
-        macros.append(("WITH_CUDA", None))
+        macros += [("WITH_CUDA", None), ("JWAE_CUDA_ARCHS", f'"{_cuda_archs()}"')]
         return CUDAExtension(
             "jwae_ext._C",
             sources,

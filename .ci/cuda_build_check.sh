@@ -30,12 +30,16 @@ trap 'rm -rf "$work"' EXIT
 
 cd "$work/site"  # not $work: its jwae_ext/ source folder (no _C) would shadow the build
 PYTHONPATH="$work/site" "$venv/bin/python" - <<'PY'
+import os
+
 import jwae_ext
 from jwae_ext.ops import registry
 
 info = jwae_ext.build_info()
 print("built:", info)
 assert info["backends"] == ["cpu", "cuda"], f"CUDA kernels were not compiled in: {info}"
+archs = os.environ["TORCH_CUDA_ARCH_LIST"]
+assert info["cuda_archs"], f"the build did not record its GPU architectures ({archs}): {info}"
 ops = registry.operator_names()
 assert ops, "no operators registered under torch.ops.jwae_ext"
 missing = registry.missing_kernels(["CPU", "CUDA"])

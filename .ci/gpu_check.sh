@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The device check, for a session that is lent a GPU (the device tool's `run`; CI has no GPU):
 # one command that builds the extension with its CUDA kernels against the machine's own torch,
-# runs every CUDA test (pytest -m cuda: each operator against the CPU kernels and the reference)
-# and then the benchmarks on the GPU. Logs and the benchmark table go to $OUT.
+# records `python -m jwae_ext.info` first (the build, the GPU, every operator against its
+# reference on every device and dtype: $OUT/info.txt and info.json), runs every CUDA test
+# (pytest -m cuda: each operator against the CPU kernels and the reference) and then the
+# benchmarks on the GPU. Logs and the benchmark table go to $OUT.
 #
 #   run(command="bash .ci/gpu_check.sh", timeout_s=540)   # leaves time for a rerun in 15 minutes
 #
@@ -21,6 +23,9 @@ if ! timeout 300 "$py" setup.py build_ext --inplace >"$OUT/build.log" 2>&1; then
   tail -40 "$OUT/build.log"
   exit 1
 fi
+timeout 120 "$py" -m jwae_ext.info >"$OUT/info.txt" 2>&1 || status=1
+cat "$OUT/info.txt"
+timeout 120 "$py" -m jwae_ext.info --json >"$OUT/info.json" 2>"$OUT/info_json.err" || status=1
 timeout 240 "$py" -m pytest python_tests -m cuda -q -p no:cacheprovider --maxfail=25 \
   >"$OUT/cuda_tests.log" 2>&1 || status=1
 tail -25 "$OUT/cuda_tests.log"

@@ -102,6 +102,9 @@ pybind11::dict build_info() {
   backends.append("cuda");
   info["cuda_version"] = std::to_string(CUDART_VERSION / 1000) + "." +
                          std::to_string((CUDART_VERSION % 1000) / 10);
+#ifdef JWAE_CUDA_ARCHS  // defined by setup.py: "sm_80,sm_90,..."; unknown to a CMake build
+  info["cuda_archs"] = JWAE_CUDA_ARCHS;
+#endif
 #else
   info["cuda_version"] = pybind11::none();
 #endif

@@ -29,10 +29,12 @@ def build_info() -> dict:
 
     Returns a dict with ``backends`` (``["cpu"]`` or ``["cpu", "cuda"]``), ``torch_version`` (the
     torch the extension was compiled against), ``torch_runtime`` (the torch that loaded it),
-    ``cuda_version`` (the CUDA toolkit of the build, or ``None``), ``cuda_available`` (whether a
-    GPU is visible now) and ``openmp``.
+    ``cuda_version`` (the CUDA toolkit of the build, or ``None``), ``cuda_archs`` (the GPU code it
+    embeds, e.g. ``["sm_90"]``; ``None`` when unknown: no CUDA, or a build that did not record
+    it), ``cuda_available`` (whether a GPU is visible now) and ``openmp``.
     """
     info = dict(_C.build_info())
+    info["cuda_archs"] = info["cuda_archs"].split(",") if "cuda_archs" in info else None
     info["torch_runtime"] = torch.__version__
     info["cuda_available"] = torch.cuda.is_available()
     return info

@@ -22,6 +22,7 @@ from jwae_ext.grounding.models import GROUNDING_VARIANTS
 from jwae_ext.losses import JWAE_VARIANTS, PRIORS, RECONS, SCAN_VARIANTS, VARIANTS
 from jwae_ext.models import XattnConfig
 from jwae_ext.models.scan import XATTN_AGGS, XATTN_DIRECTIONS, XATTN_NORMS
+from jwae_ext.ops.kernels import add_kernels_option
 
 TASKS = ("retrieval", "grounding")
 DEFAULT_VARIANTS = {"retrieval": "jwae-mh", "grounding": "cite-jwae"}
@@ -513,6 +514,7 @@ def parser() -> argparse.ArgumentParser:
         p.add_argument(
             flag, type=kind, default=f.default, choices=f.metadata.get("choices"), help=help_text
         )
+    add_kernels_option(p)  # how the operators run, not part of the run's configuration
     return p
 
 

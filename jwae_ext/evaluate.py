@@ -26,6 +26,7 @@ from jwae_ext.evaluation import CONTINUITY_K, evaluate_loaded, result_file_name
 from jwae_ext.grounding.evaluation import evaluate_loaded_grounding, format_grounding
 from jwae_ext.grounding.sources import load_grounding
 from jwae_ext.grounding.synthetic import NUM_PROPOSALS
+from jwae_ext.ops.kernels import add_kernels_option
 from jwae_ext.retrieval import PROTOCOLS, format_table
 
 
@@ -60,6 +61,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--figures", metavar="DIR", help="also draw the figures (PNG) into DIR")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     p.add_argument("--batch-size", type=int, default=1024, help="batch size when encoding")
+    add_kernels_option(p)
     return p
 
 

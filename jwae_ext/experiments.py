@@ -49,6 +49,7 @@ from jwae_ext.grounding.models import GROUNDING_VARIANTS
 from jwae_ext.grounding.sources import load_grounding
 from jwae_ext.grounding.table import grounding_markdown, summarize_grounding
 from jwae_ext.losses import SCAN_VARIANTS
+from jwae_ext.ops.kernels import add_kernels_option, kernel_mode
 from jwae_ext.published import DATASETS, published_columns
 from jwae_ext.retrieval import PROTOCOLS
 from jwae_ext.seed_stats import cell, stats
@@ -74,6 +75,7 @@ class Settings:
     quick: bool
     epochs: int | None
     device: str
+    kernels: str  # compiled or reference: passed to every run (and used by the evaluations)
     data: str = IN_DOMAIN  # the retrieval runs' training data: embedded or a precomp folder
     grounding_data: str | None = IN_DOMAIN  # the phrase-localization runs' (None: no such runs)
 
@@ -85,7 +87,7 @@ class Settings:
         data = self.grounding_data if task == "grounding" else self.data
         flags = ["--data", data, "--variant", variant, "--seed", str(seed), "--no-progress"]
         flags += ["--task", task]
-        flags += ["--device", self.device]
+        flags += ["--device", self.device, "--kernels", self.kernels]
         if self.quick:
             flags += QUICK_FLAGS if self.embedded else QUICK_MODEL_FLAGS
         if self.epochs is not None:
@@ -576,6 +578,7 @@ def _common_options(q: argparse.ArgumentParser, out: str | None) -> None:
     q.add_argument("--quick", action="store_true", help="tiny sizes, 1 epoch: a smoke test")
     q.add_argument("--epochs", type=int, help="override the trainer's epochs")
     q.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    add_kernels_option(q)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -609,6 +612,7 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("--quick", action="store_true", help="tiny sizes, 1 epoch: a smoke test")
     q.add_argument("--epochs", type=int, help="override the trainer's epochs")
     q.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    add_kernels_option(q)
     folders = q.add_argument_group("on precomp folders (instead of the embedded data)")
     folders.add_argument("--data", metavar="TRAIN", help="precomp folder to train on")
     folders.add_argument(
@@ -725,7 +729,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"--seeds must be distinct non-negative integers, got {args.seeds}")
         if args.epochs is not None and args.epochs < 1:
             raise ValueError(f"--epochs must be >= 1, got {args.epochs}")
-        settings = Settings(tuple(args.seeds), args.quick, args.epochs, args.device)
+        settings = Settings(tuple(args.seeds), args.quick, args.epochs, args.device, kernel_mode())
         if args.experiment == "poster":
             folders = None
             if args.data is not None:

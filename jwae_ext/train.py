@@ -52,6 +52,7 @@ from jwae_ext.grounding.trainer import GroundingTrainer
 from jwae_ext.losses import LossConfig
 from jwae_ext.losses_distributed import AutoencoderLoss
 from jwae_ext.models import ModelConfig, build_model
+from jwae_ext.ops.kernels import kernel_mode
 from jwae_ext.retrieval import format_table
 from jwae_ext.retrieval_sharded import encode_and_rank_sharded, evaluate_split_sharded
 from jwae_ext.training import NonFiniteLoss, RunLoop, epoch_batches
@@ -296,6 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         try:
             cfg = resolve(from_args(argv))
+            kernel_mode()  # a bad JWAE_EXT_KERNELS is refused here, not at the first step
             ctx = distributed.setup(resolve_device(cfg.device))
             trainer = (GroundingTrainer if cfg.task == "grounding" else Trainer)(cfg, ctx)
         except (ValueError, OSError, checkpoint.CheckpointError) as err:
@@ -326,7 +328,7 @@ def _run(trainer: RunLoop) -> None:
         )
         print(
             f"run {trainer.dir}: {cfg.variant} on {cfg.data}, {trainer.describe_run()}, "
-            f"device {trainer.device}{processes}",
+            f"device {trainer.device}{processes}, kernels {kernel_mode()}",
             flush=True,
         )
         for line in trainer.notes_at_start():

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import torch
 
+from jwae_ext.ops.tolerances import TOLERANCES
+
 FLOATS = [torch.float32, torch.float64]
 
 
 def tolerance(dtype):
-    return {"rtol": 1e-4, "atol": 1e-5} if dtype == torch.float32 else {"rtol": 1e-9, "atol": 1e-11}
+    """``assert_close`` keywords: the table ``python -m jwae_ext.info`` checks against too."""
+    return TOLERANCES[dtype].kwargs()
 
 
 def leaves(gen, dtype, device, *shapes, scale=1.0):

@@ -14,6 +14,10 @@ def test_build_info_reports_backends_and_versions():
     # An extension compiled against another torch fails in odd ways; the versions must agree.
     assert info["torch_version"].split("+")[0] == torch.__version__.split("+")[0]
     assert (info["cuda_version"] is None) == ("cuda" not in info["backends"])
+    if "cuda" not in info["backends"]:
+        assert info["cuda_archs"] is None
+    elif info["cuda_archs"] is not None:  # None: a CMake build, which does not record them
+        assert all(a.startswith(("sm_", "compute_")) for a in info["cuda_archs"]), info
 
 
 def test_every_operator_has_a_kernel_for_every_compiled_backend():

@@ -5,6 +5,9 @@ Each operator has one module here, named after it (``mh_loss`` and ``retrieval``
 kernels (``csrc/STEM.cpp``, ``csrc/cuda/STEM.cu``), its pure-PyTorch reference
 (:mod:`jwae_ext.reference`), its tests (``python_tests/test_STEM.py``) and its benchmark
 (``benchmarks/bench_STEM.py``); see docs/design.md#where-an-operator-lives.
+
+Every public function here runs its reference instead under ``--kernels reference`` or
+``JWAE_EXT_KERNELS=reference`` (:mod:`jwae_ext.ops.kernels`; docs/info.md).
 """
 
 from jwae_ext import _C  # noqa: F401  (loading the library registers torch.ops.jwae_ext)

@@ -10,10 +10,13 @@ from __future__ import annotations
 import torch
 
 import jwae_ext.ops._forward_grads as _forward_grads
+from jwae_ext import reference
 from jwae_ext.ops._checks import check_same_device, check_tensor
 from jwae_ext.ops._dtypes import loss_dtype
+from jwae_ext.ops.kernels import with_reference
 
 
+@with_reference(reference.discriminator_loss)
 def discriminator_loss(d_logits_real: torch.Tensor, d_logits_fake: torch.Tensor) -> torch.Tensor:
     """The discriminator's BCE-with-logits loss: prior samples labelled 1, codes labelled 0.
 

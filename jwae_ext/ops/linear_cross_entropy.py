@@ -10,12 +10,15 @@ import torch
 from torch.autograd.function import once_differentiable
 
 import jwae_ext.ops._forward_grads as _forward_grads
+from jwae_ext import reference
 from jwae_ext.ops._checks import check_choice, check_int, check_same_device, check_tensor
 from jwae_ext.ops._dtypes import accumulation_dtype
+from jwae_ext.ops.kernels import with_reference
 
 REDUCTIONS = ("sum", "mean", "none")
 
 
+@with_reference(reference.linear_cross_entropy)
 def linear_cross_entropy(
     hidden: torch.Tensor,
     weight: torch.Tensor,

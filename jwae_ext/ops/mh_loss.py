@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from jwae_ext import reference
 from jwae_ext.ops._checks import (
     check_bool,
     check_choice,
@@ -19,11 +20,13 @@ from jwae_ext.ops._checks import (
     check_same_device,
     check_tensor,
 )
+from jwae_ext.ops.kernels import with_reference
 
 REDUCTIONS = ("sum", "mean", "none")
 DIRECTIONS = ("both", "i2t", "t2i")
 
 
+@with_reference(reference.mh_loss)
 def mh_loss(
     img_emb: torch.Tensor,
     txt_emb: torch.Tensor,
@@ -77,6 +80,7 @@ def mh_loss(
     return _reduce(cost_i2t, cost_t2i, reduction, direction)
 
 
+@with_reference(reference.mh_loss_from_scores)
 def mh_loss_from_scores(
     scores: torch.Tensor,
     *,

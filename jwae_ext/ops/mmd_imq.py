@@ -12,14 +12,16 @@ from collections.abc import Sequence
 import torch
 
 import jwae_ext.ops._forward_grads as _forward_grads
+from jwae_ext import reference
 from jwae_ext.ops._checks import check_numbers, check_same_device, check_tensor
 from jwae_ext.ops._dtypes import loss_dtype
+from jwae_ext.ops.kernels import with_reference
+from jwae_ext.reference.mmd_imq import DEFAULT_IMQ_SCALES
 
-# C = 2 * d * sigma^2 * s for the WAE paper's s in (0.1, 0.2, 0.5, 1, 2, 5, 10), with the
-# shared prior's sigma^2 = 1/d (docs/design.md#the-jwae-model), so 2 * d * sigma^2 = 2.
-DEFAULT_IMQ_SCALES = (0.2, 0.4, 1.0, 2.0, 4.0, 10.0, 20.0)
+__all__ = ["DEFAULT_IMQ_SCALES", "mmd_imq"]
 
 
+@with_reference(reference.mmd_imq)
 def mmd_imq(
     z: torch.Tensor,
     prior_samples: torch.Tensor,

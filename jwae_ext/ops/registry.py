@@ -1,4 +1,5 @@
-"""What is registered under ``torch.ops.jwae_ext``, for the build checks in tests and CI."""
+"""What is registered under ``torch.ops.jwae_ext``, for the build checks in tests and CI, the
+errors for a device without kernels and ``python -m jwae_ext.info``."""
 
 from __future__ import annotations
 
@@ -21,3 +22,11 @@ def missing_kernels(dispatch_keys: list[str]) -> list[str]:
         for key in dispatch_keys
         if not torch._C._dispatch_has_kernel_for_dispatch_key(name, key)
     ]
+
+
+BACKENDS = ("CPU", "CUDA")
+
+
+def kernel_backends(name: str) -> list[str]:
+    """The backends (of :data:`BACKENDS`) for which the operator ``name`` has a kernel."""
+    return [key for key in BACKENDS if torch._C._dispatch_has_kernel_for_dispatch_key(name, key)]

@@ -13,12 +13,13 @@ them first). Each query's ties, the other items scoring exactly as high, come wi
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import torch
 
+from jwae_ext import reference
 from jwae_ext.ops._checks import check_int, check_same_device, check_tensor
 from jwae_ext.ops._dtypes import accumulation_dtype
+from jwae_ext.ops.kernels import with_reference
+from jwae_ext.reference.retrieval import Ranks
 
 __all__ = [
     "Ranks",
@@ -31,18 +32,7 @@ __all__ = [
 _ops = torch.ops.jwae_ext
 
 
-class Ranks(NamedTuple):
-    """Per image (``i2t``, (N,)) and per caption (``t2i``, (M,)), int64: the other items counted
-    against it, and of those the ones tied with its ground truth's score (``*_ties``; a query has
-    a tie when its entry is > 0). For :func:`retrieval_count_at_least`, counts against the given
-    thresholds."""
-
-    i2t: torch.Tensor
-    t2i: torch.Tensor
-    i2t_ties: torch.Tensor
-    t2i_ties: torch.Tensor
-
-
+@with_reference(reference.retrieval_ranks)
 def retrieval_ranks(
     img_emb: torch.Tensor, cap_emb: torch.Tensor, cap_to_img: torch.Tensor
 ) -> Ranks:
@@ -66,6 +56,7 @@ def retrieval_ranks(
     return Ranks(*_ops.retrieval_ranks(img_emb, cap_emb, cap_to_img))
 
 
+@with_reference(reference.retrieval_thresholds)
 def retrieval_thresholds(
     img_emb: torch.Tensor, cap_emb: torch.Tensor, cap_to_img: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -82,6 +73,7 @@ def retrieval_thresholds(
     return _ops.retrieval_thresholds(img_emb, cap_emb, cap_to_img)
 
 
+@with_reference(reference.retrieval_count_at_least)
 def retrieval_count_at_least(
     img_emb: torch.Tensor,
     cap_emb: torch.Tensor,
@@ -120,6 +112,7 @@ def retrieval_count_at_least(
     )
 
 
+@with_reference(reference.topk_search)
 def topk_search(
     queries: torch.Tensor, gallery: torch.Tensor, k: int
 ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -13,6 +13,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 import jwae_ext.ops._forward_grads as _forward_grads
+from jwae_ext import reference
 from jwae_ext.ops._checks import (
     check_choice,
     check_int,
@@ -21,12 +22,15 @@ from jwae_ext.ops._checks import (
     check_tensor,
 )
 from jwae_ext.ops._dtypes import loss_dtype
+from jwae_ext.ops.kernels import with_reference
+from jwae_ext.reference.wae_loss import DEFAULT_WEIGHTS, TERM_NAMES
+
+__all__ = ["DEFAULT_WEIGHTS", "RECONSTRUCTIONS", "TERM_NAMES", "wae_loss"]
 
 RECONSTRUCTIONS = ("l1", "l2")
-DEFAULT_WEIGHTS = (0.05, 0.005, 0.01, 0.01)
-TERM_NAMES = ("recon", "nll", "adv_img", "adv_txt")
 
 
+@with_reference(reference.wae_loss)
 def wae_loss(
     img_feat: torch.Tensor,
     img_rec: torch.Tensor,

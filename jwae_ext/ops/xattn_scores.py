@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import torch
 
+from jwae_ext import reference
 from jwae_ext.ops._checks import check_choice, check_finite_number, check_same_device, check_tensors
 from jwae_ext.ops._dtypes import accumulation_dtype
+from jwae_ext.ops.kernels import with_reference
 from jwae_ext.ops.retrieval import Ranks
 from jwae_ext.reference.xattn_scores import AGGREGATIONS, DIRECTIONS, RAW_FEATURE_NORMS
 
@@ -36,6 +38,7 @@ def _options(direction, lambda_softmax, agg, lambda_lse, raw_feature_norm) -> tu
     return direction, lambda_softmax, agg, lambda_lse, raw_feature_norm
 
 
+@with_reference(reference.xattn_scores)
 def xattn_scores(
     images: torch.Tensor,
     captions: torch.Tensor,
@@ -74,6 +77,7 @@ def xattn_scores(
     return _ops.xattn_scores(images, captions, cap_lens, *options)
 
 
+@with_reference(reference.xattn_ranks)
 def xattn_ranks(
     images: torch.Tensor,
     captions: torch.Tensor,

@@ -1,7 +1,9 @@
 """Straightforward pure-PyTorch formulations of every operator.
 
 They hold the full score / logit matrices the kernels avoid, and are what the property tests and
-the benchmarks compare the kernels against. Each module has the name of its operator's module in
+the benchmarks compare the kernels against, and what every operator runs under
+``--kernels reference`` (:mod:`jwae_ext.ops.kernels`). They import nothing of :mod:`jwae_ext.ops`
+(which imports them). Each module has the name of its operator's module in
 :mod:`jwae_ext.ops`.
 """
 
@@ -16,7 +18,7 @@ from jwae_ext.reference.retrieval import (
     topk_search,
 )
 from jwae_ext.reference.wae_loss import wae_loss
-from jwae_ext.reference.xattn_scores import xattn_scores
+from jwae_ext.reference.xattn_scores import xattn_ranks, xattn_scores
 
 __all__ = [
     "discriminator_loss",
@@ -29,5 +31,6 @@ __all__ = [
     "retrieval_thresholds",
     "topk_search",
     "wae_loss",
+    "xattn_ranks",
     "xattn_scores",
 ]

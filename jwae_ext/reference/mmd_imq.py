@@ -7,7 +7,9 @@ from collections.abc import Sequence
 
 import torch
 
-from jwae_ext.ops.mmd_imq import DEFAULT_IMQ_SCALES
+# C = 2 * d * sigma^2 * s for the WAE paper's s in (0.1, 0.2, 0.5, 1, 2, 5, 10), with the
+# shared prior's sigma^2 = 1/d (docs/design.md#the-jwae-model), so 2 * d * sigma^2 = 2.
+DEFAULT_IMQ_SCALES = (0.2, 0.4, 1.0, 2.0, 4.0, 10.0, 20.0)
 
 
 def mmd_imq(

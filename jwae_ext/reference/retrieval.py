@@ -10,9 +10,30 @@ this is exactly VSE++'s rank.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
-__all__ = ["retrieval_count_at_least", "retrieval_ranks", "retrieval_thresholds", "topk_search"]
+__all__ = [
+    "Ranks",
+    "ranks_from_scores",
+    "retrieval_count_at_least",
+    "retrieval_ranks",
+    "retrieval_thresholds",
+    "topk_search",
+]
+
+
+class Ranks(NamedTuple):
+    """Per image (``i2t``, (N,)) and per caption (``t2i``, (M,)), int64: the other items counted
+    against it, and of those the ones tied with its ground truth's score (``*_ties``; a query has
+    a tie when its entry is > 0). For ``retrieval_count_at_least``, counts against the given
+    thresholds."""
+
+    i2t: torch.Tensor
+    t2i: torch.Tensor
+    i2t_ties: torch.Tensor
+    t2i_ties: torch.Tensor
 
 
 def _scores(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -38,15 +59,19 @@ def _first_hit_positions(
 
 def retrieval_ranks(
     img_emb: torch.Tensor, cap_emb: torch.Tensor, cap_to_img: torch.Tensor, chunk: int = 256
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> Ranks:
     """i2t and t2i ranks by VSE++'s procedure: the full score matrix, sorted per query.
 
     i2t rank of image i: position of its first own caption in its row sorted descending; t2i rank
     of caption j: position of its image in its column sorted descending (own items after the
     others they tie with). ``chunk`` queries are sorted at a time (the score matrix itself is
-    whole). Returns ``(i2t, t2i, i2t_ties, t2i_ties)`` as :func:`jwae_ext.ops.retrieval_ranks`.
+    whole). Returns :class:`Ranks` as :func:`jwae_ext.ops.retrieval_ranks`.
     """
-    scores = _scores(img_emb, cap_emb)
+    return ranks_from_scores(_scores(img_emb, cap_emb), cap_to_img, chunk)
+
+
+def ranks_from_scores(scores: torch.Tensor, cap_to_img: torch.Tensor, chunk: int = 256) -> Ranks:
+    """The ranks of :func:`retrieval_ranks` from a whole (N, M) score matrix of any model."""
     n_img, n_cap = scores.shape
     images = torch.arange(n_img, device=scores.device)
     i2t = [
@@ -57,7 +82,7 @@ def retrieval_ranks(
         _first_hit_positions(cols.T, images[None, :] == cap_to_img[s : s + chunk, None])
         for s, cols in zip(range(0, n_cap, chunk), scores.split(chunk, dim=1), strict=True)
     ]
-    return (
+    return Ranks(
         torch.cat([rank for rank, _ in i2t]),
         torch.cat([rank for rank, _ in t2i]),
         torch.cat([ties for _, ties in i2t]),
@@ -81,13 +106,13 @@ def retrieval_count_at_least(
     cap_to_img: torch.Tensor,
     img_thresholds: torch.Tensor,
     cap_thresholds: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> Ranks:
     """Per image and per caption: items of the other side scoring at least its threshold, own
     pairs excluded, then those scoring exactly the threshold."""
     scores = _scores(img_emb, cap_emb)
     other = cap_to_img[None, :] != torch.arange(img_emb.shape[0], device=scores.device)[:, None]
     img_thr, cap_thr = img_thresholds[:, None], cap_thresholds[None, :]
-    return (
+    return Ranks(
         ((scores >= img_thr) & other).sum(dim=1),
         ((scores >= cap_thr) & other).sum(dim=0),
         ((scores == img_thr) & other).sum(dim=1),

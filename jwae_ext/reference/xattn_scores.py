@@ -15,7 +15,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["AGGREGATIONS", "DIRECTIONS", "RAW_FEATURE_NORMS", "xattn_scores"]
+from jwae_ext.reference.retrieval import Ranks, ranks_from_scores
+
+__all__ = ["AGGREGATIONS", "DIRECTIONS", "RAW_FEATURE_NORMS", "xattn_ranks", "xattn_scores"]
 
 DIRECTIONS = ("t2i", "i2t")
 AGGREGATIONS = ("lse", "mean", "max", "sum")
@@ -90,3 +92,15 @@ def xattn_scores(
             similarity = _cosine(images, attended)
         columns.append(_aggregate(similarity, agg, lambda_lse))
     return torch.stack(columns, dim=1)
+
+
+def xattn_ranks(
+    images: torch.Tensor,
+    captions: torch.Tensor,
+    cap_lens: torch.Tensor,
+    cap_to_img: torch.Tensor,
+    **options,
+) -> Ranks:
+    """Exact i2t and t2i ranks (and ties) by VSE++'s procedure on the whole matrix of
+    :func:`xattn_scores` (``options`` are its keyword arguments)."""
+    return ranks_from_scores(xattn_scores(images, captions, cap_lens, **options), cap_to_img)
