@@ -80,7 +80,10 @@ class Vocabulary:
         return len(self.idx2word)
 
     def __contains__(self, word: object) -> bool:
-        return word in self.word2idx
+        """Whether the model reads ``word`` as itself, not as ``<unk>``: a word of the training
+        vocabulary or, when extended, of the word vectors. The one definition of a known word
+        (captions without one, a search query's unknown words)."""
+        return word in self.word2idx or word in self._vector_ids
 
     def __eq__(self, other: object) -> bool:
         return (
@@ -105,7 +108,7 @@ class Vocabulary:
     def known_tokens(self, caption: str) -> list[str]:
         """The tokens of ``caption`` this vocabulary knows (training words and, when extended,
         the vectors' words): all that does not become ``<unk>``."""
-        return [tok for tok in tokenize(caption) if self.token_id(tok) != UNK_ID]
+        return [tok for tok in tokenize(caption) if tok in self]
 
     def decode(self, ids: Iterable[int], strip_special: bool = True) -> str:
         """The words of ``ids`` joined by spaces; stops at ``<end>`` and drops ``<start>`` and
