@@ -133,7 +133,9 @@ def load_word_vectors(spec: str) -> WordVectors:
                 f"{spec!r} (not a folder)"
             )
     matrix_file, words_file = _files(folder)
-    return _load(str(matrix_file), str(words_file), spec, package, version)
+    # The files' sizes and modification times join the cache key: files replaced since are read.
+    stamp = tuple((p.stat().st_size, p.stat().st_mtime_ns) for p in (matrix_file, words_file))
+    return _load(str(matrix_file), str(words_file), spec, package, version, stamp)
 
 
 def load_recorded(record: object) -> WordVectors:
@@ -170,9 +172,14 @@ def _files(folder: Path) -> tuple[Path, Path]:
 
 @lru_cache(maxsize=2)
 def _load(
-    matrix_file: str, words_file: str, name: str, package: str | None, version: str | None
+    matrix_file: str,
+    words_file: str,
+    name: str,
+    package: str | None,
+    version: str | None,
+    stamp: tuple,
 ) -> WordVectors:
-    """Read (once per process) and check one vectors folder's files."""
+    """Read (once per process and version of the files) and check one vectors folder's files."""
     try:
         matrix = np.load(matrix_file, mmap_mode="c", allow_pickle=False)
     except (OSError, ValueError) as err:
