@@ -38,7 +38,8 @@ class TextEncoder(nn.Module):
     def __init__(self, cfg: ModelConfig, vectors: PretrainedVectors | None = None) -> None:
         super().__init__()
         self.embed = cfg.word_embedding(vectors)
-        if cfg.text_encoder == "mean":
+        self.kind = cfg.text_encoder
+        if self.kind == "mean":
             self.mean_fc = nn.Linear(cfg.word_dim, cfg.embed_size)
         else:
             self.gru = nn.GRU(
@@ -46,7 +47,7 @@ class TextEncoder(nn.Module):
             )
 
     def forward(self, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        if not hasattr(self, "gru"):
+        if self.kind == "mean":
             real = torch.arange(tokens.shape[1], device=tokens.device) < lengths.unsqueeze(1)
             summed = (self.embed(tokens) * real.unsqueeze(-1)).sum(dim=1)
             return self.mean_fc(summed / lengths.unsqueeze(1).to(summed.dtype))

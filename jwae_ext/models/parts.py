@@ -79,11 +79,6 @@ class ModelConfig:
                 f"both positive, got {self.vector_words} and {self.vector_dim}"
             )
 
-    @property
-    def input_vocab_size(self) -> int:
-        """Input token ids: the training vocabulary, then one per pretrained vector."""
-        return self.vocab_size + self.vector_words
-
     def word_embedding(self, vectors: PretrainedVectors | None) -> WordEmbedding:
         """A word embedding of this configuration over the model's shared ``vectors`` (which
         must be given exactly when the configuration has word vectors)."""
