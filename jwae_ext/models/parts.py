@@ -207,7 +207,9 @@ class JointModel(nn.Module):
 
     cfg: ModelConfig
 
-    def _add_jwae_networks(self, cfg: ModelConfig, vectors: PretrainedVectors | None) -> None:
+    def _add_jwae_networks(
+        self, cfg: ModelConfig, vectors: PretrainedVectors | None = None
+    ) -> None:
         self.img_dec = ImageDecoder(cfg)
         self.txt_dec = TextDecoder(cfg, vectors)
         self.disc = Discriminator(cfg)
