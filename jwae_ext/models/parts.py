@@ -16,14 +16,17 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from jwae_ext import ops
 from jwae_ext.losses import LossConfig, quadratic_mmd
-
-PAD, START, END, UNK = 0, 1, 2, 3
+from jwae_ext.models.words import END, PAD, TEXT_ENCODERS, UNK, PretrainedVectors, WordEmbedding
 
 
 @dataclass(frozen=True)
 class ModelConfig:
     """Sizes of the networks. ``prior_sigma=None`` means 1/sqrt(embed_size); ``img_hidden=0``
-    makes the image encoder and decoder single linear layers (VSE++'s precomp image encoder)."""
+    makes the image encoder and decoder single linear layers (VSE++'s precomp image encoder).
+    ``vocab_size`` is the training vocabulary (the caption decoder's outputs); with pretrained
+    word vectors (``vector_words`` rows of ``vector_dim``, :mod:`jwae_ext.models.words`) input
+    ids extend past it. ``text_encoder``: the pooled models' caption encoder, a GRU or the mean
+    of the word embeddings (:class:`~jwae_ext.models.jwae.TextEncoder`)."""
 
     img_dim: int
     vocab_size: int
@@ -34,6 +37,9 @@ class ModelConfig:
     word_dropout: float = 0.2
     disc_hidden: int = 256
     prior_sigma: float | None = None
+    text_encoder: str = "gru"
+    vector_words: int = 0
+    vector_dim: int = 0
 
     def __post_init__(self) -> None:
         for name in (
@@ -58,6 +64,38 @@ class ModelConfig:
             raise ValueError(f"ModelConfig.word_dropout must be in [0, 1), got {self.word_dropout}")
         if self.prior_sigma is not None and not self.prior_sigma > 0:
             raise ValueError(f"ModelConfig.prior_sigma must be positive, got {self.prior_sigma}")
+        if self.text_encoder not in TEXT_ENCODERS:
+            raise ValueError(
+                f"ModelConfig.text_encoder must be one of {TEXT_ENCODERS}, got "
+                f"{self.text_encoder!r}"
+            )
+        for name in ("vector_words", "vector_dim"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 0:
+                raise ValueError(f"ModelConfig.{name} must be an integer >= 0, got {value!r}")
+        if (self.vector_words == 0) != (self.vector_dim == 0):
+            raise ValueError(
+                "ModelConfig.vector_words and vector_dim must both be 0 (no word vectors) or "
+                f"both positive, got {self.vector_words} and {self.vector_dim}"
+            )
+
+    def word_embedding(self, vectors: PretrainedVectors | None) -> WordEmbedding:
+        """A word embedding of this configuration over the model's shared ``vectors`` (which
+        must be given exactly when the configuration has word vectors)."""
+        if (vectors is None) != (self.vector_words == 0):
+            raise ValueError(
+                f"ModelConfig has {self.vector_words} word vectors, but the model was given "
+                f"{'none' if vectors is None else 'vectors'}"
+            )
+        if vectors is not None and tuple(vectors.matrix.shape) != (
+            self.vector_words,
+            self.vector_dim,
+        ):
+            raise ValueError(
+                f"word vectors of shape {tuple(vectors.matrix.shape)}, the ModelConfig expects "
+                f"({self.vector_words}, {self.vector_dim})"
+            )
+        return WordEmbedding(self.vocab_size, self.word_dim, vectors)
 
     @property
     def sigma(self) -> float:
@@ -107,13 +145,14 @@ class TextDecoder(nn.Module):
     ``w1 .. wn <end>`` (the official code predicts the token it is fed). The code sets the initial
     state and is concatenated to every input step; word dropout replaces input words with
     ``<unk>``. The vocabulary projection is not applied here: its weight and bias go to the fused
-    linear cross-entropy so that the (tokens x vocabulary) logits never exist.
+    linear cross-entropy so that the (tokens x vocabulary) logits never exist. It predicts the
+    training vocabulary: a target word outside it (known only to the word vectors) is ``<unk>``.
     """
 
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: ModelConfig, vectors: PretrainedVectors | None = None) -> None:
         super().__init__()
         self.word_dropout = cfg.word_dropout
-        self.embed = nn.Embedding(cfg.vocab_size, cfg.word_dim, padding_idx=PAD)
+        self.embed = cfg.word_embedding(vectors)
         self.init_state = nn.Linear(cfg.embed_size, cfg.embed_size)
         self.gru = nn.GRU(cfg.word_dim + cfg.embed_size, cfg.embed_size, batch_first=True)
         self.vocab = nn.Linear(cfg.embed_size, cfg.vocab_size)
@@ -131,6 +170,7 @@ class TextDecoder(nn.Module):
         """Return decoder states (B*(L-1), d) and their targets (B*(L-1),), <pad> where ignored."""
         inputs = self._drop_words(tokens[:, :-1])
         targets = tokens[:, 1:]
+        targets = torch.where(targets < self.vocab.out_features, targets, UNK)
         steps = inputs.shape[1]
         x = torch.cat([self.embed(inputs), codes.unsqueeze(1).expand(-1, steps, -1)], dim=2)
         h0 = torch.tanh(self.init_state(codes)).unsqueeze(0)
@@ -167,9 +207,11 @@ class JointModel(nn.Module):
 
     cfg: ModelConfig
 
-    def _add_jwae_networks(self, cfg: ModelConfig) -> None:
+    def _add_jwae_networks(
+        self, cfg: ModelConfig, vectors: PretrainedVectors | None = None
+    ) -> None:
         self.img_dec = ImageDecoder(cfg)
-        self.txt_dec = TextDecoder(cfg)
+        self.txt_dec = TextDecoder(cfg, vectors)
         self.disc = Discriminator(cfg)
 
     def autoencoder_parameters(self) -> list[nn.Parameter]:

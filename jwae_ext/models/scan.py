@@ -4,9 +4,10 @@ matrix; SCAN+jWAE-MH adds the jWAE terms on those codes.
 
 - Image: ``(B, R, D)`` region features -> ``Linear(D, d)`` per region -> l2-normalized region
   codes ``(B, R, d)``.
-- Text: word embedding -> GRU (bi-GRU by default: the two directions' outputs averaged) -> one
-  l2-normalized code per word ``(B, L, d)``; padding is never attended (the operator reads only
-  each caption's first ``length`` words).
+- Text: word embedding (:class:`~jwae_ext.models.words.WordEmbedding`) -> GRU (bi-GRU by
+  default: the two directions' outputs averaged) -> one l2-normalized code per word
+  ``(B, L, d)``; padding is never attended (the operator reads only each caption's first
+  ``length`` words).
 - Score: :func:`jwae_ext.ops.xattn_scores` with :class:`XattnConfig`'s options.
 - SCAN+jWAE-MH: every region code reconstructs its region feature (L1, lambda1); the caption is
   reconstructed with shifted targets from one caption code, the mean of its word codes (lambda2);
@@ -27,7 +28,8 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from jwae_ext.losses import LossConfig, xattn_mh_loss
-from jwae_ext.models.parts import PAD, JointModel, ModelConfig
+from jwae_ext.models.parts import JointModel, ModelConfig
+from jwae_ext.models.words import PretrainedVectors
 
 XATTN_DIRECTIONS = ("t2i", "i2t")
 XATTN_AGGS = ("lse", "mean", "max", "sum")
@@ -74,12 +76,15 @@ class WordEncoder(nn.Module):
     """Token ids ``(B, L)`` with lengths ``(B,)`` -> l2-normalized word codes ``(B, L, d)`` (the
     padding positions hold zeros)."""
 
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: ModelConfig, vectors: PretrainedVectors | None = None) -> None:
         super().__init__()
-        self.embed = nn.Embedding(cfg.vocab_size, cfg.word_dim, padding_idx=PAD)
-        nn.init.uniform_(self.embed.weight, -0.1, 0.1)  # SCAN's initialisation
-        with torch.no_grad():
-            self.embed.weight[PAD].zero_()
+        if cfg.text_encoder != "gru":
+            raise ValueError(
+                f"SCAN encodes every word in context: its text encoder is a GRU, got "
+                f"text_encoder={cfg.text_encoder!r}"
+            )
+        self.embed = cfg.word_embedding(vectors)
+        self.embed.reset_learned(-0.1, 0.1)  # SCAN's initialisation
         self.gru = nn.GRU(
             cfg.word_dim, cfg.embed_size, batch_first=True, bidirectional=cfg.bidirectional
         )
@@ -100,13 +105,15 @@ class SCAN(JointModel):
     """The SCAN networks, and for SCAN+jWAE-MH the region decoder, caption decoder and
     discriminator (present in every SCAN model, trained only by ``scan-jwae-mh``)."""
 
-    def __init__(self, cfg: ModelConfig, xattn: XattnConfig) -> None:
+    def __init__(
+        self, cfg: ModelConfig, xattn: XattnConfig, vectors: PretrainedVectors | None = None
+    ) -> None:
         super().__init__()
         self.cfg = cfg
         self.xattn = xattn
         self.img_enc = RegionEncoder(cfg)
-        self.txt_enc = WordEncoder(cfg)
-        self._add_jwae_networks(cfg)
+        self.txt_enc = WordEncoder(cfg, vectors)
+        self._add_jwae_networks(cfg, vectors)
 
     def encode_images(self, regions: torch.Tensor) -> torch.Tensor:
         """Region features (B, R, D) -> l2-normalized region codes (B, R, d)."""
