@@ -23,7 +23,7 @@ import torch
 from jwae_ext.baseline import fit_on_dev
 from jwae_ext.checkpoint import load_model, write_text_atomic
 from jwae_ext.config import resolve_device
-from jwae_ext.data import CaptionSplit, Vocabulary, available_splits, load_split
+from jwae_ext.data import CaptionSplit, available_splits, load_split
 from jwae_ext.data.coverage import unknown_words
 from jwae_ext.data.sources import embedded_style, folder_and_split
 from jwae_ext.evaluation import evaluate_loaded, result_file_name
@@ -319,7 +319,8 @@ def retrieval_tables(
                 for test, (_, _, protocol) in folders.tests().items()
             }
             if CROSS in splits:
-                vocab = Vocabulary.load(run / "vocab.json")
+                # The run's input vocabulary: with word vectors, their words are known too.
+                vocab = load_model(run).vocab
                 unknown[run.name] = unknown_words(vocab, splits[CROSS].captions)
             rsums = ", ".join(
                 f"{t} rsum {e['rsum']:.1f}" for t, e in evaluations[variant][seed].items()

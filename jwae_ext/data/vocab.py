@@ -113,8 +113,7 @@ class Vocabulary:
     def captions_without_known_word(self, captions: Iterable[str]) -> int:
         """How many of ``captions`` have no known word: every token unknown (or none at all), so
         the model sees ``<unk>`` only and cannot tell them apart (their codes tie)."""
-        known = self.word2idx
-        return sum(not any(tok in known for tok in tokenize(c)) for c in captions)
+        return sum(not self.known_tokens(c) for c in captions)
 
     def decode(self, ids: Iterable[int], strip_special: bool = True) -> str:
         """The words of ``ids`` joined by spaces; stops at ``<end>`` and drops ``<start>`` and
