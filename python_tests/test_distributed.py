@@ -17,7 +17,7 @@ import distributed_worker as worker
 import pytest
 import torch
 
-from jwae_ext import distributed, retrieval
+from jwae_ext import distributed, ops, retrieval
 from jwae_ext.data import collate
 from jwae_ext.evaluation import evaluate_split
 from jwae_ext.retrieval_sharded import caption_shard
@@ -161,6 +161,36 @@ def test_sharded_split_evaluation_equals_one_process(ranks, tmp_path):
     assert [r["captions"] for r in ranks["split_eval"]] == [64, 56]
     for result in ranks["split_eval"]:
         assert result["result"] == want
+
+
+@pytest.mark.parametrize("case", list(worker.xattn_cases()))
+def test_sharded_xattn_evaluation_equals_one_process(ranks, case):
+    images, captions, lengths, ids, kwargs = worker.xattn_cases()[case]
+    want = retrieval.evaluate_xattn(images, captions, lengths, ids, **kwargs)
+    whole = ops.xattn_ranks(images, captions, lengths, ids)
+    results = [r[case] for r in ranks["xattn_eval"]]
+    for result in results:
+        assert result["result"] == want  # exact: same integer counts, same float arithmetic
+    # Each rank counted its own share, and the shares are the whole count, ties included.
+    for field, want_field in zip(zip(*(r["part"] for r in results), strict=True), whole,
+                                 strict=True):  # fmt: skip
+        assert torch.equal(sum(field), want_field)
+    shares = [int(r["part"].i2t.sum()) for r in results]
+    if case == "one_tile":
+        assert shares[1] == 0
+    else:
+        assert all(0 < share < int(whole.i2t.sum()) for share in shares)
+    if case == "ties_uneven":  # duplicates on both ranks' tiles: ties counted across ranks
+        assert want["ties"]["i2t"] > 0 and want["ties"]["t2i"] > 0
+
+
+def test_sharded_scan_validation_and_test_equal_one_process(ranks, tmp_path):
+    trainer = Trainer(worker.trainer_config(str(tmp_path), "scan"))
+    want_dev, want_test = trainer.validate(), trainer.evaluate(trainer.test_split())
+    for rank, result in enumerate(ranks["scan_eval"]):
+        assert result["dev"] == want_dev and result["test"] == want_test
+        # Every ranking was this rank's part of a 2-way count, never the whole.
+        assert result["calls"] and set(result["calls"]) == {(rank, 2)}
 
 
 # ---- pieces without a process group -------------------------------------------------------------
