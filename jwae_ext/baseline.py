@@ -73,7 +73,7 @@ class RidgeBaseline:
             # Xcᵀ(Y - 1 ȳ) = XcᵀY = zcᵀ B, B the per-image sums of the caption bags (sparse)
             bags = torch.sparse_coo_tensor(
                 torch.stack([owner[y.indices()[0]], y.indices()[1]]), y.values(),
-                (len(features), len(self.words)),
+                (len(features), len(self.words)), check_invariants=True,
             ).coalesce()  # fmt: skip
             self._targets = torch.sparse.mm(bags.t(), zc).T
         self.refit(alpha)

@@ -87,7 +87,7 @@ def tied_cases(draw):
     repeated = torch.randint(0, len(cap), (len(cap) // 3,), generator=g)
     cap[repeated] = cap[torch.randint(0, len(cap), (len(repeated),), generator=g)]
     cap[torch.randint(0, len(cap), (len(cap) // 5,), generator=g)] = 0.0
-    img[torch.randint(0, n_images, (n_images // 3,), generator=g)] = img[0]
+    img[torch.randint(0, n_images, (n_images // 3,), generator=g)] = img[0].clone()
     return img, cap, cap_to_img
 
 

@@ -65,7 +65,7 @@ def test_train_writes_the_run_and_prints_the_test_table(tmp_path):
     assert "synthetic-a/train: 0 of 240 captions have no known word" in proc.stdout
     assert "synthetic-a/dev: " in proc.stdout and "captions have no known word" in proc.stdout
     baseline = json.loads((run / "baseline.json").read_text())
-    assert baseline["data"] == "synthetic-a/dev" and baseline["alpha"] in baseline["dev_rsum"]
+    assert baseline["data"] == "synthetic-a/dev" and str(baseline["alpha"]) in baseline["dev_rsum"]
     assert f"dev rsum {baseline['rsum']:.1f}" in proc.stdout.split("ridge baseline on")[1]
     test = json.loads((run / "test.json").read_text())
     assert 0 <= test["i2t"]["r1"] <= 100 and test["rsum"] > 0
