@@ -100,13 +100,14 @@ def xattn_cases() -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor, t
     """(region codes, word codes, lengths, caption->image, evaluate_xattn options) per case."""
     gen = torch.Generator().manual_seed(4)
     cases = {}
-    # 61 images, shuffled captions of 1 to 12 words (1 to 9 per image): caption tiles of 512
-    # words, not split evenly; duplicated captions and images tie across the two ranks' tiles.
+    # 61 images, shuffled captions of 1 to 12 words (1 to 9 per image): 5 caption tiles of 512
+    # words, split 2 and 3; duplicated captions and images tie across the two ranks' tiles (small
+    # integers: exact products, so copies score exactly alike wherever their GEMM row is).
     counts = torch.randint(1, 10, (61,), generator=gen)
     m = int(counts.sum())
     ids = torch.repeat_interleave(torch.arange(61), counts)[torch.randperm(m, generator=gen)]
-    images = torch.randn(61, 9, 8, generator=gen, dtype=torch.float64)
-    captions = torch.randn(m, 12, 8, generator=gen, dtype=torch.float64)
+    images = torch.randn(61, 9, 8, generator=gen, dtype=torch.float64).round()
+    captions = torch.randn(m, 12, 8, generator=gen, dtype=torch.float64).round()
     lengths = torch.randint(1, 13, (m,), generator=gen)
     captions[250:290], lengths[250:290] = captions[:40], lengths[:40]
     images[60] = images[0]
@@ -202,6 +203,12 @@ def scenario_xattn_eval(ctx: distributed.Context, out: Path) -> dict:
             "part": ops.xattn_ranks(images, captions, lengths, ids, part=ctx.rank,
                                     parts=ctx.world_size),
         }  # fmt: skip
+    # Every rank checks the same inputs before any collective: all of them raise, none waits.
+    images, captions, lengths, ids, _ = xattn_cases()["one_tile"]
+    try:
+        retrieval_sharded.evaluate_xattn_sharded(images, captions, lengths, ids % 9, ctx)
+    except ValueError as err:
+        results["error"] = str(err)
     return results
 
 

@@ -184,6 +184,11 @@ def test_sharded_xattn_evaluation_equals_one_process(ranks, case):
         assert want["ties"]["i2t"] > 0 and want["ties"]["t2i"] > 0
 
 
+def test_sharded_xattn_evaluation_errors_are_raised_on_every_rank(ranks):
+    for result in ranks["xattn_eval"]:
+        assert "1 of 10 images have none, the first is image 9" in result["error"]
+
+
 def test_sharded_scan_validation_and_test_equal_one_process(ranks, tmp_path):
     trainer = Trainer(worker.trainer_config(str(tmp_path), "scan"))
     want_dev, want_test = trainer.validate(), trainer.evaluate(trainer.test_split())

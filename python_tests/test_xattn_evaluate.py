@@ -120,7 +120,7 @@ def test_ranks_across_many_tiles_with_duplicates(direction):
         assert torch.equal(r, w)
 
 
-@given(cases(), st.integers(2, 5))
+@given(st.booleans().flatmap(lambda duplicates: cases(duplicates)), st.integers(2, 5))
 def test_parts_of_the_counting_pass_sum_to_the_ranks(case, parts):
     images, captions, lengths, cap_to_img, kwargs = case
     whole = ops.xattn_ranks(images, captions, lengths, cap_to_img, **kwargs)
@@ -136,11 +136,12 @@ def test_parts_of_the_counting_pass_sum_to_the_ranks(case, parts):
 def test_parts_share_the_caption_tiles(direction):
     # 1000 captions of 5 words in 10 caption groups of 512 words (tiles of whole captions), split
     # 3 ways (3, 3 and 4 groups): every part counts a share of every query's items, none all of
-    # them, and the shares, ties included, sum to the ranks. Duplicates give ties in every part.
+    # them, and the shares, ties included, sum to the ranks. Duplicates of small integers (exact
+    # products) tie across the parts.
     g = torch.Generator().manual_seed(9)
     cap_to_img = owners([5] * 200, True, g)
-    images = features(200, 4, 6, g)
-    captions = features(1000, 5, 6, g)
+    images = features(200, 4, 6, g).round()
+    captions = features(1000, 5, 6, g).round()
     lengths = torch.full((1000,), 5)
     captions[500:600] = captions[:100]
     images[150:160] = images[:10]
