@@ -198,11 +198,12 @@ def scenario_xattn_eval(ctx: distributed.Context, out: Path) -> dict:
         results[name] = {
             "result": retrieval_sharded.evaluate_xattn_sharded(
                 images, captions, lengths, ids, ctx, **kwargs
-            ),
-            # This rank's share of the count (what it computed beyond the thresholds).
-            "part": ops.xattn_ranks(images, captions, lengths, ids, part=ctx.rank,
-                                    parts=ctx.world_size),
-        }  # fmt: skip
+            )
+        }
+        if "protocol" not in kwargs:  # this rank's share of the count (beyond the thresholds)
+            results[name]["part"] = ops.xattn_ranks(
+                images, captions, lengths, ids, part=ctx.rank, parts=ctx.world_size
+            )
     # Every rank checks the same inputs before any collective: all of them raise, none waits.
     images, captions, lengths, ids, _ = xattn_cases()["one_tile"]
     try:

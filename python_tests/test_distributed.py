@@ -167,21 +167,27 @@ def test_sharded_split_evaluation_equals_one_process(ranks, tmp_path):
 def test_sharded_xattn_evaluation_equals_one_process(ranks, case):
     images, captions, lengths, ids, kwargs = worker.xattn_cases()[case]
     want = retrieval.evaluate_xattn(images, captions, lengths, ids, **kwargs)
+    for result in ranks["xattn_eval"]:
+        assert result[case]["result"] == want  # exact: same integer counts, same arithmetic
+    if case == "ties_uneven":  # duplicates on both ranks' tiles: ties counted across ranks
+        assert want["ties"]["i2t"] > 0 and want["ties"]["t2i"] > 0
+
+
+@pytest.mark.parametrize(
+    "case", [name for name, case in worker.xattn_cases().items() if "protocol" not in case[-1]]
+)
+def test_each_rank_counts_its_share_of_the_xattn_ranks(ranks, case):
+    images, captions, lengths, ids, _ = worker.xattn_cases()[case]
     whole = ops.xattn_ranks(images, captions, lengths, ids)
-    results = [r[case] for r in ranks["xattn_eval"]]
-    for result in results:
-        assert result["result"] == want  # exact: same integer counts, same float arithmetic
-    # Each rank counted its own share, and the shares are the whole count, ties included.
-    for field, want_field in zip(zip(*(r["part"] for r in results), strict=True), whole,
-                                 strict=True):  # fmt: skip
-        assert torch.equal(sum(field), want_field)
-    shares = [int(r["part"].i2t.sum()) for r in results]
+    parts = [r[case]["part"] for r in ranks["xattn_eval"]]
+    # The shares are the whole count, ties included; each rank counted a part, not all of it.
+    for field, want in zip(zip(*parts, strict=True), whole, strict=True):
+        assert torch.equal(sum(field), want)
+    shares = [int(p.i2t.sum()) for p in parts]
     if case == "one_tile":
         assert shares == [0, int(whole.i2t.sum())]
     else:
         assert all(0 < share < int(whole.i2t.sum()) for share in shares)
-    if case == "ties_uneven":  # duplicates on both ranks' tiles: ties counted across ranks
-        assert want["ties"]["i2t"] > 0 and want["ties"]["t2i"] > 0
 
 
 def test_sharded_xattn_evaluation_errors_are_raised_on_every_rank(ranks):
