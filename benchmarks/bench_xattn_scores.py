@@ -14,7 +14,7 @@ Cases (R = 36 regions, caption lengths 8..16 with L = 16, d = 1024, as SCAN on C
   preallocated and reused over word chunks of at most 512 MB (all its outputs would be 8.6 GB at
   1000 x 5000), the same FLOPs.
 - distributed evaluation: what one rank of a 2-process evaluation computes (its part of the
-  count, ``part=r, parts=2``, thresholds included) beside the whole count, t2i at 500 x 2500,
+  count, ``part=r, parts=2``, thresholds included) beside the whole count, t2i at 300 x 1500,
   timed in turn round by round (docs/distributed.md).
 """
 
@@ -31,7 +31,7 @@ from jwae_ext.reference.xattn_scores import xattn_scores as reference_scores
 REGIONS, MAX_WORDS, DIM = sizes([(36, 16, 1024)], [(6, 5, 32)])[0]
 TRAIN_BATCH = sizes([128], [16])[0]
 EVAL_SIZES = sizes([(1000, 5000), (200, 1000)], [(40, 200), (20, 100)])
-PARTS_SIZE = sizes([(500, 2500)], [(40, 400)])[0]
+PARTS_SIZE = sizes([(300, 1500)], [(40, 400)])[0]
 REFERENCE_EVAL_SIZE = EVAL_SIZES[1]
 DIRECTIONS = {
     "t2i": {"direction": "t2i"},

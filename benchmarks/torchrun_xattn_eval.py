@@ -2,9 +2,12 @@
 job (retrieval_sharded.evaluate_xattn_sharded, docs/distributed.md), on the codes of
 bench_xattn_scores.py (unit-norm, R = 36, lengths 8..16, d = 1024, COCO caption order).
 
-    OMP_NUM_THREADS=1 python benchmarks/torchrun_xattn_eval.py 500 2500
-    OMP_NUM_THREADS=1 torchrun --standalone --nproc_per_node 2 \\
-        benchmarks/torchrun_xattn_eval.py 500 2500
+    OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/torchrun_xattn_eval.py 300 1500 3
+    OMP_NUM_THREADS=1 PYTHONPATH=. torchrun --standalone --nproc_per_node 2 \\
+        benchmarks/torchrun_xattn_eval.py 300 1500 3
+
+(``PYTHONPATH=.``: this checkout's jwae_ext rather than an installed one.) Arguments: images,
+captions, calls (default 3).
 
 Rank 0 prints one JSON line: the processes, the seconds of each call (after a barrier, so every
 rank starts together; the all_reduce of the counts included) and the table's rsum, which is the
