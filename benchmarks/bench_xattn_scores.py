@@ -13,6 +13,9 @@ Cases (R = 36 regions, caption lengths 8..16 with L = 16, d = 1024, as SCAN on C
   ranks) at 200 x 1000, beside ours and the floor at that size. The floor's output is
   preallocated and reused over word chunks of at most 512 MB (all its outputs would be 8.6 GB at
   1000 x 5000), the same FLOPs.
+- distributed evaluation: what one rank of a 2-process evaluation computes (its part of the
+  count, ``part=r, parts=2``, thresholds included) beside the whole count, t2i at 300 x 1500,
+  timed in turn round by round (docs/distributed.md).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from jwae_ext.reference.xattn_scores import xattn_scores as reference_scores
 REGIONS, MAX_WORDS, DIM = sizes([(36, 16, 1024)], [(6, 5, 32)])[0]
 TRAIN_BATCH = sizes([128], [16])[0]
 EVAL_SIZES = sizes([(1000, 5000), (200, 1000)], [(40, 200), (20, 100)])
+PARTS_SIZE = sizes([(300, 1500)], [(40, 400)])[0]
 REFERENCE_EVAL_SIZE = EVAL_SIZES[1]
 DIRECTIONS = {
     "t2i": {"direction": "t2i"},
@@ -107,3 +111,15 @@ def test_evaluation_ranks(measure, n_images, n_captions, direction, impl):
         return reference.retrieval_ranks(scores, eye, cap_to_img)
 
     measure(case, impl, fn, rounds=1 if n_images * n_captions >= 10**6 else 3)
+
+
+def test_evaluation_rank_parts(measure):
+    n_images, n_captions = PARTS_SIZE
+    images, captions, lengths, cap_to_img = _inputs(n_images, n_captions)
+    case = f"xattn ranks t2i parts of 2 {n_images}x{n_captions}"
+
+    def part(p: int, parts: int):
+        return lambda: ops.xattn_ranks(images, captions, lengths, cap_to_img, part=p, parts=parts)
+
+    measure(case, "whole", part(0, 1), rounds=3,
+            alongside={"part 0 of 2": part(0, 2), "part 1 of 2": part(1, 2)})  # fmt: skip

@@ -77,7 +77,8 @@ TORCH_LIBRARY(jwae_ext, m) {
 
   // ---- xattn: stacked cross-attention (SCAN) scores (csrc/xattn_scores.cpp,
   // csrc/cuda/xattn_scores.cu, jwae_ext/ops/xattn_scores.py). Scores (n_image, n_caption), their
-  // gradient for the inputs selected by grad_mask, and exact retrieval ranks from the same tiles.
+  // gradient for the inputs selected by grad_mask, and exact retrieval ranks from the same tiles
+  // (with part/parts: one part's counts of a distributed evaluation, summed over the parts).
   m.def(
       "xattn_scores(Tensor images, Tensor captions, Tensor cap_lens, str direction, "
       "float lambda_softmax, str agg, float lambda_lse, str raw_feature_norm) -> Tensor");
@@ -87,7 +88,8 @@ TORCH_LIBRARY(jwae_ext, m) {
       "bool[2] grad_mask) -> (Tensor grad_images, Tensor grad_captions)");
   m.def(
       "xattn_ranks(Tensor images, Tensor captions, Tensor cap_lens, Tensor cap_to_img, "
-      "str direction, float lambda_softmax, str agg, float lambda_lse, str raw_feature_norm) -> "
+      "str direction, float lambda_softmax, str agg, float lambda_lse, str raw_feature_norm, "
+      "int part=0, int parts=1) -> "
       "(Tensor i2t_ranks, Tensor t2i_ranks, Tensor i2t_ties, Tensor t2i_ties)");
   // end xattn
 }

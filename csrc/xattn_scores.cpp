@@ -412,13 +412,18 @@ inline void atomic_add(int64_t* target, int64_t value) {
 // other tiles are computed and counted, and the kept scores counted too. Every tile is computed
 // once, and a pair's score is the one every other score is compared with: ties count as in one
 // score matrix, against the query (§3.3), and are counted apart as well.
+// Part `part` of `parts` computes every threshold (the own tiles are few) but counts only the
+// pairs of its caption groups: the counts of all parts sum to those of one part, exactly, since
+// every part computes the same tiles with the same bits (a distributed evaluation).
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> xattn_ranks_cpu(
     const at::Tensor& images, const at::Tensor& captions, const at::Tensor& cap_lens,
     const at::Tensor& cap_to_img, std::string_view direction, double lambda_softmax,
-    std::string_view agg, double lambda_lse, std::string_view raw_feature_norm) {
+    std::string_view agg, double lambda_lse, std::string_view raw_feature_norm, int64_t part,
+    int64_t parts) {
   const Options options =
       parse_options(direction, lambda_softmax, agg, lambda_lse, raw_feature_norm);
   check_rank_inputs(images, captions, cap_lens, cap_to_img);
+  check_part(part, parts);
   const int64_t n_images = images.size(0), n_captions = captions.size(0);
   const at::Tensor owner_t = cap_to_img.to(at::kCPU).contiguous();
   const int64_t* owner = owner_t.const_data_ptr<int64_t>();
@@ -455,6 +460,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> xattn_ranks_cpu(
     const auto& groups = own_groups[cg];
     return std::find(groups.begin(), groups.end(), ig) != groups.end();
   };
+  const std::pair<int64_t, int64_t> own_part = part_range(grid.caption_groups(), part, parts);
+  auto counted = [&](int64_t cg) { return cg >= own_part.first && cg < own_part.second; };
   at::Tensor i2t = at::zeros({n_images}, owner_t.options());
   at::Tensor t2i = at::zeros({n_captions}, owner_t.options());
   at::Tensor i2t_ties = at::zeros({n_images}, owner_t.options());
@@ -484,8 +491,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> xattn_ranks_cpu(
     // Image counts are shared between the threads sweeping caption groups, so both counts are
     // added atomically (one rule for the concurrent pass and the kept scores' serial one).
     for_each_score<scalar_t>(
-        p, [&](int64_t cg, int64_t ig) { return !holds_own_pair(cg, ig); }, count);
+        p, [&](int64_t cg, int64_t ig) { return counted(cg) && !holds_own_pair(cg, ig); }, count);
     for (int64_t c = 0; c < n_captions; ++c) {
+      if (!counted(group_of_caption[c])) continue;
       for (const int64_t ig : own_groups[group_of_caption[c]]) {
         const int64_t first = ig * grid.images_per_group;
         const int64_t last = std::min(first + grid.images_per_group, n_images);

@@ -7,6 +7,7 @@
 
 #include <cmath>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "checks.h"
@@ -157,6 +158,19 @@ inline void check_rank_inputs(const at::Tensor& images, const at::Tensor& captio
                               const at::Tensor& cap_lens, const at::Tensor& cap_to_img) {
   check_inputs(images, captions, cap_lens);
   check_cap_to_img(cap_to_img, images.size(0), captions.size(0), captions);
+}
+
+// A part of the ranks' counting pass: 0 <= part < parts (see part_range).
+inline void check_part(int64_t part, int64_t parts) {
+  TORCH_CHECK_VALUE(parts >= 1, "jwae_ext: argument 'parts' must be >= 1, got ", parts);
+  TORCH_CHECK_VALUE(part >= 0 && part < parts, "jwae_ext: argument 'part' must be in [0, ", parts,
+                    ") ('parts'), got ", part);
+}
+
+// The caption groups (tiles) [first, last) of `groups` whose pairs part `part` of `parts` counts:
+// contiguous, as even as whole groups allow; a part may get none.
+inline std::pair<int64_t, int64_t> part_range(int64_t groups, int64_t part, int64_t parts) {
+  return {groups * part / parts, groups * (part + 1) / parts};
 }
 
 // Captions in ascending order of their image (stable): the traversal order of the ranks, so that

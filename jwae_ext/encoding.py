@@ -3,13 +3,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from jwae_ext import retrieval
+from jwae_ext import ops, retrieval
 from jwae_ext.data import CaptionSplit, Vocabulary, pad_captions
 from jwae_ext.models import JWAE, SCAN
 
@@ -56,12 +57,19 @@ class XattnCodes:
     words: torch.Tensor
     lengths: torch.Tensor
 
-    def table(self, cap_to_img: np.ndarray, protocol: str, xattn: dict) -> dict:
+    def table(
+        self,
+        cap_to_img: np.ndarray,
+        protocol: str,
+        xattn: dict,
+        ranks: Callable[..., ops.Ranks] = ops.xattn_ranks,
+    ) -> dict:
         """The exact retrieval table of these codes under the cross-attention score with the
-        options ``xattn`` (:func:`jwae_ext.retrieval.evaluate_xattn`)."""
+        options ``xattn``, the ranks computed by ``ranks``
+        (:func:`jwae_ext.retrieval.evaluate_xattn`)."""
         ids = torch.as_tensor(np.asarray(cap_to_img), device=self.regions.device)
         return retrieval.evaluate_xattn(
-            self.regions, self.words, self.lengths, ids, protocol=protocol, **xattn
+            self.regions, self.words, self.lengths, ids, protocol=protocol, ranks=ranks, **xattn
         )
 
     def pooled(self) -> tuple[torch.Tensor, torch.Tensor]:

@@ -229,6 +229,7 @@ def evaluate_xattn(
     agg: str = "lse",
     lambda_lse: float = 6.0,
     raw_feature_norm: str = "clipped_l2norm",
+    ranks: Callable[..., ops.Ranks] = ops.xattn_ranks,
 ) -> dict:
     """:func:`evaluate` for cross-attention (SCAN) scores, streaming: exact ranks without the
     score matrix.
@@ -240,6 +241,10 @@ def evaluate_xattn(
         protocol: as :func:`evaluate` (``"1k"`` and ``"5k"`` need N = 5000).
         direction, lambda_softmax, agg, lambda_lse, raw_feature_norm: the score's options, as
             :func:`jwae_ext.ops.xattn_scores`.
+        ranks: what computes the ranks of each image set, called as :func:`jwae_ext.ops.xattn_ranks`
+            (positionally the codes, lengths and image ids, the options by keyword); a distributed
+            evaluation passes one that sums the parts of the ranks over the processes
+            (:func:`jwae_ext.retrieval_sharded.evaluate_xattn_sharded`).
 
     Returns:
         The tables of :func:`evaluate` (scores at least as high count against a query).
@@ -259,8 +264,8 @@ def evaluate_xattn(
     if protocol == "1k":
         _check_image_ids(captions[:, 0], cap_to_img, _COCO_TEST_IMAGES)  # one row per caption
 
-    def ranks(fold_images, caption_index, fold_cap_to_img):
-        return ops.xattn_ranks(
+    def fold_ranks(fold_images, caption_index, fold_cap_to_img):
+        return ranks(
             fold_images,
             _caption_rows(captions, caption_index),
             cap_lens[caption_index],
@@ -270,4 +275,4 @@ def evaluate_xattn(
 
     # The folds select images by row and captions by index (protocol_tables's "cap_emb").
     caption_index = torch.arange(captions.shape[0], device=captions.device)
-    return protocol_tables(images, caption_index, cap_to_img, protocol, ranks)
+    return protocol_tables(images, caption_index, cap_to_img, protocol, fold_ranks)

@@ -1,12 +1,17 @@
-"""Exact retrieval metrics with the captions sharded over the ranks of a data-parallel job
-(docs/design.md, "Scale out").
+"""Exact retrieval metrics with the work sharded over the ranks of a data-parallel job
+(docs/design.md, "Scale out", and docs/distributed.md).
 
-Every rank encodes all images (the small side) and its own contiguous share of the captions
-(:func:`caption_shard`), scores only its block, and ends with the ranks, and so the table, of one
-process on all captions, exactly (:func:`evaluate_sharded`).
+Pooled models: every rank encodes all images (the small side) and its own contiguous share of the
+captions (:func:`caption_shard`), scores only its block, and ends with the ranks, and so the
+table, of one process on all captions, exactly (:func:`evaluate_sharded`). SCAN models: every rank
+encodes everything (cheap beside the cross-attention) and counts the pairs of its share of the
+caption tiles (:func:`evaluate_xattn_sharded`); the counts are summed, and the table is again one
+process's, exactly.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -25,6 +30,8 @@ __all__ = [
     "encode_and_rank_sharded",
     "evaluate_sharded",
     "evaluate_split_sharded",
+    "evaluate_xattn_sharded",
+    "summed_xattn_ranks",
 ]
 
 
@@ -138,6 +145,44 @@ def evaluate_sharded(
     )
 
 
+def summed_xattn_ranks(ctx: Context) -> Callable[..., ops.Ranks]:
+    """:func:`jwae_ext.ops.xattn_ranks` split over the ranks: each counts its part of the pairs
+    (``part=rank, parts=world_size``) and the four count vectors are summed over the ranks with
+    one all_reduce. Every rank must pass the same inputs, and gets the ranks and ties of one
+    process, exactly (integer counts of pairs whose scores every rank computes with the same
+    bits). Collective."""
+
+    def ranks(images, captions, cap_lens, cap_to_img, **options) -> ops.Ranks:
+        part = ops.xattn_ranks(
+            images, captions, cap_lens, cap_to_img,
+            part=ctx.rank, parts=ctx.world_size, **options,
+        )  # fmt: skip
+        counts = torch.cat(list(part))
+        dist.all_reduce(counts)
+        return ops.Ranks(*counts.split([len(p) for p in part]))
+
+    return ranks
+
+
+def evaluate_xattn_sharded(
+    images: torch.Tensor,
+    captions: torch.Tensor,
+    cap_lens: torch.Tensor,
+    cap_to_img: torch.Tensor,
+    ctx: Context,
+    **kwargs,
+) -> dict:
+    """:func:`jwae_ext.retrieval.evaluate_xattn` (same arguments, ``kwargs`` its protocol and
+    score options) with the cross-attention ranks counted in parts over the ranks
+    (:func:`summed_xattn_ranks`). Every rank passes all the codes, the same on every rank, and
+    returns the table of one process, exactly; each computes the own pairs' tiles (a small
+    share) and ``1 / world_size`` of the others. Collective: call it on all ranks. In one process
+    it is :func:`jwae_ext.retrieval.evaluate_xattn`."""
+    if ctx.enabled:
+        kwargs["ranks"] = summed_xattn_ranks(ctx)
+    return retrieval.evaluate_xattn(images, captions, cap_lens, cap_to_img, **kwargs)
+
+
 def encode_and_rank_sharded(
     model: JointModel,
     split: CaptionSplit,
@@ -150,12 +195,14 @@ def encode_and_rank_sharded(
     """:func:`jwae_ext.evaluation.encode_and_rank` with the caption encoding and the ranking
     sharded over the ranks (every rank encodes all images: the cheap side). The table is the
     same on every rank, identical to one process's; the codes are one per image and one per
-    caption of this rank's shard (SCAN: the mean region / word codes of all captions, since SCAN
-    models are evaluated whole on every rank: the exact cross-attention ranks are not sharded
-    yet)."""
+    caption of this rank's shard (SCAN: the mean region / word codes of all captions, since every
+    rank encodes all of them and counts its part of the cross-attention ranks,
+    :func:`evaluate_xattn_sharded`)."""
     if isinstance(model, SCAN):
         codes = encode_split_xattn(model, split, vocab, device=ctx.device, batch_size=batch_size)
-        return codes.table(split.cap_to_img, protocol, model.xattn.options()), *codes.pooled()
+        ranks = summed_xattn_ranks(ctx) if ctx.enabled else ops.xattn_ranks
+        table = codes.table(split.cap_to_img, protocol, model.xattn.options(), ranks)
+        return table, *codes.pooled()
     shard = caption_shard(split.num_captions, batch_size, ctx)
     img_emb, cap_emb = encode_split(
         model, split, vocab, device=ctx.device, batch_size=batch_size, captions=shard

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from jwae_ext import distributed, retrieval_sharded
+from jwae_ext import distributed, ops, retrieval_sharded
 from jwae_ext.config import TrainConfig, resolve
 from jwae_ext.data import collate
 from jwae_ext.train import Trainer, epoch_batches
@@ -96,6 +96,42 @@ def eval_cases() -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor, st
     return cases
 
 
+def xattn_cases() -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, dict]]:
+    """(region codes, word codes, lengths, caption->image, evaluate_xattn options) per case."""
+    gen = torch.Generator().manual_seed(4)
+    cases = {}
+    # 61 images, shuffled captions of 1 to 12 words (1 to 9 per image): 5 caption tiles of 512
+    # words, split 2 and 3; duplicated captions and images tie across the two ranks' tiles (small
+    # integers: exact products, so copies score exactly alike wherever their GEMM row is).
+    counts = torch.randint(1, 10, (61,), generator=gen)
+    m = int(counts.sum())
+    ids = torch.repeat_interleave(torch.arange(61), counts)[torch.randperm(m, generator=gen)]
+    images = torch.randn(61, 9, 8, generator=gen, dtype=torch.float64).round()
+    captions = torch.randn(m, 12, 8, generator=gen, dtype=torch.float64).round()
+    lengths = torch.randint(1, 13, (m,), generator=gen)
+    captions[250:290], lengths[250:290] = captions[:40], lengths[:40]
+    images[60] = images[0]
+    cases["ties_uneven"] = (images, captions, lengths, ids, {})
+    # float32, i2t attention with mean pooling: 3 caption tiles (an odd count), 101 images.
+    ids = torch.arange(505) // 5
+    images = torch.randn(101, 6, 16, generator=gen)
+    captions = torch.randn(505, 6, 16, generator=gen)
+    lengths = torch.randint(2, 5, (505,), generator=gen)
+    cases["float32_i2t"] = (images, captions, lengths, ids, {"direction": "i2t", "agg": "mean"})
+    # One caption tile: rank 0 counts nothing, rank 1 everything.
+    ids = torch.arange(20) % 10
+    images = torch.randn(10, 3, 4, generator=gen, dtype=torch.float64)
+    captions = torch.randn(20, 4, 4, generator=gen, dtype=torch.float64)
+    cases["one_tile"] = (images, captions, torch.full((20,), 4), ids, {})
+    # COCO 1K: 5000 images, one short caption each, 5 folds.
+    ids = torch.arange(5000)
+    images = torch.randn(5000, 2, 3, generator=gen, dtype=torch.float64)
+    captions = torch.randn(5000, 2, 3, generator=gen, dtype=torch.float64)
+    lengths = torch.randint(1, 3, (5000,), generator=gen)
+    cases["coco_1k"] = (images, captions, lengths, ids, {"protocol": "1k"})
+    return cases
+
+
 # ---- scenarios (rank side) -----------------------------------------------------------------------
 
 
@@ -156,6 +192,47 @@ def scenario_eval(ctx: distributed.Context, out: Path) -> dict:
     return results
 
 
+def scenario_xattn_eval(ctx: distributed.Context, out: Path) -> dict:
+    results = {}
+    for name, (images, captions, lengths, ids, kwargs) in xattn_cases().items():
+        results[name] = {
+            "result": retrieval_sharded.evaluate_xattn_sharded(
+                images, captions, lengths, ids, ctx, **kwargs
+            )
+        }
+        if "protocol" not in kwargs:  # this rank's share of the count (beyond the thresholds)
+            results[name]["part"] = ops.xattn_ranks(
+                images, captions, lengths, ids, part=ctx.rank, parts=ctx.world_size
+            )
+    # Every rank checks the same inputs before any collective: all of them raise, none waits.
+    images, captions, lengths, ids, _ = xattn_cases()["one_tile"]
+    try:
+        retrieval_sharded.evaluate_xattn_sharded(images, captions, lengths, ids % 9, ctx)
+    except ValueError as err:
+        results["error"] = str(err)
+    return results
+
+
+def scenario_scan_eval(ctx: distributed.Context, out: Path) -> dict:
+    """A SCAN trainer's validation and test under the process group, recording how the ranks
+    were computed."""
+    trainer = Trainer(trainer_config(str(out), "scan"), ctx)
+    calls = []
+    whole = ops.xattn_ranks
+
+    def recorded(*args, **kwargs):
+        calls.append((kwargs.get("part", 0), kwargs.get("parts", 1)))
+        return whole(*args, **kwargs)
+
+    ops.xattn_ranks = recorded
+    try:
+        dev = trainer.validate()
+        test = trainer.evaluate(trainer.test_split())
+    finally:
+        ops.xattn_ranks = whole
+    return {"dev": dev, "test": test, "calls": calls}
+
+
 def scenario_split_eval(ctx: distributed.Context, out: Path) -> dict:
     trainer = Trainer(trainer_config(str(out), "jwae-mh"), ctx)
     shard = retrieval_sharded.caption_shard(trainer.dev_split.num_captions, 32, ctx)
@@ -170,6 +247,8 @@ SCENARIOS = {
     "trainer_step": scenario_trainer_step,
     "eval": scenario_eval,
     "split_eval": scenario_split_eval,
+    "xattn_eval": scenario_xattn_eval,
+    "scan_eval": scenario_scan_eval,
 }
 
 

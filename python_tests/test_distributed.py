@@ -17,7 +17,7 @@ import distributed_worker as worker
 import pytest
 import torch
 
-from jwae_ext import distributed, retrieval
+from jwae_ext import distributed, ops, retrieval
 from jwae_ext.data import collate
 from jwae_ext.evaluation import evaluate_split
 from jwae_ext.retrieval_sharded import caption_shard
@@ -161,6 +161,47 @@ def test_sharded_split_evaluation_equals_one_process(ranks, tmp_path):
     assert [r["captions"] for r in ranks["split_eval"]] == [64, 56]
     for result in ranks["split_eval"]:
         assert result["result"] == want
+
+
+@pytest.mark.parametrize("case", list(worker.xattn_cases()))
+def test_sharded_xattn_evaluation_equals_one_process(ranks, case):
+    images, captions, lengths, ids, kwargs = worker.xattn_cases()[case]
+    want = retrieval.evaluate_xattn(images, captions, lengths, ids, **kwargs)
+    for result in ranks["xattn_eval"]:
+        assert result[case]["result"] == want  # exact: same integer counts, same arithmetic
+    if case == "ties_uneven":  # duplicates on both ranks' tiles: ties counted across ranks
+        assert want["ties"]["i2t"] > 0 and want["ties"]["t2i"] > 0
+
+
+@pytest.mark.parametrize(
+    "case", [name for name, case in worker.xattn_cases().items() if "protocol" not in case[-1]]
+)
+def test_each_rank_counts_its_share_of_the_xattn_ranks(ranks, case):
+    images, captions, lengths, ids, _ = worker.xattn_cases()[case]
+    whole = ops.xattn_ranks(images, captions, lengths, ids)
+    parts = [r[case]["part"] for r in ranks["xattn_eval"]]
+    # The shares are the whole count, ties included; each rank counted a part, not all of it.
+    for field, want in zip(zip(*parts, strict=True), whole, strict=True):
+        assert torch.equal(sum(field), want)
+    shares = [int(p.i2t.sum()) for p in parts]
+    if case == "one_tile":
+        assert shares == [0, int(whole.i2t.sum())]
+    else:
+        assert all(0 < share < int(whole.i2t.sum()) for share in shares)
+
+
+def test_sharded_xattn_evaluation_errors_are_raised_on_every_rank(ranks):
+    for result in ranks["xattn_eval"]:
+        assert "1 of 10 images have none, the first is image 9" in result["error"]
+
+
+def test_sharded_scan_validation_and_test_equal_one_process(ranks, tmp_path):
+    trainer = Trainer(worker.trainer_config(str(tmp_path), "scan"))
+    want_dev, want_test = trainer.validate(), trainer.evaluate(trainer.test_split())
+    for rank, result in enumerate(ranks["scan_eval"]):
+        assert result["dev"] == want_dev and result["test"] == want_test
+        # Every ranking was this rank's part of a 2-way count, never the whole.
+        assert result["calls"] and set(result["calls"]) == {(rank, 2)}
 
 
 # ---- pieces without a process group -------------------------------------------------------------

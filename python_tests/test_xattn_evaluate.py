@@ -1,5 +1,5 @@
 """Exact retrieval under cross-attention scores (ops.xattn_ranks, retrieval.evaluate_xattn) against
-the tables of retrieval.evaluate on the full score matrix."""
+the tables of retrieval.evaluate on the full score matrix; the parts of a distributed count."""
 
 from __future__ import annotations
 
@@ -118,6 +118,70 @@ def test_ranks_across_many_tiles_with_duplicates(direction):
     assert got.t2i_ties[of_copied].all()
     for r, w in zip(got, ranks_by_definition(scores, cap_to_img), strict=True):
         assert torch.equal(r, w)
+
+
+@given(st.booleans().flatmap(lambda duplicates: cases(duplicates)), st.integers(2, 5))
+def test_parts_of_the_counting_pass_sum_to_the_ranks(case, parts):
+    images, captions, lengths, cap_to_img, kwargs = case
+    whole = ops.xattn_ranks(images, captions, lengths, cap_to_img, **kwargs)
+    split = [
+        ops.xattn_ranks(images, captions, lengths, cap_to_img, part=p, parts=parts, **kwargs)
+        for p in range(parts)
+    ]
+    for field, want in zip(zip(*split, strict=True), whole, strict=True):
+        assert torch.equal(sum(field), want)
+
+
+@pytest.mark.parametrize("direction", DIRECTIONS)
+def test_parts_share_the_caption_tiles(direction):
+    # 1000 captions of 5 words in 10 caption groups of 512 words (tiles of whole captions), split
+    # 3 ways (3, 3 and 4 groups): every part counts a share of every query's items, none all of
+    # them, and the shares, ties included, sum to the ranks. Duplicates of small integers (exact
+    # products) tie across the parts.
+    g = torch.Generator().manual_seed(9)
+    cap_to_img = owners([5] * 200, True, g)
+    images = features(200, 4, 6, g).round()
+    captions = features(1000, 5, 6, g).round()
+    lengths = torch.full((1000,), 5)
+    captions[500:600] = captions[:100]
+    images[150:160] = images[:10]
+    whole = ops.xattn_ranks(images, captions, lengths, cap_to_img, direction=direction)
+    split = [
+        ops.xattn_ranks(images, captions, lengths, cap_to_img, direction=direction, part=p, parts=3)
+        for p in range(3)
+    ]
+    for field, want in zip(zip(*split, strict=True), whole, strict=True):
+        assert torch.equal(sum(field), want)
+    assert whole.i2t_ties.any() and whole.t2i_ties.any()
+    for part in split:
+        # Each part counts the pairs of its own captions: a third or so of the i2t counts, and
+        # the t2i counts of its captions only.
+        assert 0 < part.i2t.sum() < whole.i2t.sum()
+        counted = part.t2i > 0
+        assert counted.any() and not counted.all()
+    # One caption group, three parts: two of them count nothing.
+    few = ops.xattn_ranks(images[:2], captions[:4], lengths[:4], torch.tensor([0, 1, 1, 0]),
+                          part=0, parts=3)  # fmt: skip
+    assert all(not t.any() for t in few)
+
+
+@pytest.mark.parametrize(
+    ("part", "parts", "error", "message"),
+    [
+        (0, 0, ValueError, r"'parts' must be >= 1, got 0"),
+        (2, 2, ValueError, r"'part' must be in \[0, 2\) \('parts'\), got 2"),
+        (-1, 2, ValueError, r"'part' must be in \[0, 2\)"),
+        (0.0, 2, TypeError, "'part' must be an int, got float"),
+        (0, True, TypeError, "'parts' must be an int, got bool"),
+    ],
+)
+def test_bad_part(part, parts, error, message):
+    g = torch.Generator().manual_seed(10)
+    images, captions = features(3, 2, 4, g), features(3, 2, 4, g)
+    with pytest.raises(error, match=message):
+        ops.xattn_ranks(
+            images, captions, torch.tensor([1, 2, 2]), torch.arange(3), part=part, parts=parts
+        )
 
 
 @pytest.mark.parametrize("direction", DIRECTIONS)

@@ -225,6 +225,10 @@ def test_opcheck(direction):
     torch.library.opcheck(
         torch.ops.jwae_ext.xattn_ranks.default, (x.detach(), y.detach(), lengths, owners, *opts)
     )
+    torch.library.opcheck(
+        torch.ops.jwae_ext.xattn_ranks.default,
+        (x.detach(), y.detach(), lengths, owners, *opts, 1, 2),
+    )
 
 
 def test_torch_compile_fullgraph():

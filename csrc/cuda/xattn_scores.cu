@@ -578,14 +578,17 @@ std::tuple<at::Tensor, at::Tensor> xattn_scores_backward_cuda(
 // Exact ranks: own pairs' scores from the tiles holding one, then one counting pass over every
 // tile (the same tiles, the same bits). The CPU kernel keeps the own tiles' scores instead of
 // computing those tiles twice; here they are recomputed (a few tiles on a GPU). A tie counts
-// against the query (§3.3), and is counted apart as well.
+// against the query (§3.3), and is counted apart as well. Part `part` of `parts` computes every
+// threshold and counts the pairs of its caption tiles only (as on the CPU).
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> xattn_ranks_cuda(
     const at::Tensor& images, const at::Tensor& captions, const at::Tensor& cap_lens,
     const at::Tensor& cap_to_img, std::string_view direction, double lambda_softmax,
-    std::string_view agg, double lambda_lse, std::string_view raw_feature_norm) {
+    std::string_view agg, double lambda_lse, std::string_view raw_feature_norm, int64_t part,
+    int64_t parts) {
   const Options options =
       parse_options(direction, lambda_softmax, agg, lambda_lse, raw_feature_norm);
   check_rank_inputs(images, captions, cap_lens, cap_to_img);
+  check_part(part, parts);
   const int64_t n_images = images.size(0), n_captions = captions.size(0);
   const c10::cuda::CUDAGuard guard(images.device());
   const Problem p = make_problem(images, captions, cap_lens, options);
@@ -622,8 +625,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> xattn_ranks_cuda(
     const at::Tensor img_thr =
         at::full({n_images}, -std::numeric_limits<double>::infinity(), p.regions.options())
             .scatter_reduce_(0, owner_d, cap_thr, "amax", /*include_self=*/true);
+    const std::pair<int64_t, int64_t> counted = part_range(n_caption_tiles, part, parts);
     for_each_scored_tile<scalar_t>(
-        p, [](int64_t, int64_t) { return true; },
+        p, [&](int64_t ct, int64_t) { return ct >= counted.first && ct < counted.second; },
         [&](const Tile& t, const at::Tensor& s) {
           const at::Tensor other = own_mask(t).logical_not();
           const at::Tensor img_t = img_thr.narrow(0, t.i0, t.i1 - t.i0).unsqueeze(0);

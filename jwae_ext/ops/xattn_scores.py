@@ -13,7 +13,13 @@ from __future__ import annotations
 import torch
 
 from jwae_ext import reference
-from jwae_ext.ops._checks import check_choice, check_finite_number, check_same_device, check_tensors
+from jwae_ext.ops._checks import (
+    check_choice,
+    check_finite_number,
+    check_int,
+    check_same_device,
+    check_tensors,
+)
 from jwae_ext.ops._dtypes import accumulation_dtype
 from jwae_ext.ops.kernels import with_reference
 from jwae_ext.ops.retrieval import Ranks
@@ -89,6 +95,8 @@ def xattn_ranks(
     agg: str = "lse",
     lambda_lse: float = 6.0,
     raw_feature_norm: str = "clipped_l2norm",
+    part: int = 0,
+    parts: int = 1,
 ) -> Ranks:
     """Exact i2t and t2i ranks under the cross-attention scores, without the score matrix.
 
@@ -98,14 +106,22 @@ def xattn_ranks(
     passes over the same tiles: the own pairs' scores, then one counting pass; extra memory is a
     few tiles per thread plus O(n_image + n_caption), whatever the product n_image * n_caption.
 
+    ``part`` of ``parts`` (``0 <= part < parts``) splits the counting pass for a distributed
+    evaluation: every part computes all the thresholds (the own pairs' tiles, a small share of
+    the tiles) from the same inputs, then counts only the pairs of its share of the caption
+    tiles (contiguous, as even as whole tiles allow; a part may get none). The four outputs are
+    that part's counts; their sums over the parts are the ranks and ties of ``parts=1``, exactly
+    (every part computes a tile with the same bits). The default is the whole count.
+
     Returns:
         :class:`jwae_ext.ops.Ranks` ``(i2t, t2i, i2t_ties, t2i_ties)``, int64 ``(n_image,)``,
         ``(n_caption,)``, ``(n_image,)``, ``(n_caption,)``: the ranks and, per query, the other
-        items tied with its ground truth's score.
+        items tied with its ground truth's score (with ``parts > 1``: this part's share of them).
     """
     options = _options(direction, lambda_softmax, agg, lambda_lse, raw_feature_norm)
     check_tensors(images=images, captions=captions, cap_lens=cap_lens, cap_to_img=cap_to_img)
-    return Ranks(*_ops.xattn_ranks(images, captions, cap_lens, cap_to_img, *options))
+    part, parts = check_int("part", part), check_int("parts", parts)
+    return Ranks(*_ops.xattn_ranks(images, captions, cap_lens, cap_to_img, *options, part, parts))
 
 
 # ---- autograd: the backward recomputes the tiles ------------------------------------------------

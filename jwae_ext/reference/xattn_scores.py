@@ -99,8 +99,15 @@ def xattn_ranks(
     captions: torch.Tensor,
     cap_lens: torch.Tensor,
     cap_to_img: torch.Tensor,
+    part: int = 0,
+    parts: int = 1,
     **options,
 ) -> Ranks:
     """Exact i2t and t2i ranks (and ties) by VSE++'s procedure on the whole matrix of
-    :func:`xattn_scores` (``options`` are its keyword arguments)."""
-    return ranks_from_scores(xattn_scores(images, captions, cap_lens, **options), cap_to_img)
+    :func:`xattn_scores` (``options`` are its keyword arguments). Split into ``parts`` (as the
+    operator's distributed count), part 0 holds every count and the others none: the sum over
+    the parts is the whole, as the operator's."""
+    if not 0 <= part < parts:
+        raise ValueError(f"jwae_ext: part must be in [0, parts={parts}), got {part}")
+    ranks = ranks_from_scores(xattn_scores(images, captions, cap_lens, **options), cap_to_img)
+    return ranks if part == 0 else Ranks(*(torch.zeros_like(t) for t in ranks))
