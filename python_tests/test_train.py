@@ -104,6 +104,10 @@ def test_a_run_below_the_ridge_baseline_ends_with_a_warning(tmp_path):
         f"warning: the best dev rsum of this run, {best:.1f}, stayed below the ridge baseline's "
         "dev rsum, 600.0, on the same split (synthetic-a/dev)"
     ) in proc.stderr
+    (run / "baseline.json").write_text("{damaged")
+    proc = train(tmp_path, "--resume", "--epochs", "2", "--name", "run", check=False)
+    assert proc.returncode == 2 and f"cannot read {run / 'baseline.json'}" in proc.stderr
+    assert "Traceback" not in proc.stderr
 
 
 def test_no_warning_at_or_above_the_baseline(tmp_path):

@@ -106,9 +106,7 @@ def retrieval_count_at_least(
     ):
         check_tensor(name, value)
     return Ranks(
-        *_ops.retrieval_count_at_least(
-            img_emb, cap_emb, cap_to_img, img_thresholds, cap_thresholds
-        )
+        *_ops.retrieval_count_at_least(img_emb, cap_emb, cap_to_img, img_thresholds, cap_thresholds)
     )
 
 
