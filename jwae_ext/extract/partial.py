@@ -1,14 +1,14 @@
-"""The work area of an extraction in progress: ``OUT/.extract-partial/`` (an index build uses
-the same machinery in ``INDEX/.index-partial/``: see :mod:`jwae_ext.search.build`).
+"""The work area of an extraction in progress: ``OUT/.extract-partial/`` (an index build uses the
+same machinery in ``INDEX/.index-partial/``: see :mod:`jwae_ext.search.build`).
 
-Features stream into one memory-mapped ``{split}.npy`` per split (per array: an index has its
-image codes and its caption codes), sized for every planned image (a sparse file: disk is used as
-rows are written), so memory stays bounded whatever the collection. Rows are packed: an unreadable image takes no row. After each batch the maps are
-flushed, then ``state.json`` (written atomically) records, per split, the next planned image,
-the rows written and the images skipped; a run killed at any point loses at most the batch in
-flight, and the next run with the same inputs and settings (the same fingerprint) continues from
-there. Batches are cut at fixed positions of the plan, so a resumed run feeds the network the same
-batches as an uninterrupted one and writes the same bytes.
+Features stream into one memory-mapped ``{split}.npy`` per split (per array: an index has its image
+codes and its caption codes), sized for every planned image (a sparse file: disk is used as rows
+are written), so memory stays bounded whatever the collection. Rows are packed: an unreadable image
+takes no row. After each batch the maps are flushed, then ``state.json`` (written atomically)
+records, per split, the next planned image, the rows written and the images skipped; a run killed
+at any point loses at most the batch in flight, and the next run with the same inputs and settings
+(the same fingerprint) continues from there. Batches are cut at fixed positions of the plan, so a
+resumed run feeds the network the same batches as an uninterrupted one and writes the same bytes.
 """
 
 from __future__ import annotations
