@@ -19,6 +19,7 @@ __all__ = [
     "encode_split",
     "encode_split_xattn",
     "image_codes",
+    "mean_region_codes",
     "word_codes",
 ]
 
@@ -35,6 +36,12 @@ def image_codes(
     if isinstance(model, SCAN):
         return model.encode_images(feats)  # normalized per region by the model
     return F.normalize(model.encode_images(feats), dim=1)
+
+
+def mean_region_codes(regions: torch.Tensor) -> torch.Tensor:
+    """One l2-normalized code per image ``(B, d)``, the mean of its region codes ``(B, R, d)``:
+    SCAN's single image vector (continuity, figures, image-to-image search), not its score."""
+    return F.normalize(regions.mean(dim=1), dim=1)
 
 
 @torch.no_grad()
@@ -110,7 +117,7 @@ class XattnCodes:
         """One l2-normalized code per image and per caption, the mean of its region or word
         codes: for what needs a single vector (continuity, latent-space figures), not retrieval."""
         mean_words = self.words.sum(dim=1) / self.lengths.unsqueeze(1).to(self.words.dtype)
-        return F.normalize(self.regions.mean(dim=1), dim=1), F.normalize(mean_words, dim=1)
+        return mean_region_codes(self.regions), F.normalize(mean_words, dim=1)
 
 
 @torch.no_grad()
