@@ -24,12 +24,12 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+import jwae_ext.search.layout as layout
 from jwae_ext.checkpoint import checkpoint_file, load_model
 from jwae_ext.data.precomp import write_array, write_bytes, write_files
 from jwae_ext.encoding import caption_codes, image_codes
 from jwae_ext.extract.partial import PartialExtraction
 from jwae_ext.models import SCAN
-from jwae_ext.search import layout
 from jwae_ext.search.sources import Collection, Item, from_data, from_images
 
 WORK_DIR = ".index-partial"

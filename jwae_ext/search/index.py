@@ -19,12 +19,12 @@ import numpy as np
 import torch
 from PIL import Image
 
+import jwae_ext.search.layout as layout
 from jwae_ext.checkpoint import CheckpointError, LoadedModel, load_model
 from jwae_ext.encoding import caption_codes, image_codes, mean_region_codes, word_codes
 from jwae_ext.extract import UnreadableImage, load_backbone
 from jwae_ext.extract.backbones import INPUT_SIZE, Backbone
 from jwae_ext.extract.images import load_rgb, rgb_pixels
-from jwae_ext.search import layout
 from jwae_ext.search.build import file_digest
 from jwae_ext.search.sources import as_model_input
 from jwae_ext.search.topk import Best, dot_topk, merge_best, xattn_topk
