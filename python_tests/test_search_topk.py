@@ -7,6 +7,8 @@ is the one answer. Blocks are made tiny so that every answer crosses many of the
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import numpy as np
 import pytest
 import torch
@@ -58,7 +60,7 @@ def test_shards_merged_in_order_are_the_full_ranking(case, cut):
     codes, queries, k = case
     bounds = sorted({0, len(codes), *np.linspace(0, len(codes), cut + 1).astype(int).tolist()})
     best = None
-    for start, stop in zip(bounds, bounds[1:], strict=False):
+    for start, stop in pairwise(bounds):
         scores, rows = topk.dot_topk(queries, codes[start:stop], k)
         best = topk.merge_best(best, scores, rows + start, k)
     want = brute_force(queries @ torch.from_numpy(codes).T, min(k, len(codes)))
