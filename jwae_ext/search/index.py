@@ -107,17 +107,22 @@ class Index:
         shards.sort(key=lambda s: s.manifest["shard"][0])
         _check_one_collection(shards)
         manifest = shards[0].manifest
+        checkpoint = Path(manifest["checkpoint"])
+        if not checkpoint.is_file():
+            raise layout.IndexFormatError(
+                f"jwae_ext: index {folders[0]}: its run's checkpoint {checkpoint} is gone"
+            )
+        if file_digest(checkpoint) != manifest["checkpoint_digest"]:
+            raise layout.IndexFormatError(
+                f"jwae_ext: index {folders[0]}: the checkpoint {checkpoint} changed since it "
+                "was indexed (another digest); rebuild the index with python -m jwae_ext.index"
+            )
         try:
-            loaded = load_model(manifest["checkpoint"], device)
+            loaded = load_model(checkpoint, device)
         except CheckpointError as err:
             raise layout.IndexFormatError(
                 f"jwae_ext: index {folders[0]}: cannot load its run's checkpoint: {err}"
             ) from None
-        if file_digest(loaded.path) != manifest["checkpoint_digest"]:
-            raise layout.IndexFormatError(
-                f"jwae_ext: index {folders[0]}: the checkpoint {loaded.path} changed since it "
-                "was indexed (another digest); rebuild the index with python -m jwae_ext.index"
-            )
         loaded.model.eval()
         return cls(shards, loaded)
 
