@@ -6,6 +6,7 @@ resumes to the same bytes; float16 stays within its bound of float32."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import numpy as np
@@ -18,7 +19,8 @@ from jwae_ext import evaluate, ops
 from jwae_ext.checkpoint import load_model
 from jwae_ext.data import export_precomp, load_split, tokenize
 from jwae_ext.encoding import caption_codes, encode_split, encode_split_xattn, word_codes
-from jwae_ext.search import Index, build, build_index
+from jwae_ext.search import Index, QueryError, build, build_index
+from jwae_ext.search import __main__ as search_cli
 
 VARIANTS = ("vse++", "scan")
 TEST_IMAGES = 60
@@ -199,3 +201,116 @@ def test_a_changed_checkpoint_is_refused(runs, indexes, tmp_path):
     (copy / "best.pt").unlink()
     with pytest.raises(ValueError, match=r"checkpoint .* is gone"):
         Index.open(index)
+
+
+# ---- every error names what is wrong ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"images": "x"}, "exactly one of --data and --images"),
+        ({"data": None}, "exactly one of --data and --images"),
+        ({"captions": "c.txt"}, "--captions goes with --images"),
+        ({"dtype": "int8"}, "--dtype must be float32 or float16, got 'int8'"),
+        ({"batch_size": 0}, "--batch-size must be an integer >= 1, got 0"),
+        ({"shard": "3/2"}, "--shard must be I/N with 0 <= I < N"),
+        ({"shard": "one/two"}, "--shard must be I/N"),
+        ({"shard": "5/100"}, "--shard 5/100: the collection has only 60 images"),
+        ({"data": "no-such-folder"}, "--data 'no-such-folder' is neither"),
+    ],
+)
+def test_build_errors_name_the_argument(kwargs, message, runs, tmp_path):
+    run, data = runs["vse++"]
+    args = {"data": f"{data}:test", **kwargs}
+    with pytest.raises(ValueError, match=re.escape(message)):
+        build_index(run, tmp_path / "idx", **args)
+    assert not (tmp_path / "idx" / "manifest.json").exists()
+
+
+def test_features_the_run_does_not_read_are_refused_naming_both(runs, tmp_path):
+    run, _ = runs["vse++"]
+    _, regions_data = runs["scan"]
+    with pytest.raises(
+        ValueError, match=r"256-dimensional image features, but the run .* reads 1024"
+    ):
+        build_index(run, tmp_path / "a", data=f"{regions_data}:test")
+    with pytest.raises(ValueError, match="no region features"):
+        build_index(runs["scan"][0], tmp_path / "b", data=f"{runs['vse++'][1]}:test")
+    with pytest.raises(ValueError, match="trained on the embedded dataset synthetic-a"):
+        build_index(run, tmp_path / "c", images=tmp_path)
+
+
+def test_another_index_in_the_folder_is_kept_unless_restart(runs, tmp_path):
+    run, data = runs["vse++"]
+    build_index(run, tmp_path / "idx", data=f"{data}:test")
+    with pytest.raises(ValueError, match=r"--out .* holds another index"):
+        build_index(run, tmp_path / "idx", data=f"{data}:test", dtype="float16")
+    build_index(run, tmp_path / "idx", data=f"{data}:test", dtype="float16", restart=True)
+    assert Index.open(tmp_path / "idx").info["dtype"] == "float16"
+
+
+def test_query_errors(indexes):
+    pooled, scan = Index.open(indexes["vse++"]), Index.open(indexes["scan"])
+    for bad in (0, -1, "3", 2.0, True):
+        with pytest.raises(
+            ValueError, match=f"k must be an integer >= 1, got {re.escape(repr(bad))}"
+        ):
+            pooled.search_text(["a red circle"], k=bad)
+    with pytest.raises(ValueError, match="target must be images or captions, got 'words'"):
+        pooled.search_text(["a red circle"], target="words")
+    with pytest.raises(QueryError, match="query 'qwxz , !' has no word the model knows"):
+        pooled.search_text(["a circle", "qwxz , !"])
+    with pytest.raises(QueryError, match="a text query must be a str"):
+        pooled.search_text([3])
+    with pytest.raises(QueryError, match="cannot take image queries"):
+        pooled.search_image(["any.png"])
+    with pytest.raises(QueryError, match="image id 60 is not in the index"):
+        pooled.search_item([60])
+    with pytest.raises(KeyError, match="image id -1 is not in the index"):
+        pooled.image_path(-1)
+    with pytest.raises(QueryError, match="SCAN index ranks images for a text query"):
+        scan.search_text(["a red circle"], target="captions")
+    with pytest.raises(QueryError, match="SCAN index holds no caption codes"):
+        scan.search_image(["any.png"], target="captions")
+
+
+def test_open_errors(runs, indexes, tmp_path):
+    with pytest.raises(ValueError, match=r"index folder .*nowhere does not exist"):
+        Index.open(tmp_path / "nowhere")
+    with pytest.raises(ValueError, match="is not a finished index"):
+        Index.open(tmp_path)
+    with pytest.raises(ValueError, match=r"not shards of one collection .* differ in kind"):
+        Index.open([indexes["vse++"], indexes["scan"]])
+    run, data = runs["vse++"]
+    first = build_index(run, tmp_path / "s0", data=f"{data}:test", shard="0/2").out
+    with pytest.raises(ValueError, match="shard\\(s\\) 1/2 not given"):
+        Index.open([first])
+    with pytest.raises(ValueError, match="the same shard given twice"):
+        Index.open([first, first])
+    (indexes["vse++"] / "codes.npy").rename(tmp_path / "codes.npy")
+    try:
+        with pytest.raises(ValueError, match=r"codes.npy is missing or damaged"):
+            Index.open(indexes["vse++"])
+    finally:
+        (tmp_path / "codes.npy").rename(indexes["vse++"] / "codes.npy")
+
+
+def test_search_cli(indexes, capsys):
+    folder = str(indexes["vse++"])
+    assert search_cli.main([folder, "a red circle qwxz", "-k", "3"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[:2] == ["query: a red circle qwxz", "not in the vocabulary: qwxz"]
+    assert len(out) == 5 and out[2].split()[0] == "1"
+    assert search_cli.main([folder, "a red circle", "--captions", "-k", "2", "--json"]) == 0
+    answer = json.loads(capsys.readouterr().out)
+    assert len(answer[0]["hits"]) == 2 and answer[0]["hits"][0]["caption"]
+    for argv, message in (
+        ([folder], "QUERY: give INDEX and then the text query"),
+        ([folder, "--image", "a.png", "--queries", "q.txt"], "give --image or --queries, not both"),
+        ([folder, "qwxz"], "has no word the model knows"),
+        ([folder, "a circle", "-k", "0"], "k must be an integer >= 1, got 0"),
+    ):
+        assert search_cli.main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("python -m jwae_ext.search: error: ") and message in err, err

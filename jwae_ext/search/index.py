@@ -190,6 +190,8 @@ class Index:
         through the index's recorded feature extraction."""
         k, target = _check_k(k), _check_target(target)
         images = list(images)
+        if target == "captions":
+            self._require_caption_codes()
         if not images:
             return []
         return self._hits(self._ranked(self._image_query_codes(images), k, target), target)
@@ -266,11 +268,17 @@ class Index:
         """The k best by dot product of pooled query ``codes`` against every shard's image codes
         (SCAN: mean region codes) or caption codes."""
         if target == "captions":
-            if self._manifest["kind"] == "scan":
-                raise QueryError("jwae_ext: a SCAN index holds no caption codes: use target images")
+            self._require_caption_codes()
             return self._over_shards(lambda s: dot_topk(codes, s.caption_codes, k), k, "captions")
         transform = mean_region_codes if self._manifest["kind"] == "scan" else None
         return self._over_shards(lambda s: dot_topk(codes, s.codes, k, transform), k)
+
+    def _require_caption_codes(self) -> None:
+        if self._manifest["kind"] == "scan":
+            raise QueryError(
+                "jwae_ext: a SCAN index holds no caption codes (its score compares a caption's "
+                "words with an image's regions): use target images"
+            )
 
     def _over_shards(self, search, k: int, target: str = "images") -> Best:
         """Each shard's k best, merged shard after shard (ascending ids): one exact answer.
