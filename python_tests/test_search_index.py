@@ -314,3 +314,17 @@ def test_search_cli(indexes, capsys):
         assert search_cli.main(argv) == 2
         err = capsys.readouterr().err
         assert err.startswith("python -m jwae_ext.search: error: ") and message in err, err
+
+
+def test_shards_built_from_copies_of_the_run_merge(runs, indexes, tmp_path):
+    run, data = runs["vse++"]
+    copy = tmp_path / "elsewhere"  # another machine's copy of the same checkpoint
+    shutil.copytree(run, copy)
+    shards = [
+        build_index(r, tmp_path / f"s{i}", data=f"{data}:test", shard=f"{i}/2").out
+        for i, r in enumerate((run, copy))
+    ]
+    queries = _captions(data)[:9]
+    assert Index.open(shards).search_text(queries) == Index.open(indexes["vse++"]).search_text(
+        queries
+    )

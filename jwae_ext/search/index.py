@@ -342,7 +342,8 @@ def _check_one_collection(shards: list[_Shard]) -> None:
         differ = [
             key
             for key in layout.MANIFEST_KEYS
-            if key not in layout.SHARD_KEYS and shard.manifest[key] != first.manifest[key]
+            if key not in (*layout.SHARD_KEYS, *layout.LOCAL_KEYS)
+            and shard.manifest[key] != first.manifest[key]
         ]
         if differ:
             raise layout.IndexFormatError(
