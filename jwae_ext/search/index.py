@@ -285,7 +285,7 @@ class Index:
         Positions are global: image ids, or caption rows over the shards in order."""
         best = None
         for number, shard in enumerate(self._shards):
-            scores, rows = search(shard)
+            scores, rows = (t.cpu() for t in search(shard))
             if target == "images":
                 positions = torch.from_numpy(np.asarray(shard.image_ids[rows.numpy()]))
             else:
