@@ -28,15 +28,16 @@ def brute_force(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tenso
 
 @st.composite
 def codes_with_duplicates(draw, max_rows: int = 120, trailing: tuple[int, ...] = ()):
-    """(codes (N, *trailing, d) float32 from a small pool of distinct rows, so many repeat;
-    queries (Q, d); k, sometimes above N)."""
+    """(codes (N, *trailing, d) float32 or float16 (exact either way) from a small pool of
+    distinct rows, so many repeat; queries (Q, d); k, sometimes above N)."""
     seed = draw(st.integers(0, 2**31 - 1))
     rows, d, q = draw(st.integers(1, max_rows)), draw(st.integers(1, 24)), draw(st.integers(1, 5))
     g = torch.Generator().manual_seed(seed)
     pool = torch.randint(-3, 4, (draw(st.integers(1, rows)), *trailing, d), generator=g) / 4
     codes = pool[torch.randint(0, len(pool), (rows,), generator=g)]
     queries = torch.randint(-3, 4, (q, d), generator=g) / 4
-    return codes.float().numpy(), queries.float(), draw(st.integers(1, rows + 5))
+    dtype = draw(st.sampled_from([np.float32, np.float16]))
+    return codes.float().numpy().astype(dtype), queries.float(), draw(st.integers(1, rows + 5))
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -50,7 +51,8 @@ def tiny_blocks():
 def test_dot_topk_over_blocks_is_the_full_ranking(case):
     codes, queries, k = case
     scores, index = topk.dot_topk(queries, codes, k)
-    want_scores, want_index = brute_force(queries @ torch.from_numpy(codes).T, min(k, len(codes)))
+    full = queries @ torch.from_numpy(codes).float().T
+    want_scores, want_index = brute_force(full, min(k, len(codes)))
     assert torch.equal(index, want_index)
     assert torch.equal(scores, want_scores)
 
@@ -63,7 +65,7 @@ def test_shards_merged_in_order_are_the_full_ranking(case, cut):
     for start, stop in pairwise(bounds):
         scores, rows = topk.dot_topk(queries, codes[start:stop], k)
         best = topk.merge_best(best, scores, rows + start, k)
-    want = brute_force(queries @ torch.from_numpy(codes).T, min(k, len(codes)))
+    want = brute_force(queries @ torch.from_numpy(codes).float().T, min(k, len(codes)))
     assert torch.equal(best[1], want[1]) and torch.equal(best[0], want[0])
 
 
@@ -78,7 +80,7 @@ def test_xattn_topk_over_blocks_is_the_full_ranking(case, lengths):
         [lengths.draw(st.integers(1, n_words)) for _ in range(q)], dtype=torch.int64
     )
     scores, index = topk.xattn_topk(words, lens, regions, k, {})
-    full = ops.xattn_scores(torch.from_numpy(regions), words, lens).T  # (Q, N) at once
+    full = ops.xattn_scores(torch.from_numpy(regions).float(), words, lens).T  # (Q, N) at once
     want_scores, want_index = brute_force(full, min(k, len(regions)))
     assert torch.equal(index, want_index)
     assert torch.equal(scores, want_scores)

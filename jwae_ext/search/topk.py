@@ -40,11 +40,21 @@ def blocks(rows: int, row_bytes: int, extra_row_bytes: int = 0) -> Iterator[tupl
         yield start, min(start + step, rows)
 
 
-def as_float32(block: np.ndarray) -> torch.Tensor:
-    """A block of stored codes as float32 (a view of float32 codes, a converted copy of float16);
-    the callers move it to the queries' device."""
-    tensor = torch.from_numpy(block)
-    return tensor if tensor.dtype == torch.float32 else tensor.float()
+def float32_blocks(
+    codes: np.ndarray, device: torch.device, extra_row_bytes: int = 0
+) -> Iterator[tuple[int, torch.Tensor]]:
+    """``(start, block)``: the (memory-mapped) ``codes`` block by block as float32 on ``device``.
+    float32 blocks are views of the map; float16 ones are converted into one reused buffer
+    (a fresh buffer per block would cost more in page faults than the conversion itself)."""
+    row_bytes = 4 * int(np.prod(codes.shape[1:]))
+    buffer = None
+    for start, stop in blocks(len(codes), row_bytes, extra_row_bytes):
+        block = torch.from_numpy(codes[start:stop])
+        if block.dtype != torch.float32:
+            if buffer is None:
+                buffer = torch.empty((stop - start, *codes.shape[1:]), dtype=torch.float32)
+            block = buffer[: stop - start].copy_(block)
+        yield start, block.to(device)
 
 
 def dot_topk(
@@ -54,15 +64,17 @@ def dot_topk(
     transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> Best:
     """The k best rows of ``codes`` (memory-mapped, (n, ...)) for each query (Q, d) by dot
-    product, block by block through :func:`jwae_ext.ops.topk_search`. ``transform`` maps a block
-    of float32 codes to (rows, d) first (SCAN: the mean region code)."""
+    product through :func:`jwae_ext.ops.topk_search` (which never holds more than its tiles of
+    scores). float32 codes go to it whole, as mapped; others block by block as float32.
+    ``transform`` maps a block of float32 codes to (rows, d) first (SCAN: the mean region
+    code)."""
+    if codes.dtype == np.float32 and transform is None:
+        gallery = torch.from_numpy(codes).to(queries.device)
+        return ops.topk_search(queries, gallery, min(k, len(codes)))
     best = None
-    row_bytes = 4 * int(np.prod(codes.shape[1:]))
-    for start, stop in blocks(len(codes), row_bytes):
-        block = as_float32(codes[start:stop]).to(queries.device)
-        if transform is not None:
-            block = transform(block)
-        scores, index = ops.topk_search(queries, block.contiguous(), min(k, stop - start))
+    for start, block in float32_blocks(codes, queries.device):
+        gallery = block if transform is None else transform(block)
+        scores, index = ops.topk_search(queries, gallery.contiguous(), min(k, len(block)))
         best = merge_best(best, scores, index + start, k)
     return best
 
@@ -75,10 +87,9 @@ def xattn_topk(
     (:func:`jwae_ext.ops.xattn_scores`), one block of images at a time: never more scores than
     one block's (images x queries)."""
     best = None
-    row_bytes = 4 * int(np.prod(regions.shape[1:]))
-    for start, stop in blocks(len(regions), row_bytes, extra_row_bytes=4 * len(words)):
-        block = as_float32(regions[start:stop]).to(words.device)
+    for start, block in float32_blocks(regions, words.device, extra_row_bytes=4 * len(words)):
         scores = ops.xattn_scores(block, words, lengths, **options)
-        positions = torch.arange(start, stop, device=words.device).expand(len(words), -1)
+        positions = torch.arange(start, start + len(block), device=words.device)
+        positions = positions.expand(len(words), -1)
         best = merge_best(best, scores.T, positions, k)
     return best
