@@ -19,7 +19,12 @@ from jwae_ext.ops.kernels import (
 )
 from jwae_ext.ops.registry import kernel_backends
 
-PUBLIC = [name for name in ops.__all__ if callable(getattr(ops, name))]
+# The operators: functions, not the result types (Ranks).
+PUBLIC = [
+    name
+    for name in ops.__all__
+    if callable(getattr(ops, name)) and not isinstance(getattr(ops, name), type)
+]
 
 
 @pytest.fixture(autouse=True)
