@@ -19,8 +19,10 @@ from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.trustedhost import TrustedHostMiddleware
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from jwae_ext.search import Hit, Index, QueryError
 from jwae_ext.serve.thumbnails import Thumbnails, ThumbnailUnavailable, photo_root
@@ -119,10 +121,10 @@ def create_app(
         title="jwae_ext search",
         summary="Search a folder of images indexed with a trained jWAE model.",
         version="1",
-        max_body_size=max_upload_bytes,
     )
     if allowed_hosts is not None:
         app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts))
+    app.add_middleware(BodyLimit, max_bytes=max_upload_bytes)
     _add_error_handlers(app, max_upload_bytes)
 
     def results(hits: list[Hit]) -> list[Result]:
@@ -213,6 +215,40 @@ def create_app(
     return app
 
 
+class BodyLimit:
+    """Refuses a request body over ``max_bytes`` with 413: at once when its ``Content-Length``
+    says so, else (chunked, or longer than declared) as soon as the bytes read pass the limit.
+    (Starlette's own limit answers the first case in plain text; this one answers JSON.)"""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = Headers(scope=scope).get("content-length", "")
+        if length.isdigit() and int(length) > self.max_bytes:
+            await JSONResponse({"error": _too_large(self.max_bytes)}, 413)(scope, receive, send)
+            return
+        received = 0
+
+        async def counted() -> Message:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.max_bytes:
+                raise HTTPException(413)  # answered by the app's handler, in JSON
+            return message
+
+        await self.app(scope, counted, send)
+
+
+def _too_large(max_bytes: int) -> str:
+    return f"the request is over the upload limit of {max_bytes} bytes (--max-upload-mb)"
+
+
 def _known_id(index: Index, image_id: int) -> None:
     try:
         index.image_path(image_id)
@@ -227,7 +263,7 @@ def _add_error_handlers(app: FastAPI, max_upload_bytes: int) -> None:
     def http_error(request: Request, err: StarletteHTTPException) -> JSONResponse:
         message = str(err.detail)
         if err.status_code == 413:
-            message = f"the request is over the upload limit of {max_upload_bytes} bytes"
+            message = _too_large(max_upload_bytes)
         return JSONResponse({"error": message}, err.status_code, headers=err.headers)
 
     @app.exception_handler(RequestValidationError)
