@@ -13,7 +13,55 @@ from jwae_ext import retrieval
 from jwae_ext.data import CaptionSplit, Vocabulary, pad_captions
 from jwae_ext.models import JWAE, SCAN
 
-__all__ = ["XattnCodes", "encode_split", "encode_split_xattn"]
+__all__ = [
+    "XattnCodes",
+    "caption_codes",
+    "encode_split",
+    "encode_split_xattn",
+    "image_codes",
+    "mean_region_codes",
+    "word_codes",
+]
+
+
+@torch.no_grad()
+def image_codes(
+    model: JWAE | SCAN, features: np.ndarray, device: torch.device | str = "cpu"
+) -> torch.Tensor:
+    """The l2-normalized codes of one batch of image features: pooled models ``(B, D)`` ->
+    ``(B, d)``, SCAN region features ``(B, R, D)`` -> region codes ``(B, R, d)``. What every
+    encoding of images goes through (evaluation, an index, a query), so all have the same bits.
+    The model must be in eval mode."""
+    feats = torch.from_numpy(np.array(features, dtype=np.float32)).to(device)
+    if isinstance(model, SCAN):
+        return model.encode_images(feats)  # normalized per region by the model
+    return F.normalize(model.encode_images(feats), dim=1)
+
+
+def mean_region_codes(regions: torch.Tensor) -> torch.Tensor:
+    """One l2-normalized code per image ``(B, d)``, the mean of its region codes ``(B, R, d)``:
+    SCAN's single image vector (continuity, figures, image-to-image search), not its score."""
+    return F.normalize(regions.mean(dim=1), dim=1)
+
+
+@torch.no_grad()
+def caption_codes(
+    model: JWAE, vocab: Vocabulary, captions: list[str], device: torch.device | str = "cpu"
+) -> torch.Tensor:
+    """The l2-normalized codes ``(B, d)`` of one batch of captions of a pooled model (words
+    unknown to ``vocab`` become ``<unk>``); eval mode, as :func:`image_codes`."""
+    tokens, lengths = pad_captions([vocab.encode(c) for c in captions])
+    return F.normalize(model.encode_captions(tokens.to(device), lengths.to(device)), dim=1)
+
+
+@torch.no_grad()
+def word_codes(
+    model: SCAN, vocab: Vocabulary, captions: list[str], device: torch.device | str = "cpu"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A SCAN model's word codes ``(B, L, d)`` (zeros past each length) and lengths ``(B,)`` of
+    one batch of captions, ``L`` its longest; eval mode, as :func:`image_codes`."""
+    tokens, lengths = pad_captions([vocab.encode(c) for c in captions])
+    return model.encode_captions(tokens.to(device), lengths.to(device)), lengths.to(device)
 
 
 @torch.no_grad()
@@ -34,17 +82,18 @@ def encode_split(
     """
     model.eval()
     chosen = range(split.num_captions) if captions is None else captions
-    images, codes = [], []
-    for start in range(0, split.num_images, batch_size):
-        feats = np.array(split.images[start : start + batch_size], dtype=np.float32)
-        images.append(model.encode_images(torch.from_numpy(feats).to(device)))
-    for start in range(chosen.start, chosen.stop, batch_size):
-        chunk = split.captions[start : min(start + batch_size, chosen.stop)]
-        tokens, lengths = pad_captions([vocab.encode(c) for c in chunk])
-        codes.append(model.encode_captions(tokens.to(device), lengths.to(device)))
+    images = [
+        image_codes(model, split.images[start : start + batch_size], device)
+        for start in range(0, split.num_images, batch_size)
+    ]
+    codes = [
+        caption_codes(
+            model, vocab, split.captions[start : min(start + batch_size, chosen.stop)], device
+        )
+        for start in range(chosen.start, chosen.stop, batch_size)
+    ]
     img_emb = torch.cat(images)
-    cap_emb = torch.cat(codes) if codes else img_emb.new_empty(0, img_emb.shape[1])
-    return F.normalize(img_emb, dim=1), F.normalize(cap_emb, dim=1)
+    return img_emb, torch.cat(codes) if codes else img_emb.new_empty(0, img_emb.shape[1])
 
 
 @dataclass
@@ -68,7 +117,7 @@ class XattnCodes:
         """One l2-normalized code per image and per caption, the mean of its region or word
         codes: for what needs a single vector (continuity, latent-space figures), not retrieval."""
         mean_words = self.words.sum(dim=1) / self.lengths.unsqueeze(1).to(self.words.dtype)
-        return F.normalize(self.regions.mean(dim=1), dim=1), F.normalize(mean_words, dim=1)
+        return mean_region_codes(self.regions), F.normalize(mean_words, dim=1)
 
 
 @torch.no_grad()
@@ -85,9 +134,7 @@ def encode_split_xattn(
     model.eval()
     features = split.require_regions()
     regions = [
-        model.encode_images(
-            torch.from_numpy(np.array(features[start : start + batch_size], np.float32)).to(device)
-        )
+        image_codes(model, features[start : start + batch_size], device)
         for start in range(0, split.num_images, batch_size)
     ]
     tokens, lengths = pad_captions([vocab.encode(c) for c in split.captions])

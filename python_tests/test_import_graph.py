@@ -15,7 +15,13 @@ from pathlib import Path
 import pytest
 
 PACKAGE_DIR = Path(__file__).resolve().parent.parent / "jwae_ext"
-COMMAND_LINE = {"jwae_ext.train", "jwae_ext.evaluate", "jwae_ext.experiments"}
+COMMAND_LINE = {
+    "jwae_ext.train",
+    "jwae_ext.evaluate",
+    "jwae_ext.experiments",
+    "jwae_ext.index",
+    "jwae_ext.search.__main__",
+}
 # The poster's experiments run the trainer's command line in-process, one run after another.
 COMMAND_LINE_IMPORTS_ALLOWED = {("jwae_ext.experiments", "jwae_ext.train")}
 

@@ -50,14 +50,20 @@ def load_rgb(path: str | os.PathLike, size: int) -> np.ndarray:
             # Big panoramas warn; only Pillow's hard limit (DecompressionBombError) skips a file.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path) as image:
-                # JPEG decoders can scale down by 1/2..1/8 while decoding: much faster on photos.
-                image.draft("RGB", (size, size))
-                image.load()
-                rgb = _to_rgb(ImageOps.exif_transpose(image))
-                rgb = rgb.resize((size, size), Image.Resampling.BICUBIC, reducing_gap=3.0)
-                return np.asarray(rgb, dtype=np.uint8)
+                return rgb_pixels(image, size)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
         raise UnreadableImage(f"{type(err).__name__}: {err}") from None
+
+
+def rgb_pixels(image: Image.Image, size: int) -> np.ndarray:
+    """An opened image (a file :func:`load_rgb` opened, or one in hand: a query of
+    :mod:`jwae_ext.search`) as ``(size, size, 3)`` uint8 RGB."""
+    # JPEG decoders can scale down by 1/2..1/8 while decoding: much faster on photos.
+    image.draft("RGB", (size, size))
+    image.load()
+    rgb = _to_rgb(ImageOps.exif_transpose(image))
+    rgb = rgb.resize((size, size), Image.Resampling.BICUBIC, reducing_gap=3.0)
+    return np.asarray(rgb, dtype=np.uint8)
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:

@@ -1,13 +1,14 @@
-"""The work area of an extraction in progress: ``OUT/.extract-partial/``.
+"""The work area of an extraction in progress: ``OUT/.extract-partial/`` (an index build uses the
+same machinery in ``INDEX/.index-partial/``: see :mod:`jwae_ext.search.build`).
 
-Features stream into one memory-mapped ``{split}.npy`` per split, sized for every planned image
-(a sparse file: disk is used as rows are written), so memory stays bounded whatever the
-collection. Rows are packed: an unreadable image takes no row. After each batch the maps are
-flushed, then ``state.json`` (written atomically) records, per split, the next planned image,
-the rows written and the images skipped; a run killed at any point loses at most the batch in
-flight, and the next run with the same inputs and settings (the same fingerprint) continues from
-there. Batches are cut at fixed positions of the plan, so a resumed run feeds the network the same
-batches as an uninterrupted one and writes the same bytes.
+Features stream into one memory-mapped ``{split}.npy`` per split (per array: an index has its image
+codes and its caption codes), sized for every planned image (a sparse file: disk is used as rows
+are written), so memory stays bounded whatever the collection. Rows are packed: an unreadable image
+takes no row. After each batch the maps are flushed, then ``state.json`` (written atomically)
+records, per split, the next planned image, the rows written and the images skipped; a run killed
+at any point loses at most the batch in flight, and the next run with the same inputs and settings
+(the same fingerprint) continues from there. Batches are cut at fixed positions of the plan, so a
+resumed run feeds the network the same batches as an uninterrupted one and writes the same bytes.
 """
 
 from __future__ import annotations
@@ -52,32 +53,36 @@ class PartialExtraction:
         cls,
         out: Path,
         fingerprint: str,
-        sizes: dict[str, int],
-        feature_shape: tuple[int, ...],
+        shapes: dict[str, tuple[int, ...]],
         *,
+        dtype: np.dtype | type = np.float32,
         restart: bool = False,
+        work_dir: str = WORK_DIR,
+        what: str = "extraction",
     ) -> tuple[PartialExtraction, bool]:
         """Continue the extraction in ``out`` with this ``fingerprint``, or start one; return it
-        and whether it was resumed. Another unfinished extraction (other inputs or settings) is
-        an error unless ``restart`` discards it."""
-        folder = out / WORK_DIR
+        and whether it was resumed. ``shapes``: the full shape of each array (planned rows
+        first), all of ``dtype``. Another unfinished extraction (other inputs or settings) is
+        an error unless ``restart`` discards it; ``work_dir`` and ``what`` name the work area and
+        the kind of work in it."""
+        folder = out / work_dir
         state = _read_state(folder)
         if state is not None and state.get("fingerprint") == fingerprint and not restart:
             progress = {s: SplitProgress(**p) for s, p in state["splits"].items()}
             return cls(folder, fingerprint, progress), True
         if state is not None and not restart:
             raise ValueError(
-                f"jwae_ext: {out} holds an unfinished extraction of other images or with other "
+                f"jwae_ext: {out} holds an unfinished {what} of other images or with other "
                 f"settings ({folder}); run with the same arguments to continue it, or pass "
                 "--restart to discard it"
             )
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(parents=True)
-        for split, n in sizes.items():
+        for split, shape in shapes.items():
             np.lib.format.open_memmap(
-                folder / f"{split}.npy", mode="w+", dtype=np.float32, shape=(n, *feature_shape)
+                folder / f"{split}.npy", mode="w+", dtype=dtype, shape=shape
             ).flush()
-        extraction = cls(folder, fingerprint, {s: SplitProgress() for s in sizes})
+        extraction = cls(folder, fingerprint, {s: SplitProgress() for s in shapes})
         extraction._write_state()
         return extraction, False
 
@@ -89,9 +94,15 @@ class PartialExtraction:
 
     def commit(self, split: str, next_image: int, skipped: list[list]) -> None:
         """Record that the planned images before ``next_image`` are done (after flushing)."""
-        self.arrays[split].flush()
-        self.progress[split].next = next_image
-        self.progress[split].skipped.extend(skipped)
+        self.commit_many({split: (next_image, skipped)})
+
+    def commit_many(self, done: dict[str, tuple[int, list[list]]]) -> None:
+        """:meth:`commit` of several arrays (``{split: (next_image, skipped)}``) in one state
+        write: arrays that advance together are never recorded at different places."""
+        for split, (next_image, skipped) in done.items():
+            self.arrays[split].flush()
+            self.progress[split].next = next_image
+            self.progress[split].skipped.extend(skipped)
         self._write_state()
 
     def features(self, split: str) -> np.ndarray:

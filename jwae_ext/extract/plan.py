@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -160,17 +161,29 @@ def _sidecar_source(folder: Path, on_disk: dict[str, Path], report: Report) -> C
     return source
 
 
-def _match(
-    source: CaptionSource, on_disk: dict[str, Path], report: Report
-) -> dict[str, tuple[Path, list[str]]]:
+def image_finder(on_disk: dict[str, Path]) -> Callable[[str], str | None]:
+    """A caption file's image name -> the name of its file in ``on_disk`` (the same relative
+    path, else the one file with that base name), or None."""
     by_base: dict[str, list[str]] = {}
     for name in on_disk:
         by_base.setdefault(name.rsplit("/", 1)[-1], []).append(name)
+
+    def find(name: str) -> str | None:
+        if name in on_disk:
+            return name
+        same_base = by_base.get(name.rsplit("/", 1)[-1], ())
+        return same_base[0] if len(same_base) == 1 else None
+
+    return find
+
+
+def _match(
+    source: CaptionSource, on_disk: dict[str, Path], report: Report
+) -> dict[str, tuple[Path, list[str]]]:
+    find = image_finder(on_disk)
     matched, missing, captioned = {}, [], set()
     for name, caps in source.captions.items():
-        found = name if name in on_disk else None
-        if found is None and len(by_base.get(name.rsplit("/", 1)[-1], ())) == 1:
-            found = by_base[name.rsplit("/", 1)[-1]][0]
+        found = find(name)
         if found is None:
             missing.append(name)
             continue

@@ -89,7 +89,8 @@ def extract(
         log(f"{out} already holds this extraction (nothing to do)")
         return done
     sizes = {split: len(items) for split, items in plan.splits.items()}
-    work, resumed = PartialExtraction.open(out, fingerprint, sizes, shape, restart=restart)
+    shapes = {split: (n, *shape) for split, n in sizes.items()}
+    work, resumed = PartialExtraction.open(out, fingerprint, shapes, restart=restart)
     already = sum(p.next for p in work.progress.values())
     if resumed:
         log(f"continuing an interrupted extraction: {already} of {sum(sizes.values())} images done")

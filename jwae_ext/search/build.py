@@ -1,0 +1,289 @@
+"""Building an index folder: the model's codes of a collection, streamed in batches.
+
+Codes go batch by batch into memory-mapped arrays in ``INDEX/.index-partial/`` (the feature
+extractor's resumable work area, :class:`jwae_ext.extract.partial.PartialExtraction`): a build
+killed at any point loses at most its batch in flight, and the same command continues it (same
+run, collection, settings: the same fingerprint). Batches start at fixed positions, so a resumed
+build writes the same bytes as an uninterrupted one. The finished files are written in one
+transaction (:func:`jwae_ext.data.precomp.write_files`), the manifest last: an index folder is
+complete or has no manifest. Memory: one batch of features and codes, and the collection's names
+and captions (text).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+import jwae_ext.search.layout as layout
+from jwae_ext.checkpoint import checkpoint_file, load_model
+from jwae_ext.data.precomp import write_array, write_bytes, write_files
+from jwae_ext.encoding import caption_codes, image_codes
+from jwae_ext.extract.partial import PartialExtraction
+from jwae_ext.models import SCAN
+from jwae_ext.search.sources import Collection, Item, from_data, from_images
+
+WORK_DIR = ".index-partial"
+_CODES, _CAPTION_CODES = "codes", "caption_codes"
+
+
+@dataclass
+class BuildSummary:
+    """What a build produced: this shard's images and captions, the images skipped (unreadable
+    files: one line each), the images an earlier interrupted run had done, and the throughput of
+    this run (0 when there was nothing to do)."""
+
+    out: Path
+    images: int
+    captions: int
+    skipped: list[str]
+    resumed: int
+    seconds: float
+    images_per_second: float
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"I/N"`` -> ``(I, N)`` with ``0 <= I < N``."""
+    try:
+        index, count = (int(part) for part in text.split("/"))
+    except ValueError:
+        index = count = -1
+    if not 0 <= index < count:
+        raise ValueError(f"jwae_ext: --shard must be I/N with 0 <= I < N (e.g. 0/4), got {text!r}")
+    return index, count
+
+
+def file_digest(path: Path) -> str:
+    """sha256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(2**20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def build_index(
+    run: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    data: str | None = None,
+    images: str | os.PathLike | None = None,
+    captions: str | os.PathLike | None = None,
+    dtype: str = "float32",
+    shard: str | tuple[int, int] = (0, 1),
+    batch_size: int = 256,
+    device: str = "cpu",
+    restart: bool = False,
+    progress: bool = False,
+    log: Callable[[str], None] = lambda line: None,
+) -> BuildSummary:
+    """Index the collection ``data`` (``NAME[:SPLIT]``) or ``images`` (a folder, with the
+    ``captions`` file) with the trained run ``run`` into the folder ``out``; see the module
+    docstring and docs/search.md."""
+    if (data is None) == (images is None):
+        raise ValueError("jwae_ext: give exactly one of --data and --images")
+    if captions is not None and images is None:
+        raise ValueError("jwae_ext: --captions goes with --images (--data folders hold theirs)")
+    if dtype not in layout.DTYPES:
+        raise ValueError(f"jwae_ext: --dtype must be float32 or float16, got {dtype!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"jwae_ext: --batch-size must be an integer >= 1, got {batch_size!r}")
+    shard = parse_shard(shard) if isinstance(shard, str) else shard
+    out = Path(out)
+    loaded = load_model(run, device)
+    if loaded.config.get("task") == "grounding":
+        raise ValueError(
+            f"jwae_ext: RUN {loaded.path} is a phrase-localization run; only retrieval runs "
+            "can be indexed"
+        )
+    loaded.model.eval()
+    collection = (
+        from_data(loaded, data, device)
+        if data is not None
+        else from_images(loaded, images, None if captions is None else str(captions), device)
+    )
+    first, stop = _shard_range(len(collection.items), shard)
+    items = collection.items[first:stop]
+    digest = file_digest(checkpoint_file(run))
+    scan = isinstance(loaded.model, SCAN)
+    fingerprint = _fingerprint(collection, items, first, digest, dtype, shard, batch_size)
+    done = _finished(out, fingerprint, restart)
+    if done is not None:
+        log(f"{out} already holds this index (nothing to do)")
+        return done
+    d = loaded.model.cfg.embed_size
+    shapes = {_CODES: (len(items), *([collection.regions] if scan else []), d)}
+    if not scan:
+        shapes[_CAPTION_CODES] = (sum(len(i.captions) for i in items), d)
+    work, resumed = PartialExtraction.open(
+        out, fingerprint, shapes, dtype=np.dtype(dtype), restart=restart,
+        work_dir=WORK_DIR, what="index build",
+    )  # fmt: skip
+    already = work.progress[_CODES].next
+    if resumed:
+        log(f"continuing an interrupted index build: {already} of {len(items)} images done")
+    start_time = time.perf_counter()
+    with tqdm(total=len(items) - already, unit="img", disable=not progress, desc="index") as bar:
+        for start in range(already, len(items), batch_size):
+            end = min(start + batch_size, len(items))
+            _index_batch(work, loaded, collection, items, first, start, end, device, dtype)
+            bar.update(end - start)
+    seconds = time.perf_counter() - start_time
+    manifest = _manifest(loaded, run, digest, collection, scan, d, dtype, shard, fingerprint)
+    summary = _finish(out, work, items, first, manifest)
+    todo = len(items) - already
+    summary.resumed, summary.seconds = already, seconds
+    summary.images_per_second = todo / seconds if todo and seconds > 0 else 0.0
+    work.remove()
+    return summary
+
+
+def _shard_range(n: int, shard: tuple[int, int]) -> tuple[int, int]:
+    index, count = shard
+    first, stop = index * n // count, (index + 1) * n // count
+    if first == stop:
+        raise ValueError(
+            f"jwae_ext: --shard {index}/{count}: the collection has only {n} images, this "
+            "shard would hold none"
+        )
+    return first, stop
+
+
+def _index_batch(work, loaded, collection, items, first, start, end, device, dtype) -> None:
+    """Codes of the shard's images ``start:end`` (and of their captions) into the work area."""
+    feats, skipped = collection.features(first + start, first + end)
+    gone = {position for position, _, _ in skipped}
+    kept = [item for p, item in enumerate(items[start:end], first + start) if p not in gone]
+    done = {_CODES: (end, skipped)}
+    if kept:
+        codes = image_codes(loaded.model, feats, device)
+        work.write(_CODES, codes.cpu().numpy().astype(dtype))
+    if _CAPTION_CODES in work.arrays:
+        texts = [c for item in kept for c in item.captions]
+        if texts:
+            codes = caption_codes(loaded.model, loaded.vocab, texts, device)
+            work.write(_CAPTION_CODES, codes.cpu().numpy().astype(dtype))
+        done[_CAPTION_CODES] = (end, [])
+    work.commit_many(done)
+
+
+def _fingerprint(
+    collection: Collection,
+    items: list[Item],
+    first: int,
+    digest: str,
+    dtype: str,
+    shard: tuple[int, int],
+    batch_size: int,
+) -> str:
+    """What the index's bytes depend on: the checkpoint, the collection (names, files' sizes
+    and times, captions), this shard, the dtype, the batch cut."""
+
+    def stat(path: Path | None) -> list:
+        if path is None:
+            return []
+        info = path.stat()
+        return [info.st_size, info.st_mtime_ns]
+
+    key = {
+        "format": layout.FORMAT,
+        "checkpoint": digest,
+        "source": collection.description,
+        "items": hashlib.sha256(
+            json.dumps([[i.name, *stat(i.path), *i.captions] for i in items]).encode()
+        ).hexdigest(),
+        "first": first,
+        "dtype": dtype,
+        "shard": list(shard),
+        "batch_size": batch_size,
+    }
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+
+
+def _finished(out: Path, fingerprint: str, restart: bool) -> BuildSummary | None:
+    """The summary of this very index when ``out`` already holds it; an error when ``out``
+    holds another (unless ``restart``)."""
+    if not (out / layout.MANIFEST).is_file():
+        return None
+    manifest = layout.read_manifest(out)
+    if manifest["fingerprint"] == fingerprint:
+        skipped = [f"{name} ({why})" for _, name, why in manifest["skipped"]]
+        return BuildSummary(out, manifest["images"], manifest["captions"], skipped, 0, 0.0, 0.0)
+    if not restart:
+        raise ValueError(
+            f"jwae_ext: --out {out} holds another index (other run, images or settings); "
+            "choose another folder, or pass --restart to replace it"
+        )
+    return None
+
+
+def _manifest(loaded, run, digest, collection, scan, d, dtype, shard, fingerprint) -> dict:
+    return {
+        "format": layout.FORMAT,
+        "kind": "scan" if scan else "pooled",
+        "run": str(Path(run).resolve()),
+        "checkpoint": str(loaded.path.resolve()),
+        "checkpoint_digest": digest,
+        "variant": loaded.config.get("variant"),
+        "vocab_size": len(loaded.vocab),
+        "source": collection.description,
+        "extraction": collection.extraction,
+        "embed_size": d,
+        "regions": None,
+        "dtype": dtype,
+        "collection_images": len(collection.items),
+        "shard": list(shard),
+        "fingerprint": fingerprint,
+    }
+
+
+def _finish(
+    out: Path, work: PartialExtraction, items: list[Item], first: int, manifest: dict
+) -> BuildSummary:
+    skipped = work.progress[_CODES].skipped
+    gone = {position for position, _, _ in skipped}
+    kept = [(p, item) for p, item in enumerate(items, first) if p not in gone]
+    codes = work.features(_CODES)
+    caption_texts = [c for _, item in kept for c in item.captions]
+    caption_images = np.array([p for p, item in kept for _ in item.captions], dtype=np.int64)
+    manifest.update(
+        images=len(kept),
+        captions=len(caption_texts),
+        skipped=skipped,
+        regions=int(codes.shape[1]) if codes.ndim == 3 else None,
+    )
+    if not kept:
+        raise ValueError(f"jwae_ext: no image of this shard could be read ({len(skipped)} skipped)")
+    files = {
+        out / layout.CODES: partial(write_array, array=codes),
+        out / layout.IMAGE_IDS: partial(
+            write_array, array=np.array([p for p, _ in kept], dtype=np.int64)
+        ),
+        out / layout.CAPTION_IMAGES: partial(write_array, array=caption_images),
+    }
+    if _CAPTION_CODES in work.arrays:
+        files[out / layout.CAPTION_CODES] = partial(
+            write_array, array=work.features(_CAPTION_CODES)
+        )
+    for name, texts in (
+        (layout.ITEMS, [i.name for _, i in kept]),
+        (layout.CAPTIONS, caption_texts),
+    ):
+        text, offsets = layout.encode_lines(texts)
+        files[out / name] = partial(write_bytes, data=text)
+        files[out / layout.offsets_name(name)] = partial(write_array, array=offsets)
+    manifest_bytes = json.dumps(manifest, indent=1, ensure_ascii=False).encode("utf-8")
+    files[out / layout.MANIFEST] = partial(write_bytes, data=manifest_bytes)  # renamed last
+    write_files(files)
+    return BuildSummary(
+        out, len(kept), len(caption_texts), [f"{n} ({why})" for _, n, why in skipped], 0, 0.0, 0.0
+    )
