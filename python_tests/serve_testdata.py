@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 
 from features_testdata import write_collection
 
+import jwae_ext.search
 from jwae_ext.extract import extract
 
 REPO = Path(__file__).resolve().parent.parent
@@ -58,9 +59,9 @@ def trained_collection(root: Path) -> Collection:
 
 
 def build_index(run: Path, photos: Path, out: Path) -> None:
-    """Index the images under ``photos`` with the model of ``run`` into ``out``."""
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "photos").write_text(str(photos))
+    """Index the images under ``photos`` (captions beside them) with the model of ``run``."""
+    summary = jwae_ext.search.build_index(run, out, images=photos, device="cpu")
+    assert summary.images > 0, summary
 
 
 @dataclass

@@ -136,6 +136,7 @@ class Index:
             "backbone": (m["extraction"] or {}).get("backbone"),
             "shards": len(self._shards),
             "kind": m["kind"],
+            "image_folder": m["source"].get("images"),
         }
 
     # ---- queries ----------------------------------------------------------------------------
@@ -212,6 +213,16 @@ class Index:
         except QueryError as err:
             raise KeyError(str(err)) from None
         return self._path(shard.items[row])
+
+    def captions_of(self, image_id: int) -> list[str]:
+        """The indexed captions of image ``image_id`` (none for an uncaptioned image), in their
+        index order; ``KeyError`` for an id not in the index."""
+        try:
+            shard, _ = self._locate(image_id)
+        except QueryError as err:
+            raise KeyError(str(err)) from None
+        rows = np.flatnonzero(np.asarray(shard.caption_images) == image_id)
+        return [shard.captions[int(row)] for row in rows]
 
     # ---- internals ----------------------------------------------------------------------
 

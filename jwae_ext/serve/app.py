@@ -7,6 +7,7 @@ from the package once, and every refusal is a 4xx with a JSON ``{"error": messag
 
 from __future__ import annotations
 
+import os
 import tempfile
 import threading
 import time
@@ -25,7 +26,7 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from jwae_ext.search import Hit, Index, QueryError
-from jwae_ext.serve.thumbnails import Thumbnails, ThumbnailUnavailable, photo_root
+from jwae_ext.serve.thumbnails import Thumbnails, ThumbnailUnavailable
 from jwae_ext.serve.uploads import RefusedImage, check_image
 
 MAX_K = 100
@@ -63,8 +64,8 @@ class SearchRequest(BaseModel):
 class Result(BaseModel):
     id: int = Field(description="the image's id in the index")
     score: float = Field(description="the model's similarity score; results are in its order")
-    caption: str | None = Field(description="the image's indexed caption, if it has one")
-    name: str | None = Field(description="the image file's name (no folder)")
+    caption: str | None = Field(description="the image's first indexed caption, if it has one")
+    name: str | None = Field(description="the image's name in the collection (relative path)")
     thumbnail: str | None = Field(description="URL of its JPEG thumbnail (none from features)")
 
 
@@ -111,10 +112,9 @@ def create_app(
     default, so that a web page elsewhere cannot reach the server through DNS rebinding);
     ``None`` answers any."""
     info = dict(index.info)
-    paths = [index.image_path(i) for i in range(info["images"])]
-    thumbnails = Thumbnails(
-        index.image_path, photo_root([p for p in paths if p]), thumbnail_cache_bytes
-    )
+    folder = info.get("image_folder")
+    root = None if folder is None else Path(os.path.realpath(folder))
+    thumbnails = Thumbnails(index.image_path, root, thumbnail_cache_bytes)
     searching = threading.Lock()  # one query at a time: each uses every core already
 
     app = FastAPI(
@@ -132,9 +132,9 @@ def create_app(
             Result(
                 id=h.id,
                 score=h.score,
-                caption=h.caption,
-                name=Path(h.path).name if h.path else None,
-                thumbnail=f"/api/thumbnail/{h.id}" if paths[h.id] else None,
+                caption=next(iter(index.captions_of(h.id)), None),
+                name=h.name,
+                thumbnail=None if root is None else f"/api/thumbnail/{h.id}",
             )
             for h in hits
         ]

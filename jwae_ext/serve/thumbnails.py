@@ -28,15 +28,6 @@ class ThumbnailUnavailable(LookupError):
     """An indexed image with no thumbnail to give (no file, outside the folder, unreadable)."""
 
 
-def photo_root(paths: list[Path]) -> Path | None:
-    """The deepest folder holding every indexed image (``None`` when there are none), with its
-    symbolic links resolved: the folder a thumbnail's real path must lie inside."""
-    if not paths:
-        return None
-    folders = [os.path.dirname(os.path.abspath(p)) for p in paths]
-    return Path(os.path.realpath(os.path.commonpath(folders)))
-
-
 def make_thumbnail(path: Path) -> bytes:
     """The image at ``path`` as JPEG bytes, at most ``THUMBNAIL_SIZE`` px on its longer side,
     upright (EXIF orientation applied), transparency on white."""
@@ -57,7 +48,8 @@ class Thumbnails:
     """Thumbnails by image id, made on first request and cached up to ``max_bytes`` in all.
 
     ``image_path(id)`` gives the indexed file (``None`` when indexed from features; ``KeyError``
-    for an unknown id, which propagates); ``root`` is :func:`photo_root` of the indexed files.
+    for an unknown id, which propagates); ``root``: the indexed folder, symbolic links resolved
+    (``None`` when indexed from features).
     """
 
     def __init__(
