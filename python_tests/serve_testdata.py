@@ -110,8 +110,10 @@ class Server:
 
 @contextlib.contextmanager
 def serving(*args: str, timeout: float = 120) -> Iterator[Server]:
-    """``python -m jwae_ext.serve ARGS --port 0``, until the block ends (then SIGTERM). The
-    process is left in ``Server.process`` with its output unread past the first line."""
+    """``python -m jwae_ext.serve ARGS --port 0`` until the block ends, then SIGTERM: every
+    server of the tests must then stop cleanly (exit 0, "stopped", no traceback), else the
+    test fails. A block that stops the server itself reads its output with
+    ``server.process.communicate()``."""
     process = subprocess.Popen(
         [sys.executable, "-m", "jwae_ext.serve", *args, "--port", "0"],
         cwd=REPO,
@@ -122,16 +124,16 @@ def serving(*args: str, timeout: float = 120) -> Iterator[Server]:
     )
     try:
         line = _first_line(process, timeout)
-        url = line[line.index("http://") :].split()[0]
-        yield Server(url, process)
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        yield Server(line[line.index("http://") :].split()[0], process)
+    except BaseException:
+        process.kill()
+        process.communicate()
+        raise
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        out, err = process.communicate(timeout=60)
+        assert process.returncode == 0 and "stopped" in out, f"exit {process.returncode}: {err}"
+        assert "Traceback" not in err, err
 
 
 def _first_line(process: subprocess.Popen, timeout: float) -> str:
