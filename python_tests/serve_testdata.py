@@ -82,6 +82,11 @@ class Server:
         finally:
             conn.close()
 
+    def get_json(self, path: str) -> dict:
+        status, _, body = self.request("GET", path)
+        assert status == 200, body
+        return json.loads(body)
+
     def post_json(self, path: str, payload: object) -> tuple[int, dict]:
         status, _, body = self.request(
             "POST", path, json.dumps(payload).encode(), {"Content-Type": "application/json"}
