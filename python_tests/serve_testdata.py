@@ -35,17 +35,19 @@ IMAGES = 48
 @dataclass(frozen=True)
 class Collection:
     photos: Path  # the indexed folder
+    captions: Path  # its caption file
     run: Path  # the trained run
     index: Path  # the index folder
 
 
 def trained_collection(root: Path) -> Collection:
-    """``IMAGES`` drawn images with captions under ``root``, a model trained on them for a few
+    """``IMAGES`` drawn images under ``root`` with a caption file, a model trained on them for a few
     epochs, and their index; built once per ``root`` (later calls reuse it)."""
     photos, precomp, runs, index = root / "photos", root / "precomp", root / "runs", root / "index"
     if not (index / "done").exists():
-        write_collection(photos, IMAGES, layout="sidecar", mixed=True)
-        extract(photos, precomp, fractions=(0.75, 0.125, 0.125), device="cpu", progress=False)
+        _, captions = write_collection(photos, IMAGES, layout="tsv", mixed=True)
+        extract(photos, precomp, captions=captions, fractions=(0.75, 0.125, 0.125),
+                device="cpu", progress=False)  # fmt: skip
         train = [sys.executable, "-m", "jwae_ext.train", "--data", str(precomp),
                  "--variant", "vse++", "--epochs", "3", "--lr", "1e-3", "--warmup-epochs", "1",
                  "--batch-size", "12", "--embed-size", "32", "--img-hidden", "64",
@@ -53,14 +55,14 @@ def trained_collection(root: Path) -> Collection:
                  "--no-progress", "--run-dir", str(runs), "--name", "run"]  # fmt: skip
         proc = subprocess.run(train, capture_output=True, text=True, timeout=600, env=ENV)
         assert proc.returncode == 0, proc.stderr
-        build_index(runs / "run", photos, index)
+        build_index(runs / "run", photos, captions, index)
         (index / "done").touch()
-    return Collection(photos, runs / "run", index)
+    return Collection(photos, root / "captions.tsv", runs / "run", index)
 
 
-def build_index(run: Path, photos: Path, out: Path) -> None:
-    """Index the images under ``photos`` (captions beside them) with the model of ``run``."""
-    summary = jwae_ext.search.build_index(run, out, images=photos, device="cpu")
+def build_index(run: Path, photos: Path, captions: Path, out: Path) -> None:
+    """Index the images under ``photos`` and their ``captions`` with the model of ``run``."""
+    summary = jwae_ext.search.build_index(run, out, images=photos, captions=captions)
     assert summary.images > 0, summary
 
 
