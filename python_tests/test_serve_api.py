@@ -53,6 +53,7 @@ def test_info_describes_the_index(server, index):
     assert info["images"] == index.info["images"] > 0
     for key in ("run", "variant", "vocab_size", "captions"):
         assert info[key] == index.info[key]
+    assert "image_folder" not in info  # where the photos lie is not the page's business
 
 
 def test_a_text_search_answers_what_the_library_ranks(server, index):

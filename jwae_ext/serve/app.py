@@ -181,7 +181,8 @@ def create_app(
     @app.get("/api/info")
     def describe() -> Info:
         """The index: its run, variant, number of images and captions, vocabulary size."""
-        return Info(**info, max_k=MAX_K, max_upload_bytes=max_upload_bytes)
+        public = {key: value for key, value in info.items() if key != "image_folder"}
+        return Info(**public, max_k=MAX_K, max_upload_bytes=max_upload_bytes)
 
     @app.get(
         "/api/thumbnail/{image_id}",

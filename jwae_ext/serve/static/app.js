@@ -154,7 +154,8 @@ async function describeIndex() {
   const info = await ask("/api/info");
   if (!info) return;
   kBox.max = String(info.max_k);
-  footer.textContent = info.images + " images indexed \u00b7 model: run " + info.run +
+  const run = String(info.run).split("/").pop();
+  footer.textContent = info.images + " images indexed \u00b7 model: run " + run +
     " (" + info.variant + ") \u00b7 vocabulary: " + info.vocab_size + " words";
 }
 
