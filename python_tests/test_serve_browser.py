@@ -113,10 +113,19 @@ def test_a_typed_query_shows_the_apis_results_in_score_order(page, server, colle
     tiles = wait_for_results(page, [r["id"] for r in answer["results"]])
     assert len(tiles) == K
     assert "zzzqx" in page.find_element(By.ID, "unknown-words").text
+    assert "q=a+red+zzzqx+circle" in page.current_url  # the address names the query
     info = server.get_json("/api/info")
     footer = page.find_element(By.ID, "footer").text
     assert f"{info['images']} images indexed" in footer and info["variant"] in footer
     assert console_errors(page) == []
+
+
+def test_a_query_in_the_address_is_searched_on_load(browser, server):
+    _, answer = server.post_json("/api/search", {"text": "a green star", "k": 12})
+    browser.get(server.url + "?q=a+green+star")  # k: the page's default, 12
+    wait_for_results(browser, [r["id"] for r in answer["results"]])
+    assert browser.find_element(By.ID, "query").get_attribute("value") == "a green star"
+    assert console_errors(browser) == []
 
 
 def test_clicking_a_result_shows_its_neighbours(page, server):

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from PIL import Image, ImageOps
 
-from jwae_ext.extract.images import _to_rgb as to_rgb
+from jwae_ext.extract.images import to_rgb
 
 THUMBNAIL_SIZE = 256
 JPEG_QUALITY = 85

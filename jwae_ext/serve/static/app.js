@@ -92,6 +92,8 @@ function tile(hit) {
 
 async function searchText(text) {
   say("Searching…", false);
+  // The address names the query: a search can be bookmarked, shared or reloaded.
+  history.replaceState(null, "", "?" + new URLSearchParams({ q: text }));
   const answer = await ask("/api/search", {
     method: "POST",
     headers: { "Content-Type": "application/json" },
@@ -160,3 +162,8 @@ async function describeIndex() {
 }
 
 describeIndex();
+const asked = new URLSearchParams(location.search).get("q");
+if (asked) {
+  queryBox.value = asked;
+  searchText(asked);
+}
