@@ -98,9 +98,17 @@ def rss_bytes(pid: int) -> int:
     raise RuntimeError("VmRSS missing")
 
 
+def percentile(values: list[float], q: float) -> float:
+    """The ``q``-th percentile (nearest rank) of ``values``."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))]
+
+
 def run_load(server: Server, load: Load) -> dict:
     """Every client sends its requests one after another; all clients at once."""
     latencies: list[float] = []
+    by_kind: dict[str, list[float]] = {"text": [], "image": []}
+    searching: dict[str, list[float]] = {"text": [], "image": []}  # the server's took_ms
     failures: list[str] = []
     memory: dict[int, int] = {}
     lock = threading.Lock()
@@ -116,8 +124,11 @@ def run_load(server: Server, load: Load) -> dict:
             ok = status == 200 and len(answer["results"]) == K
             with lock:
                 latencies.append(took)
+                by_kind[kind].append(took)
                 if not ok:
                     failures.append(f"{kind} {status}: {answer}")
+                else:
+                    searching[kind].append(answer["took_ms"])
                 for mark in (load.early, load.late):
                     if len(latencies) == mark:
                         memory[mark] = rss_bytes(server.process.pid)
@@ -129,16 +140,25 @@ def run_load(server: Server, load: Load) -> dict:
     for t in threads:
         t.join()
     wall = time.perf_counter() - start
-    ms = sorted(1000 * x for x in latencies)
     return {
         "images": load.images,
         "clients": load.clients,
         "requests": len(latencies),
         "errors": len(failures),
         "first_errors": failures[:3],
-        "p50_ms": statistics.median(ms),
-        "p99_ms": ms[min(len(ms) - 1, int(0.99 * len(ms)))],
+        "p50_ms": percentile(latencies, 50) * 1000,
+        "p99_ms": percentile(latencies, 99) * 1000,
         "requests_per_s": len(latencies) / wall,
+        **{
+            f"{kind}_{name}": value
+            for kind in by_kind
+            for name, value in [
+                ("requests", len(by_kind[kind])),
+                ("p50_ms", percentile(by_kind[kind], 50) * 1000),
+                ("p99_ms", percentile(by_kind[kind], 99) * 1000),
+                ("search_p50_ms", statistics.median(searching[kind])),
+            ]
+        },
         f"rss_mb_after_{load.early}": memory[load.early] / 2**20,
         f"rss_mb_after_{load.late}": memory[load.late] / 2**20,
         "rss_growth": memory[load.late] / memory[load.early] - 1,
