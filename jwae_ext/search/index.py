@@ -107,17 +107,22 @@ class Index:
         shards.sort(key=lambda s: s.manifest["shard"][0])
         _check_one_collection(shards)
         manifest = shards[0].manifest
+        checkpoint = Path(manifest["checkpoint"])
+        if not checkpoint.is_file():
+            raise layout.IndexFormatError(
+                f"jwae_ext: index {folders[0]}: its run's checkpoint {checkpoint} is gone"
+            )
+        if file_digest(checkpoint) != manifest["checkpoint_digest"]:
+            raise layout.IndexFormatError(
+                f"jwae_ext: index {folders[0]}: the checkpoint {checkpoint} changed since it "
+                "was indexed (another digest); rebuild the index with python -m jwae_ext.index"
+            )
         try:
-            loaded = load_model(manifest["checkpoint"], device)
+            loaded = load_model(checkpoint, device)
         except CheckpointError as err:
             raise layout.IndexFormatError(
                 f"jwae_ext: index {folders[0]}: cannot load its run's checkpoint: {err}"
             ) from None
-        if file_digest(loaded.path) != manifest["checkpoint_digest"]:
-            raise layout.IndexFormatError(
-                f"jwae_ext: index {folders[0]}: the checkpoint {loaded.path} changed since it "
-                "was indexed (another digest); rebuild the index with python -m jwae_ext.index"
-            )
         loaded.model.eval()
         return cls(shards, loaded)
 
@@ -186,6 +191,8 @@ class Index:
         through the index's recorded feature extraction."""
         k, target = _check_k(k), _check_target(target)
         images = list(images)
+        if target == "captions":
+            self._require_caption_codes()
         if not images:
             return []
         return self._hits(self._ranked(self._image_query_codes(images), k, target), target)
@@ -272,18 +279,24 @@ class Index:
         """The k best by dot product of pooled query ``codes`` against every shard's image codes
         (SCAN: mean region codes) or caption codes."""
         if target == "captions":
-            if self._manifest["kind"] == "scan":
-                raise QueryError("jwae_ext: a SCAN index holds no caption codes: use target images")
+            self._require_caption_codes()
             return self._over_shards(lambda s: dot_topk(codes, s.caption_codes, k), k, "captions")
         transform = mean_region_codes if self._manifest["kind"] == "scan" else None
         return self._over_shards(lambda s: dot_topk(codes, s.codes, k, transform), k)
+
+    def _require_caption_codes(self) -> None:
+        if self._manifest["kind"] == "scan":
+            raise QueryError(
+                "jwae_ext: a SCAN index holds no caption codes (its score compares a caption's "
+                "words with an image's regions): use target images"
+            )
 
     def _over_shards(self, search, k: int, target: str = "images") -> Best:
         """Each shard's k best, merged shard after shard (ascending ids): one exact answer.
         Positions are global: image ids, or caption rows over the shards in order."""
         best = None
         for number, shard in enumerate(self._shards):
-            scores, rows = search(shard)
+            scores, rows = (t.cpu() for t in search(shard))
             if target == "images":
                 positions = torch.from_numpy(np.asarray(shard.image_ids[rows.numpy()]))
             else:
@@ -340,7 +353,8 @@ def _check_one_collection(shards: list[_Shard]) -> None:
         differ = [
             key
             for key in layout.MANIFEST_KEYS
-            if key not in layout.SHARD_KEYS and shard.manifest[key] != first.manifest[key]
+            if key not in (*layout.SHARD_KEYS, *layout.LOCAL_KEYS)
+            and shard.manifest[key] != first.manifest[key]
         ]
         if differ:
             raise layout.IndexFormatError(

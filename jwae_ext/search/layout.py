@@ -36,6 +36,9 @@ MANIFEST_KEYS = (
     "images", "captions", "skipped", "fingerprint",
 )  # fmt: skip
 SHARD_KEYS = ("shard", "images", "captions", "skipped", "fingerprint")
+# Where the run was when a shard was built (shards built on several machines may differ there;
+# the checkpoint digest says whether it is the same run).
+LOCAL_KEYS = ("run", "checkpoint")
 
 
 class IndexFormatError(ValueError):

@@ -41,7 +41,8 @@ def blocks(rows: int, row_bytes: int, extra_row_bytes: int = 0) -> Iterator[tupl
 
 
 def as_float32(block: np.ndarray) -> torch.Tensor:
-    """A block of stored codes as float32 (a view of float32 codes, a converted copy of float16)."""
+    """A block of stored codes as float32 (a view of float32 codes, a converted copy of float16);
+    the callers move it to the queries' device."""
     tensor = torch.from_numpy(block)
     return tensor if tensor.dtype == torch.float32 else tensor.float()
 
@@ -58,7 +59,7 @@ def dot_topk(
     best = None
     row_bytes = 4 * int(np.prod(codes.shape[1:]))
     for start, stop in blocks(len(codes), row_bytes):
-        block = as_float32(codes[start:stop])
+        block = as_float32(codes[start:stop]).to(queries.device)
         if transform is not None:
             block = transform(block)
         scores, index = ops.topk_search(queries, block.contiguous(), min(k, stop - start))
@@ -76,7 +77,8 @@ def xattn_topk(
     best = None
     row_bytes = 4 * int(np.prod(regions.shape[1:]))
     for start, stop in blocks(len(regions), row_bytes, extra_row_bytes=4 * len(words)):
-        scores = ops.xattn_scores(as_float32(regions[start:stop]), words, lengths, **options)
-        positions = torch.arange(start, stop).expand(len(words), -1)
+        block = as_float32(regions[start:stop]).to(words.device)
+        scores = ops.xattn_scores(block, words, lengths, **options)
+        positions = torch.arange(start, stop, device=words.device).expand(len(words), -1)
         best = merge_best(best, scores.T, positions, k)
     return best
