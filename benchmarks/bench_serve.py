@@ -48,9 +48,11 @@ class Load:
     requests_per_client: int
     early: int  # memory is read after this many requests ...
     late: int  # ... and after this many
+    between: tuple[int, ...] = ()  # (and after these, to see its course)
 
 
-FULL = Load(images=100_000, clients=16, requests_per_client=320, early=100, late=5_000)
+FULL = Load(100_000, clients=16, requests_per_client=320, early=100, late=5_000,
+            between=(500, 1_000, 2_000, 3_000, 4_000))  # fmt: skip
 SMALL = Load(images=2_000, clients=4, requests_per_client=15, early=10, late=50)
 
 
@@ -129,7 +131,7 @@ def run_load(server: Server, load: Load) -> dict:
                     failures.append(f"{kind} {status}: {answer}")
                 else:
                     searching[kind].append(answer["took_ms"])
-                for mark in (load.early, load.late):
+                for mark in (load.early, *load.between, load.late):
                     if len(latencies) == mark:
                         memory[mark] = rss_bytes(server.process.pid)
 
@@ -162,6 +164,7 @@ def run_load(server: Server, load: Load) -> dict:
         f"rss_mb_after_{load.early}": memory[load.early] / 2**20,
         f"rss_mb_after_{load.late}": memory[load.late] / 2**20,
         "rss_growth": memory[load.late] / memory[load.early] - 1,
+        "rss_mb_course": {mark: round(rss / 2**20, 1) for mark, rss in sorted(memory.items())},
     }
 
 
@@ -192,7 +195,8 @@ def main() -> None:
     p.add_argument("--requests-per-client", type=int, default=FULL.requests_per_client)
     p.add_argument("--out", type=Path, help="also write the figures to this JSON file")
     args = p.parse_args()
-    load = Load(args.images, args.clients, args.requests_per_client, FULL.early, FULL.late)
+    load = Load(args.images, args.clients, args.requests_per_client, FULL.early, FULL.late,
+                FULL.between)  # fmt: skip
     work = args.work or Path(tempfile.mkdtemp(prefix="serve-load-"))
     try:
         result = measure(work, load)

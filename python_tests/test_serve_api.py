@@ -16,9 +16,11 @@ import numpy as np
 import pytest
 from features_testdata import truncated_copy
 from PIL import Image
-from serve_testdata import bomb_png, build_index, serving, trained_collection
+from serve_testdata import bomb_png, serving, trained_collection
+from test_train import tiny_trainer
 
-from jwae_ext.search import Index
+from jwae_ext.data import export_precomp
+from jwae_ext.search import Index, build_index
 from jwae_ext.serve.__main__ import main as serve_main
 
 UPLOAD_LIMIT_MB = 0.25
@@ -272,7 +274,7 @@ def test_a_symlink_out_of_the_photo_folder_serves_nothing(tmp_path, collection, 
     photos = tmp_path / "photos"
     shutil.copytree(collection.photos, photos)
     os.symlink(secret, photos / "link_at_indexing.png")  # present when the folder is indexed
-    build_index(collection.run, photos, collection.captions, tmp_path / "index")
+    build_index(collection.run, tmp_path / "index", images=photos, captions=collection.captions)
     swapped = photos / "img002.png"
     swapped.unlink()
     os.symlink(secret, swapped)  # swapped in after indexing
@@ -286,6 +288,23 @@ def test_a_symlink_out_of_the_photo_folder_serves_nothing(tmp_path, collection, 
             assert got == 404 and "not inside the photo folder" in refusal(got, body, headers)
         got, _, body = server.request("GET", f"/api/thumbnail/{names['img000.png']}")
         assert got == 200 and body.startswith(b"\xff\xd8")  # the others are served
+
+
+def test_an_index_of_features_has_no_thumbnails_and_refuses_image_queries(tmp_path):
+    """A run trained on the embedded dataset, its test split indexed from features: no file to
+    show, no extraction to run on an upload; text queries work."""
+    tiny_trainer(tmp_path / "runs", epochs=1, name="run", variant="vse++").fit()
+    data = export_precomp(tmp_path / "data", "a", sizes={"train": 8, "dev": 8, "test": 20})
+    build_index(tmp_path / "runs" / "run", tmp_path / "index", data=f"{data}:test")
+    image = io.BytesIO()
+    Image.new("RGB", (64, 64), (200, 30, 30)).save(image, "PNG")
+    with serving(str(tmp_path / "index")) as server:
+        status, answer = server.post_json("/api/search", {"id": 3, "k": 5})
+        assert status == 200 and [r["thumbnail"] for r in answer["results"]] == [None] * 5
+        got, headers, body = server.request("GET", "/api/thumbnail/3")
+        assert got == 404 and "indexed from features" in refusal(got, body, headers)
+        status, answer = server.upload(image.getvalue())
+        assert status == 400 and "cannot take image queries" in answer["error"]
 
 
 def test_listening_beyond_loopback_warns_and_ctrl_c_stops_cleanly(collection):

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import os
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -115,7 +115,9 @@ def create_app(
     folder = info.get("image_folder")
     root = None if folder is None else Path(os.path.realpath(folder))
     thumbnails = Thumbnails(index.image_path, root, thumbnail_cache_bytes)
-    searching = threading.Lock()  # one query at a time: each uses every core already
+    # Queries run one at a time (each uses every core already) on one thread of their own, so
+    # that the model's work memory is one allocator arena's, not one per request thread.
+    searcher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="jwae-search")
 
     app = FastAPI(
         title="jwae_ext search",
@@ -140,10 +142,12 @@ def create_app(
         ]
 
     def timed(search: Callable[[], Any]) -> tuple[Any, float]:
-        with searching:
+        def run() -> tuple[Any, float]:
             start = time.perf_counter()
             found = search()
             return found, 1000 * (time.perf_counter() - start)
+
+        return searcher.submit(run).result()
 
     @app.post("/api/search", responses=ERRORS)
     def search(request: SearchRequest) -> SearchResponse:
