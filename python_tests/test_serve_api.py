@@ -58,6 +58,20 @@ def test_info_describes_the_index(server, index):
     assert "image_folder" not in info  # where the photos lie is not the page's business
 
 
+def test_the_index_gives_each_images_captions_and_its_folder(index, collection):
+    """What the server shows besides the ranking: ``Index.captions_of`` (each result's first
+    caption) is the caption file's lines for that image; ``image_folder`` bounds thumbnails."""
+    written: dict[str, list[str]] = {}
+    for line in collection.captions.read_text().splitlines():
+        key, caption = line.split("\t")
+        written.setdefault(key.split("#")[0], []).append(caption)
+    for image_id in range(index.info["images"]):
+        assert index.captions_of(image_id) == written[index.image_path(image_id).name]
+    assert index.info["image_folder"] == os.path.realpath(collection.photos)
+    with pytest.raises(KeyError):
+        index.captions_of(index.info["images"])
+
+
 def test_a_text_search_answers_what_the_library_ranks(server, index):
     status, answer = server.post_json("/api/search", {"text": "a red zzzqx circle", "k": 7})
     assert status == 200, answer
