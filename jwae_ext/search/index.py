@@ -228,8 +228,9 @@ class Index:
             shard, _ = self._locate(image_id)
         except QueryError as err:
             raise KeyError(str(err)) from None
-        rows = np.flatnonzero(np.asarray(shard.caption_images) == image_id)
-        return [shard.captions[int(row)] for row in rows]
+        # The build writes the captions in image order: an image's captions are one run.
+        first, stop = np.searchsorted(shard.caption_images, [image_id, image_id + 1])
+        return [shard.captions[row] for row in range(int(first), int(stop))]
 
     # ---- internals ----------------------------------------------------------------------
 
