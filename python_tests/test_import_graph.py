@@ -22,6 +22,7 @@ COMMAND_LINE = {
     "jwae_ext.info",
     "jwae_ext.index",
     "jwae_ext.search.__main__",
+    "jwae_ext.serve.__main__",
 }
 # The poster's experiments run the trainer's command line in-process, one run after another.
 COMMAND_LINE_IMPORTS_ALLOWED = {("jwae_ext.experiments", "jwae_ext.train")}

@@ -61,12 +61,14 @@ def rgb_pixels(image: Image.Image, size: int) -> np.ndarray:
     # JPEG decoders can scale down by 1/2..1/8 while decoding: much faster on photos.
     image.draft("RGB", (size, size))
     image.load()
-    rgb = _to_rgb(ImageOps.exif_transpose(image))
+    rgb = to_rgb(ImageOps.exif_transpose(image))
     rgb = rgb.resize((size, size), Image.Resampling.BICUBIC, reducing_gap=3.0)
     return np.asarray(rgb, dtype=np.uint8)
 
 
-def _to_rgb(image: Image.Image) -> Image.Image:
+def to_rgb(image: Image.Image) -> Image.Image:
+    """``image`` in RGB: 16-bit grey scaled to 8 bits, transparency flattened on white (what
+    the decoding of indexed images and of thumbnails both do)."""
     if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
         # 16-bit grey: convert("L") would clip at 255 instead of scaling.
         grey = np.asarray(image.convert("I"), dtype=np.int64)

@@ -38,6 +38,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--captions", action="store_true", help="rank the indexed captions")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N")
+    add_kernels_option(p)
     return p
 
 

@@ -141,6 +141,7 @@ class Index:
             "backbone": (m["extraction"] or {}).get("backbone"),
             "shards": len(self._shards),
             "kind": m["kind"],
+            "image_folder": m["source"].get("images"),
         }
 
     # ---- queries ----------------------------------------------------------------------------
@@ -219,6 +220,17 @@ class Index:
         except QueryError as err:
             raise KeyError(str(err)) from None
         return self._path(shard.items[row])
+
+    def captions_of(self, image_id: int) -> list[str]:
+        """The indexed captions of image ``image_id`` (none for an uncaptioned image), in their
+        index order; ``KeyError`` for an id not in the index."""
+        try:
+            shard, _ = self._locate(image_id)
+        except QueryError as err:
+            raise KeyError(str(err)) from None
+        # The build writes the captions in image order: an image's captions are one run.
+        first, stop = np.searchsorted(shard.caption_images, [image_id, image_id + 1])
+        return [shard.captions[row] for row in range(int(first), int(stop))]
 
     # ---- internals ----------------------------------------------------------------------
 
