@@ -13,6 +13,7 @@ import sys
 from dataclasses import asdict
 
 from jwae_ext.checkpoint import CheckpointError
+from jwae_ext.ops.kernels import add_kernels_option
 from jwae_ext.data.precomp import read_captions
 from jwae_ext.search.index import Hit, Index, TextResult
 
