@@ -13,8 +13,8 @@ import sys
 from dataclasses import asdict
 
 from jwae_ext.checkpoint import CheckpointError
-from jwae_ext.ops.kernels import add_kernels_option
 from jwae_ext.data.precomp import read_captions
+from jwae_ext.ops.kernels import add_kernels_option
 from jwae_ext.search.index import Hit, Index, TextResult
 
 PROG = "python -m jwae_ext.search"
