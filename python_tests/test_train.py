@@ -18,8 +18,8 @@ TINY = [
 ]  # fmt: skip
 
 
-def tiny_trainer(run_dir: Path, **fields) -> Trainer:
-    """An in-process trainer of a tiny model on a tiny slice (``fields`` override the config)."""
+def tiny_config(run_dir: Path, **fields) -> TrainConfig:
+    """The resolved configuration of a tiny model on a tiny slice (``fields`` override it)."""
     tiny = {
         "train_images": 16,
         "eval_images": 8,
@@ -29,7 +29,12 @@ def tiny_trainer(run_dir: Path, **fields) -> Trainer:
         "word_dim": 8,
         "progress": False,
     }
-    return Trainer(resolve(TrainConfig(run_dir=str(run_dir), **{**tiny, **fields})))
+    return resolve(TrainConfig(run_dir=str(run_dir), **{**tiny, **fields}))
+
+
+def tiny_trainer(run_dir: Path, **fields) -> Trainer:
+    """An in-process trainer of :func:`tiny_config`'s model."""
+    return Trainer(tiny_config(run_dir, **fields))
 
 
 def train(run_dir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:

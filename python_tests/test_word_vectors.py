@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from test_train import tiny_config
 
 from jwae_ext import checkpoint
 from jwae_ext.checkpoint import CheckpointError, load_model
@@ -36,21 +37,6 @@ def write_vectors(folder: Path, words=WORDS, dim: int = 5, seed: int = 0) -> np.
     np.save(folder / "vectors.npy", matrix)
     (folder / "words.txt").write_text("".join(f"{w}\n" for w in words), encoding="utf-8")
     return matrix
-
-
-def tiny_config(run_dir: Path, **fields) -> TrainConfig:
-    tiny = {
-        "train_images": 16,
-        "eval_images": 8,
-        "batch_size": 8,
-        "embed_size": 16,
-        "img_hidden": 16,
-        "word_dim": 8,
-        "epochs": 1,
-        "progress": False,
-        "run_dir": str(run_dir),
-    }
-    return resolve(TrainConfig(**{**tiny, **fields}))
 
 
 # ---- the folder format ---------------------------------------------------------------------
@@ -234,7 +220,7 @@ def test_scan_reads_the_vectors_and_refuses_the_mean_encoder(tmp_path):
 def test_a_run_records_the_vectors_and_resumes_and_loads_with_them(tmp_path):
     folder = tmp_path / "v"
     write_vectors(folder)
-    trainer = Trainer(tiny_config(tmp_path, word_vectors=str(folder), name="r"))
+    trainer = Trainer(tiny_config(tmp_path, word_vectors=str(folder), name="r", epochs=1))
     assert trainer.vocab.input_size == len(trainer.vocab) + len(WORDS)
     trainer.fit()
     run = tmp_path / "r"
@@ -281,7 +267,7 @@ def test_the_checkpoint_does_not_grow_by_the_matrix(tmp_path):
     matrix = write_vectors(tmp_path / "v", words=words, dim=16)  # 2.56 MB
     sizes = {}
     for name, vectors in (("with", str(tmp_path / "v")), ("without", "none")):
-        Trainer(tiny_config(tmp_path, word_vectors=vectors, name=name)).fit()
+        Trainer(tiny_config(tmp_path, word_vectors=vectors, name=name, epochs=1)).fit()
         sizes[name] = (tmp_path / name / "last.pt").stat().st_size
     # The projection (16 x word_dim per embedding) and the row map are all that is added.
     assert sizes["with"] - sizes["without"] < matrix.nbytes / 10
