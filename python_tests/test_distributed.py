@@ -263,9 +263,10 @@ def test_torchrun_trains_and_resumes_exactly(tmp_path):
     assert {"config.json", "vocab.json", "metrics.jsonl", "last.pt", "best.pt", "test.json"} <= {
         p.name for p in run.iterdir()
     }
-    # Rank 0 alone writes and prints: one record per epoch, one table.
+    # Rank 0 alone writes and prints: one record per epoch, one table, one baseline line.
     assert [r["epoch"] for r in _records(run)] == [1, 2]
-    assert proc.stdout.count("rsum") == 3 and proc.stdout.count("2 processes of 8 pairs") == 1
+    assert proc.stdout.count("rsum") == 4 and proc.stdout.count("ridge baseline on") == 1
+    assert proc.stdout.count("2 processes of 8 pairs") == 1
     assert len(torch.load(run / "last.pt", weights_only=True)["rng"]) == 2
 
     train_torchrun(tmp_path, "--epochs", "1", "--name", "resumed")
