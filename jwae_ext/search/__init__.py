@@ -11,9 +11,11 @@ answers queries, exactly (docs/search.md)::
 Modules: :mod:`~jwae_ext.search.layout` (the folder's files), :mod:`~jwae_ext.search.sources`
 (what is indexed, checked against the run), :mod:`~jwae_ext.search.build`,
 :mod:`~jwae_ext.search.topk` (exact top-k over blocks and shards),
-:mod:`~jwae_ext.search.words` (known words), :mod:`~jwae_ext.search.index` (queries).
+:mod:`~jwae_ext.search.words` (known words), :mod:`~jwae_ext.search.index` (queries),
+:mod:`~jwae_ext.search.approximate` (the codes into faiss, approximate search past exact).
 """
 
+from jwae_ext.search.approximate import to_faiss
 from jwae_ext.search.build import BuildSummary, build_index
 from jwae_ext.search.index import Hit, Index, QueryError, TextResult
 from jwae_ext.search.layout import IndexFormatError
@@ -26,4 +28,5 @@ __all__ = [
     "QueryError",
     "TextResult",
     "build_index",
+    "to_faiss",
 ]
