@@ -9,7 +9,8 @@ answers queries, exactly (docs/search.md)::
         print(hit.score, hit.path)
 
 Modules: :mod:`~jwae_ext.search.layout` (the folder's files), :mod:`~jwae_ext.search.sources`
-(what is indexed, checked against the run), :mod:`~jwae_ext.search.build`,
+(what is indexed, checked against the run), :mod:`~jwae_ext.search.items` (its names and
+captions, packed), :mod:`~jwae_ext.search.build`,
 :mod:`~jwae_ext.search.topk` (exact top-k over blocks and shards),
 :mod:`~jwae_ext.search.words` (known words), :mod:`~jwae_ext.search.index` (queries),
 :mod:`~jwae_ext.search.approximate` (the codes into faiss, approximate search past exact).
