@@ -14,6 +14,10 @@ its throughput is printed); the build case itself runs at 100,000 images. Querie
 SCAN (20,000 images x 36 regions, d = 1024, float16 codes): one query and 100 queries through
 ``Index.search_text`` against the GEMM of their words by all regions (float32 region codes in
 memory, chunked output: the floor without the float16 conversion the search pays per block).
+faiss (the ``faiss`` extra; skipped without it): the pooled index's codes into an IVF index
+(``to_faiss``, nlist 1024, build timed once and printed), the 1000 queries' caption codes searched
+with a few ``nprobe``, each with its recall@10 against the exact top-10 (``dot_topk``, timed as
+"exact") printed and stored in the benchmark's extra info.
 "Peak MB" is the peak resident memory above what is resident when the call starts (the codes'
 pages, touched in the warm-up, are already there): the memory a query adds beyond the maps.
 """
@@ -29,10 +33,12 @@ import torch
 from conftest import sizes
 
 from jwae_ext.config import TrainConfig, resolve
-from jwae_ext.search import Index, build_index
+from jwae_ext.search import Index, build_index, to_faiss
+from jwae_ext.search.topk import dot_topk
 from jwae_ext.train import Trainer
 
 POOLED_IMAGES, BUILD_IMAGES, BATCHED = sizes([(1_000_000, 100_000, 1000)], [(20_000, 5_000, 50)])[0]
+FAISS_NLIST, FAISS_NPROBES = sizes([(1024, (4, 16, 64))], [(32, (2, 8, 32))])[0]
 SCAN_IMAGES, SCAN_BATCHED = sizes([(20_000, 100)], [(300, 10)])[0]
 FEATURES, POOLED_DIM, SCAN_DIM, REGIONS = 64, 256, sizes([1024], [64])[0], 36
 _GEMM_OUTPUT_BYTES = 512 * 2**20
@@ -164,3 +170,43 @@ def test_scan_queries(measure, impl, queries, scan):
         regions = _codes(root / "index").float().reshape(-1, SCAN_DIM)
         fn = _chunked_gemm(torch.randn(words, SCAN_DIM), regions)
     measure(case, impl, fn, rounds=3)
+
+
+@pytest.fixture(scope="module")
+def faiss_ivf(pooled):
+    """The pooled index in faiss IVF, its queries (the first captions' codes) and their exact
+    top-10 image ids."""
+    pytest.importorskip("faiss", reason="faiss-cpu (the faiss extra) is not installed")
+    root = pooled[0]
+    folder = root / "index"
+    queries = torch.from_numpy(
+        np.array(np.load(folder / "caption_codes.npy", mmap_mode="r")[:BATCHED])
+    )
+    _, rows = dot_topk(queries, np.load(folder / "codes.npy", mmap_mode="c"), 10)
+    exact = np.load(folder / "image_ids.npy")[rows.numpy()]
+    start = time.perf_counter()
+    index = to_faiss(folder, kind="ivf", nlist=FAISS_NLIST)
+    print(f"\nbuilt faiss IVF (nlist {FAISS_NLIST}) over {index.ntotal} codes in "
+          f"{time.perf_counter() - start:.1f} s")  # fmt: skip
+    return folder, index, queries, exact
+
+
+def _recall_at_10(found: np.ndarray, exact: np.ndarray) -> float:
+    return float(np.mean([len(set(f) & set(e)) / 10 for f, e in zip(found, exact, strict=True)]))
+
+
+@pytest.mark.parametrize("nprobe", [None, *FAISS_NPROBES])
+def test_faiss_recall(measure, benchmark, nprobe, faiss_ivf):
+    import faiss
+
+    folder, index, queries, exact = faiss_ivf
+    case = f"{BATCHED} queries {POOLED_IMAGES} pooled d={POOLED_DIM}: faiss IVF{FAISS_NLIST}"
+    if nprobe is None:
+        codes = np.load(folder / "codes.npy", mmap_mode="c")
+        measure(case, "exact", lambda: dot_topk(queries, codes, 10), rounds=3)
+        return
+    faiss.extract_index_ivf(index).nprobe = nprobe
+    recall = _recall_at_10(index.search(queries.numpy(), 10)[1], exact)
+    benchmark.extra_info["recall_at_10"] = recall
+    print(f"\nfaiss IVF{FAISS_NLIST} nprobe {nprobe}: recall@10 {recall:.4f}")
+    measure(case, f"nprobe={nprobe}", lambda: index.search(queries.numpy(), 10), rounds=3)

@@ -19,7 +19,7 @@ from jwae_ext import evaluate, ops
 from jwae_ext.checkpoint import load_model
 from jwae_ext.data import export_precomp, load_split, tokenize
 from jwae_ext.encoding import caption_codes, encode_split, encode_split_xattn, word_codes
-from jwae_ext.search import Index, QueryError, build, build_index
+from jwae_ext.search import Index, QueryError, build, build_index, to_faiss
 from jwae_ext.search import __main__ as search_cli
 
 VARIANTS = ("vse++", "scan")
@@ -328,3 +328,32 @@ def test_shards_built_from_copies_of_the_run_merge(runs, indexes, tmp_path):
     assert Index.open(shards).search_text(queries) == Index.open(indexes["vse++"]).search_text(
         queries
     )
+
+
+def test_exhaustive_faiss_returns_the_exact_neighbours(indexes):
+    faiss = pytest.importorskip("faiss", reason="faiss-cpu (the faiss extra) is not installed")
+    folder = indexes["vse++"]
+    codes = torch.from_numpy(np.load(folder / "codes.npy"))
+    ids = np.load(folder / "image_ids.npy")
+    queries = torch.from_numpy(np.load(folder / "caption_codes.npy"))
+    exact_scores, exact_rows = brute_force(queries @ codes.T, 10)
+    for kind, settings in (("ivf", {"nlist": 8, "nprobe": 8}), ("hnsw", {"ef_search": 256})):
+        index = to_faiss(folder, kind=kind, **settings)
+        assert index.ntotal == len(codes)
+        scores, found = index.search(queries.numpy(), 10)
+        np.testing.assert_array_equal(found, ids[exact_rows.numpy()], err_msg=kind)
+        np.testing.assert_allclose(scores, exact_scores.numpy(), rtol=0, atol=1e-5)
+    probed = to_faiss(folder, nlist=8, nprobe=1)
+    assert faiss.extract_index_ivf(probed).nprobe == 1
+
+
+def test_faiss_refuses_scan_codes_and_bad_settings(indexes):
+    pytest.importorskip("faiss", reason="faiss-cpu (the faiss extra) is not installed")
+    with pytest.raises(ValueError, match="holds scan codes"):
+        to_faiss(indexes["scan"])
+    with pytest.raises(ValueError, match="kind must be one of ivf, hnsw, got 'pq'"):
+        to_faiss(indexes["vse++"], kind="pq")
+    with pytest.raises(ValueError, match="nlist must be at most the 60 indexed images, got 61"):
+        to_faiss(indexes["vse++"], nlist=61)
+    with pytest.raises(ValueError, match="nprobe must be an integer >= 1, got 0"):
+        to_faiss(indexes["vse++"], nprobe=0)

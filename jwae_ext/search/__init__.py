@@ -9,11 +9,14 @@ answers queries, exactly (docs/search.md)::
         print(hit.score, hit.path)
 
 Modules: :mod:`~jwae_ext.search.layout` (the folder's files), :mod:`~jwae_ext.search.sources`
-(what is indexed, checked against the run), :mod:`~jwae_ext.search.build`,
+(what is indexed, checked against the run), :mod:`~jwae_ext.search.items` (its names and
+captions, packed), :mod:`~jwae_ext.search.build`,
 :mod:`~jwae_ext.search.topk` (exact top-k over blocks and shards),
-:mod:`~jwae_ext.search.words` (known words), :mod:`~jwae_ext.search.index` (queries).
+:mod:`~jwae_ext.search.words` (known words), :mod:`~jwae_ext.search.index` (queries),
+:mod:`~jwae_ext.search.approximate` (the codes into faiss, approximate search past exact).
 """
 
+from jwae_ext.search.approximate import to_faiss
 from jwae_ext.search.build import BuildSummary, build_index
 from jwae_ext.search.index import Hit, Index, QueryError, TextResult
 from jwae_ext.search.layout import IndexFormatError
@@ -26,4 +29,5 @@ __all__ = [
     "QueryError",
     "TextResult",
     "build_index",
+    "to_faiss",
 ]

@@ -7,7 +7,7 @@ run, collection, settings: the same fingerprint). Batches start at fixed positio
 build writes the same bytes as an uninterrupted one. The finished files are written in one
 transaction (:func:`jwae_ext.data.precomp.write_files`), the manifest last: an index folder is
 complete or has no manifest. Memory: one batch of features and codes, and the collection's names
-and captions (text).
+and captions packed (:class:`~jwae_ext.search.items.PackedItems`: about their text's size).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -30,7 +30,8 @@ from jwae_ext.data.precomp import write_array, write_bytes, write_files
 from jwae_ext.encoding import caption_codes, image_codes
 from jwae_ext.extract.partial import PartialExtraction
 from jwae_ext.models import SCAN
-from jwae_ext.search.sources import Collection, Item, from_data, from_images
+from jwae_ext.search.items import Item, PackedItems
+from jwae_ext.search.sources import Collection, from_data, from_images
 
 WORK_DIR = ".index-partial"
 _CODES, _CAPTION_CODES = "codes", "caption_codes"
@@ -123,7 +124,7 @@ def build_index(
     d = loaded.model.cfg.embed_size
     shapes = {_CODES: (len(items), *([collection.regions] if scan else []), d)}
     if not scan:
-        shapes[_CAPTION_CODES] = (sum(len(i.captions) for i in items), d)
+        shapes[_CAPTION_CODES] = (_caption_count(items), d)
     work, resumed = PartialExtraction.open(
         out, fingerprint, shapes, dtype=np.dtype(dtype), restart=restart,
         work_dir=WORK_DIR, what="index build",
@@ -145,6 +146,12 @@ def build_index(
     summary.images_per_second = todo / seconds if todo and seconds > 0 else 0.0
     work.remove()
     return summary
+
+
+def _caption_count(items: Sequence[Item]) -> int:
+    if isinstance(items, PackedItems):
+        return items.caption_count()
+    return sum(len(i.captions) for i in items)
 
 
 def _shard_range(n: int, shard: tuple[int, int]) -> tuple[int, int]:
@@ -178,7 +185,7 @@ def _index_batch(work, loaded, collection, items, first, start, end, device, dty
 
 def _fingerprint(
     collection: Collection,
-    items: list[Item],
+    items: Sequence[Item],
     first: int,
     digest: str,
     dtype: str,
@@ -198,15 +205,21 @@ def _fingerprint(
         "format": layout.FORMAT,
         "checkpoint": digest,
         "source": collection.description,
-        "items": hashlib.sha256(
-            json.dumps([[i.name, *stat(i.path), *i.captions] for i in items]).encode()
-        ).hexdigest(),
+        "items": _items_digest([i.name, *stat(i.path), *i.captions] for i in items),
         "first": first,
         "dtype": dtype,
         "shard": list(shard),
         "batch_size": batch_size,
     }
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+
+
+def _items_digest(rows: Iterable[list]) -> str:
+    """sha256 of the JSON list of ``rows``, hashed row by row (never the whole text at once)."""
+    digest = hashlib.sha256(b"[")
+    for number, row in enumerate(rows):
+        digest.update(((", " if number else "") + json.dumps(row)).encode())
+    return digest.update(b"]") or digest.hexdigest()
 
 
 def _finished(out: Path, fingerprint: str, restart: bool) -> BuildSummary | None:
@@ -247,43 +260,53 @@ def _manifest(loaded, run, digest, collection, scan, d, dtype, shard, fingerprin
 
 
 def _finish(
-    out: Path, work: PartialExtraction, items: list[Item], first: int, manifest: dict
+    out: Path, work: PartialExtraction, items: Sequence[Item], first: int, manifest: dict
 ) -> BuildSummary:
+    """The finished files from the work area, the names and captions streamed from ``items``
+    to their lines files (memory: 8 bytes of ids and offsets per image and per caption)."""
     skipped = work.progress[_CODES].skipped
-    gone = {position for position, _, _ in skipped}
-    kept = [(p, item) for p, item in enumerate(items, first) if p not in gone]
+    gone = np.array(sorted(position for position, _, _ in skipped), dtype=np.int64)
+    image_ids = np.setdiff1d(np.arange(first, first + len(items), dtype=np.int64), gone)
+    if not len(image_ids):
+        raise ValueError(f"jwae_ext: no image of this shard could be read ({len(skipped)} skipped)")
+
+    def kept() -> Iterator[Item]:
+        return (items[int(p) - first] for p in image_ids)
+
+    caption_images = np.repeat(image_ids, [len(item.captions) for item in kept()])
     codes = work.features(_CODES)
-    caption_texts = [c for _, item in kept for c in item.captions]
-    caption_images = np.array([p for p, item in kept for _ in item.captions], dtype=np.int64)
     manifest.update(
-        images=len(kept),
-        captions=len(caption_texts),
+        images=len(image_ids),
+        captions=len(caption_images),
         skipped=skipped,
         regions=int(codes.shape[1]) if codes.ndim == 3 else None,
     )
-    if not kept:
-        raise ValueError(f"jwae_ext: no image of this shard could be read ({len(skipped)} skipped)")
     files = {
         out / layout.CODES: partial(write_array, array=codes),
-        out / layout.IMAGE_IDS: partial(
-            write_array, array=np.array([p for p, _ in kept], dtype=np.int64)
-        ),
+        out / layout.IMAGE_IDS: partial(write_array, array=image_ids),
         out / layout.CAPTION_IMAGES: partial(write_array, array=caption_images),
     }
     if _CAPTION_CODES in work.arrays:
         files[out / layout.CAPTION_CODES] = partial(
             write_array, array=work.features(_CAPTION_CODES)
         )
-    for name, texts in (
-        (layout.ITEMS, [i.name for _, i in kept]),
-        (layout.CAPTIONS, caption_texts),
+    for name, count, texts in (
+        (layout.ITEMS, len(image_ids), (item.name for item in kept())),
+        (layout.CAPTIONS, len(caption_images), (c for item in kept() for c in item.captions)),
     ):
-        text, offsets = layout.encode_lines(texts)
-        files[out / name] = partial(write_bytes, data=text)
+        offsets = np.zeros(count + 1, dtype=np.int64)
+        files[out / name] = partial(layout.write_lines, texts=texts, offsets=offsets)
+        # written after its lines file (write_files keeps this order), which fills the offsets
         files[out / layout.offsets_name(name)] = partial(write_array, array=offsets)
     manifest_bytes = json.dumps(manifest, indent=1, ensure_ascii=False).encode("utf-8")
     files[out / layout.MANIFEST] = partial(write_bytes, data=manifest_bytes)  # renamed last
     write_files(files)
     return BuildSummary(
-        out, len(kept), len(caption_texts), [f"{n} ({why})" for _, n, why in skipped], 0, 0.0, 0.0
+        out,
+        len(image_ids),
+        len(caption_images),
+        [f"{n} ({why})" for _, n, why in skipped],
+        0,
+        0.0,
+        0.0,
     )

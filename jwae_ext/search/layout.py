@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -49,13 +50,18 @@ def offsets_name(lines_file: str) -> str:
     return lines_file.replace(".txt", ".offsets.npy")
 
 
-def encode_lines(texts: Sequence[str]) -> tuple[bytes, np.ndarray]:
-    """The bytes of a lines file (one JSON string per line: any text, newlines included) and its
-    ``len(texts) + 1`` byte offsets."""
-    lines = [(json.dumps(t, ensure_ascii=False) + "\n").encode("utf-8") for t in texts]
-    offsets = np.zeros(len(lines) + 1, dtype=np.int64)
-    np.cumsum([len(line) for line in lines], out=offsets[1:])
-    return b"".join(lines), offsets
+def write_lines(f: BinaryIO, texts: Iterable[str], offsets: np.ndarray) -> None:
+    """A :func:`jwae_ext.data.precomp.write_files` writer of a lines file (one JSON string per
+    line: any text, newlines included), streamed from ``texts``; fills ``offsets`` (its
+    ``lines + 1`` byte offsets, written next to it after)."""
+    position, count = 0, 0
+    for count, text in enumerate(texts, start=1):
+        line = (json.dumps(text, ensure_ascii=False) + "\n").encode("utf-8")
+        f.write(line)
+        position += len(line)
+        offsets[count] = position
+    if count != len(offsets) - 1:
+        raise ValueError(f"jwae_ext: {count} lines written, {len(offsets) - 1} expected")
 
 
 class Lines:

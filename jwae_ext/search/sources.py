@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,20 +28,11 @@ from jwae_ext.extract.backbones import INPUT_SIZE, Backbone
 from jwae_ext.extract.caption_files import read_caption_file
 from jwae_ext.extract.plan import image_finder
 from jwae_ext.models import SCAN
+from jwae_ext.search.items import Item, PackedItems
 
 EMBEDDED_SPLITS = ("train", "dev", "test")
 # The settings of an extraction that decide its features (extract.json keys).
 EXTRACTION_KEYS = ("backbone", "weights", "regions", "input_size", "feature_shape")
-
-
-@dataclass(frozen=True)
-class Item:
-    """One image of the collection: its name (a relative path, or an id), its file when indexed
-    from image files, its captions."""
-
-    name: str
-    path: Path | None
-    captions: tuple[str, ...]
 
 
 @dataclass
@@ -50,7 +41,7 @@ class Collection:
     (``features(start, stop) -> (rows, skipped)``: rows for the readable ones, ``[position, name,
     reason]`` for the others), and what describes them in the manifest."""
 
-    items: list[Item]
+    items: Sequence[Item]  # a list, or PackedItems (a million names and captions in bounded memory)
     features: Callable[[int, int], tuple[np.ndarray, list[list]]]
     description: dict
     extraction: dict | None  # the run's recorded extraction (what a raw image query goes through)
@@ -151,7 +142,7 @@ def from_data(loaded: LoadedModel, data: str, device: str) -> Collection:
     name, splits = _data_and_splits(data)
     seed = loaded.config.get("seed", 0)
     regions, wanted = _model_input(loaded)
-    parts, items, counts = [], [], set()
+    parts, packed, counts = [], [], set()
     for split_name in splits:
         split = load_split(name, split_name, seed=seed)
         feats = split.require_regions() if regions else split.images
@@ -162,12 +153,14 @@ def from_data(loaded: LoadedModel, data: str, device: str) -> Collection:
                 f"{wanted}-dimensional ones"
             )
         names = _item_names(name, split_name, split.num_images)
-        caps: list[list[str]] = [[] for _ in range(split.num_images)]
-        for caption, image in zip(split.captions, split.cap_to_img, strict=True):
-            caps[int(image)].append(caption)
-        parts.append((len(items), feats))
+        order = np.argsort(split.cap_to_img, kind="stable")  # each image's captions in order
+        starts = np.zeros(split.num_images + 1, dtype=np.int64)
+        np.cumsum(np.bincount(split.cap_to_img, minlength=split.num_images), out=starts[1:])
+        parts.append((sum(map(len, packed)), feats))
         counts.add(feats.shape[1] if regions else None)
-        items += [Item(n, None, tuple(c)) for n, c in zip(names, caps, strict=True)]
+        packed.append(PackedItems(names, [split.captions[j] for j in order], starts))
+        del split, names, order
+    items = PackedItems.concat(packed)
     _check_same_extraction(loaded, name)
 
     def features(start: int, stop: int) -> tuple[np.ndarray, list[list]]:
