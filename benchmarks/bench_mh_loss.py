@@ -24,7 +24,7 @@ MH_LOSS_MODULE = importlib.import_module("jwae_ext.ops.mh_loss")
 
 DIM = sizes([1024], [32])[0]
 BATCHES = sizes([128, 1024, 4096, 16384], [64, 300])
-SUM_BATCHES = sizes([1024, 2048, 4096], [300])  # sum of hinges (VSE0)
+SUM_BATCHES = sizes([1024, 2048, 4096, 8192], [300])  # sum of hinges (VSE0)
 IMPLS = {"ours": ops.mh_loss, "reference": reference.mh_loss}
 
 

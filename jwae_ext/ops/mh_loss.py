@@ -25,11 +25,12 @@ DIRECTIONS = ("both", "i2t", "t2i")
 
 # The sum of hinges on the CPU up to this batch goes through the full score matrix: one torch.mm,
 # then the fused epilogue on its scores (mh_loss_from_scores), 3 GEMMs in all with the backward's
-# two. The tiled kernel never holds the B x B matrix but computes its tiles three times (5 GEMMs),
-# and with B x B matrices of a few MB a small batch gains nothing from that. Chosen by
-# measurement (docs/performance-remeasured.md): up to this batch the tiled kernel is slower than
-# the plain-PyTorch reference, from about 4096 on it is faster and the matrices weigh 64 MB each.
-FULL_MATRIX_MAX_BATCH = 2048
+# two. The tiled kernel never holds a B x B matrix but computes its tiles three times (5 GEMMs):
+# measured side by side (docs/performance-remeasured.md), it takes 0.5x-1.0x the reference's time
+# at B = 1024-8192, the full-matrix path 0.3x-0.6x. So the full matrix while its two B x B
+# matrices (scores and their gradient) stay within 512 MB in fp32 (the reference holds about
+# three times as much), the tiled kernel above, where memory decides.
+FULL_MATRIX_MAX_BATCH = 8192
 
 
 def sum_of_hinges_uses_full_matrix(img_emb: torch.Tensor, txt_emb: torch.Tensor) -> bool:
