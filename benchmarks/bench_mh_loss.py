@@ -1,13 +1,17 @@
 """Max-of-hinges loss, forward + backward, d = 1024, fp32: ours (the fused tiled kernels), the
 VSE++ reference (full score matrix) and the bare GEMM (B x d) @ (d x B) that any implementation
 has to do, into a preallocated output (a fresh B x B output would time page faults), side by side
-(the summary prints the ratios).
+(the summary prints the ratios). The sum of hinges (max_violation=False) also times its two CPU
+paths, forced: "full_matrix" (one torch.mm and the fused from-scores epilogue) and "tiled" (the
+kernel that never holds the B x B matrix); "ours" is whichever ops.mh_loss's size rule picks.
 
     python -m pytest benchmarks/bench_mh_loss.py                          # CPU, all sizes
     JWAE_BENCH_DEVICE=cuda python -m pytest benchmarks/bench_mh_loss.py   # GPU
 """
 
 from __future__ import annotations
+
+import importlib
 
 import pytest
 import torch
@@ -16,9 +20,11 @@ from conftest import DEVICE, sizes
 
 from jwae_ext import ops, reference
 
+MH_LOSS_MODULE = importlib.import_module("jwae_ext.ops.mh_loss")
+
 DIM = sizes([1024], [32])[0]
 BATCHES = sizes([128, 1024, 4096, 16384], [64, 300])
-SUM_BATCHES = sizes([1024, 4096], [300])  # sum of hinges (VSE0), informational
+SUM_BATCHES = sizes([1024, 2048, 4096, 8192], [300])  # sum of hinges (VSE0)
 IMPLS = {"ours": ops.mh_loss, "reference": reference.mh_loss}
 
 
@@ -64,8 +70,31 @@ def test_mh_loss_max_violation(measure, batch, impl):
     _measure(measure, f"mh_loss hardest fwd+bwd B={batch} d={DIM}", impl, batch)
 
 
-@pytest.mark.parametrize("impl", ["ours", "reference", "gemm"])
+def _on_path(path: str, fn):
+    """``fn`` with the sum of hinges' CPU path forced (the size rule of ops.mh_loss otherwise)."""
+
+    def run():
+        saved = MH_LOSS_MODULE.FULL_MATRIX_MAX_BATCH
+        MH_LOSS_MODULE.FULL_MATRIX_MAX_BATCH = 2**62 if path == "full_matrix" else 0
+        try:
+            return fn()
+        finally:
+            MH_LOSS_MODULE.FULL_MATRIX_MAX_BATCH = saved
+
+    return run
+
+
 @pytest.mark.parametrize("batch", SUM_BATCHES)
-def test_mh_loss_sum_of_hinges(measure, batch, impl):
+def test_mh_loss_sum_of_hinges(measure, batch):
+    """Ours is ops.mh_loss as dispatched by its size rule; both CPU paths, the reference and the
+    GEMM are timed in turn with it, round by round."""
+    img, txt = _embeddings(batch)
+    ours = _forward_backward(ops.mh_loss, img, txt, max_violation=False)
+    others = {
+        "reference": _forward_backward(reference.mh_loss, img, txt, max_violation=False),
+        "gemm": _gemm(img, txt),
+    }
+    if DEVICE == "cpu":
+        others |= {path: _on_path(path, ours) for path in ("full_matrix", "tiled")}
     case = f"mh_loss sum fwd+bwd B={batch} d={DIM}"
-    _measure(measure, case, impl, batch, max_violation=False)
+    measure(case, "ours", ours, rounds=_rounds(batch, "reference"), alongside=others)

@@ -6,6 +6,12 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <bit>
+#include <cstdint>
+#include <functional>
+#include <span>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "retrieval.h"
@@ -123,63 +129,149 @@ RankCounts count_at_least_cpu(const at::Tensor& img, const at::Tensor& cap, cons
 
 // ---- top-k search ---------------------------------------------------------------------------
 
-template <typename scalar_t>
-struct Candidate {
-  scalar_t score;
-  int64_t index;
-};
+// A candidate as one unsigned 128-bit integer that orders as the results do: the score's
+// order-preserving key in the high half, the complement of its gallery index in the low half. A
+// larger integer is a better candidate: a higher score (torch.sort's descending order, NaN above
+// every number), or an equal score at a lower index. Why: the per-query selection and sort then
+// compare plain integers (no NaN branches in the comparator), and the filter is branch-free.
+using Packed = unsigned __int128;
 
-// Scores in torch.sort's descending order: NaN above every number. Finite embeddings can still
-// overflow to NaN (or ±inf) scores; every one of them must take a defined place in the result.
 template <typename scalar_t>
-bool score_above(scalar_t a, scalar_t b) {
-  return a > b || (a != a && b == b);
+using ScoreBits = std::conditional_t<sizeof(scalar_t) == 4, uint32_t, uint64_t>;
+
+// Order-preserving: a < b (as numbers) gives key(a) < key(b); -0 and +0 give one key (they tie,
+// as in a sort), every NaN the largest key.
+template <typename scalar_t>
+ScoreBits<scalar_t> score_key(scalar_t score) {
+  using Bits = ScoreBits<scalar_t>;
+  constexpr Bits sign = Bits{1} << (8 * sizeof(Bits) - 1);
+  if (score != score) return ~Bits{0};
+  const Bits bits = std::bit_cast<Bits>(score + scalar_t(0));  // -0 + 0 is +0
+  return (bits & sign) ? ~bits : (bits | sign);
 }
 
-// The order of the results: higher score first, ties (NaNs tie with each other) by lower index.
+// The inverse of score_key (NaN comes back as a NaN, -0 as +0).
 template <typename scalar_t>
-bool ranks_before(const Candidate<scalar_t>& a, const Candidate<scalar_t>& b) {
-  return score_above(a.score, b.score) || (!score_above(b.score, a.score) && a.index < b.index);
+scalar_t key_score(ScoreBits<scalar_t> key) {
+  using Bits = ScoreBits<scalar_t>;
+  constexpr Bits sign = Bits{1} << (8 * sizeof(Bits) - 1);
+  return std::bit_cast<scalar_t>((key & sign) ? (key & ~sign) : ~key);
+}
+
+template <typename scalar_t>
+Packed pack(scalar_t score, int64_t index) {
+  return (Packed{score_key(score)} << 64) | Packed{~static_cast<uint64_t>(index)};
+}
+
+template <typename scalar_t>
+scalar_t packed_score(Packed p) {
+  return key_score<scalar_t>(static_cast<ScoreBits<scalar_t>>(p >> 64));
+}
+
+inline int64_t packed_index(Packed p) { return static_cast<int64_t>(~static_cast<uint64_t>(p)); }
+
+// Sorts items[0, n) best first with an LSD radix sort (8-bit digits, linear, branch-free, where
+// std::sort's comparisons mispredict) over the bytes that can differ: the low `index_bytes` bytes
+// of the index complement, then the score key's `key_bytes`. `scratch` holds n items.
+inline void radix_sort_best_first(Packed* items, int64_t n, Packed* scratch, int index_bytes,
+                                  int key_bytes) {
+  Packed* from = items;
+  Packed* to = scratch;
+  // Digits are complemented so that the ascending counting sort puts larger values first.
+  const auto pass = [&](int shift) {
+    const auto digit = [shift](Packed p) { return 255 - (static_cast<uint32_t>(p >> shift) & 255); };
+    int64_t start[256] = {};
+    for (int64_t i = 0; i < n; ++i) ++start[digit(from[i])];
+    int64_t offset = 0;
+    for (int64_t& s : start) offset += std::exchange(s, offset);
+    for (int64_t i = 0; i < n; ++i) to[start[digit(from[i])]++] = from[i];
+    std::swap(from, to);
+  };
+  for (int b = 0; b < index_bytes; ++b) pass(8 * b);
+  for (int b = 0; b < key_bytes; ++b) pass(64 + 8 * b);
+  if (from != items) std::copy(from, from + n, items);
 }
 
 // One query's best k of the gallery items offered so far, offered in ascending index order.
 // Holds up to 2k candidates; once it first fills, keeps the best k and from then on admits only
-// scores above the k-th: an equal score comes later, so it has a higher index and loses the tie.
-// Until then every score is admitted (-inf and NaN included), so k offers always give k results.
+// candidates above the k-th (an equal score comes later, so it has a higher index and loses the
+// tie). Until then every score is admitted (-inf and NaN included), so k offers give k results.
+// Scores are taken in chunks: a chunk with no score above the k-th (the common case once the
+// first tiles have set it) costs one vectorized comparison per score, and the candidates of the
+// others are written unconditionally and kept by a count (no unpredictable branches).
 template <typename scalar_t>
 class RunningTopK {
  public:
-  explicit RunningTopK(int64_t k) : k_(k) { items_.reserve(2 * k); }
+  static constexpr int64_t kChunk = 64;
+
+  // Indices offered are below `index_bound`.
+  RunningTopK(int64_t k, int64_t index_bound)
+      : k_(k), index_bytes_(bytes_to_hold(index_bound - 1)), items_(2 * k + kChunk) {}
 
   void offer(const scalar_t* scores, int64_t count, int64_t first_index) {
-    for (int64_t c = 0; c < count; ++c) {
-      if (has_floor_ && !score_above(scores[c], floor_)) continue;
-      items_.push_back({scores[c], first_index + c});
-      if (static_cast<int64_t>(items_.size()) == 2 * k_) shrink();
+    for (int64_t c = 0; c < count; c += kChunk) {
+      const int64_t n = std::min(kChunk, count - c);
+      if (has_floor_ && !any_reaches_floor(scores + c, n)) continue;
+      for (int64_t j = 0; j < n; ++j) {
+        const Packed candidate = pack(scores[c + j], first_index + c + j);
+        items_[size_] = candidate;
+        size_ += candidate > floor_;
+      }
+      if (size_ >= 2 * k_) shrink();
     }
   }
 
   // The best min(k, offered) candidates, best first.
-  const std::vector<Candidate<scalar_t>>& finish() {
-    if (static_cast<int64_t>(items_.size()) > k_) shrink();
-    std::sort(items_.begin(), items_.end(), ranks_before<scalar_t>);
-    return items_;
+  std::span<const Packed> finish() {
+    if (size_ > k_) shrink();
+    // The second half of the buffer is free scratch space once at most k items are left.
+    radix_sort_best_first(items_.data(), size_, items_.data() + k_, index_bytes_,
+                          sizeof(ScoreBits<scalar_t>));
+    return {items_.data(), static_cast<size_t>(size_)};
   }
 
  private:
+  // Whether some score may beat the k-th: not <= its score (NaN is not <= anything; a NaN k-th
+  // lets every chunk through to the exact comparison).
+  bool any_reaches_floor(const scalar_t* scores, int64_t n) const {
+    const scalar_t floor = floor_score_;
+    bool any = false;
+#pragma omp simd reduction(| : any)
+    for (int64_t j = 0; j < n; ++j) any |= !(scores[j] <= floor);
+    return any;
+  }
+
   void shrink() {
-    std::nth_element(items_.begin(), items_.begin() + (k_ - 1), items_.end(),
-                     ranks_before<scalar_t>);
-    items_.resize(k_);
-    floor_ = items_[k_ - 1].score;
+    std::nth_element(items_.begin(), items_.begin() + (k_ - 1), items_.begin() + size_,
+                     std::greater<Packed>());
+    size_ = k_;
+    floor_ = items_[k_ - 1];
+    floor_score_ = packed_score<scalar_t>(floor_);
     has_floor_ = true;
   }
 
+  static int bytes_to_hold(int64_t value) {
+    int bytes = 1;
+    while (bytes < 8 && (static_cast<uint64_t>(value) >> (8 * bytes)) != 0) ++bytes;
+    return bytes;
+  }
+
   int64_t k_;
+  int index_bytes_;
+  int64_t size_ = 0;
   bool has_floor_ = false;
-  scalar_t floor_{};
-  std::vector<Candidate<scalar_t>> items_;
+  Packed floor_ = 0;  // below every candidate (a score key is never 0) until the first shrink
+  scalar_t floor_score_{};
+  std::vector<Packed> items_;
 };
+
+template <typename scalar_t>
+void write_result(std::span<const Packed> best, int64_t k, scalar_t* scores, int64_t* indices) {
+  for (int64_t t = 0; t < k; ++t) {
+    scores[t] = packed_score<scalar_t>(best[t]);
+    indices[t] = packed_index(best[t]);
+  }
+}
 
 // Candidate slots per work item: bounds the running top-k state (2k candidates per query) when k
 // is large by taking fewer queries per tile.
@@ -201,9 +293,8 @@ std::tuple<at::Tensor, at::Tensor> topk_search_cpu(const at::Tensor& queries,
   at::Tensor scores = at::empty({n_queries, k}, queries.options());
   at::Tensor indices = at::empty({n_queries, k}, queries.options().dtype(at::kLong));
   AT_DISPATCH_FLOATING_TYPES(queries.scalar_type(), "topk_search", [&] {
-    using Cand = Candidate<scalar_t>;
     // With several parts, each part's best k per query land here before the final merge.
-    std::vector<std::vector<Cand>> part_best(parts > 1 ? n_queries * parts : 0);
+    std::vector<std::vector<Packed>> part_best(parts > 1 ? n_queries * parts : 0);
     scalar_t* score_out = scores.mutable_data_ptr<scalar_t>();
     int64_t* index_out = indices.mutable_data_ptr<int64_t>();
     parallel_tiles<scalar_t>(queries, gallery, grid, row_blocks * parts,
@@ -214,7 +305,7 @@ std::tuple<at::Tensor, at::Tensor> topk_search_cpu(const at::Tensor& queries,
       const int64_t rows = std::min(grid.tile_rows, n_queries - row0);
       std::vector<RunningTopK<scalar_t>> best;
       best.reserve(rows);
-      for (int64_t r = 0; r < rows; ++r) best.emplace_back(k);
+      for (int64_t r = 0; r < rows; ++r) best.emplace_back(k, gallery.size(0));
       worker.row_block(row_block, part * col_blocks / parts, (part + 1) * col_blocks / parts,
                        [&](const ScoreTile<scalar_t>& tile, at::Tensor&) {
                          for (int64_t r = 0; r < rows; ++r) {
@@ -222,31 +313,26 @@ std::tuple<at::Tensor, at::Tensor> topk_search_cpu(const at::Tensor& queries,
                          }
                        });
       for (int64_t r = 0; r < rows; ++r) {
-        const std::vector<Cand>& found = best[r].finish();
+        const std::span<const Packed> found = best[r].finish();
+        const int64_t q = row0 + r;
         if (parts > 1) {
-          part_best[(row0 + r) * parts + part] = found;
-          continue;
-        }
-        for (int64_t t = 0; t < k; ++t) {
-          score_out[(row0 + r) * k + t] = found[t].score;
-          index_out[(row0 + r) * k + t] = found[t].index;
+          part_best[q * parts + part].assign(found.begin(), found.end());
+        } else {
+          write_result(found, k, score_out + q * k, index_out + q * k);
         }
       }
     });
     if (parts == 1) return;
     at::parallel_for(0, n_queries, 1, [&](int64_t first, int64_t last) {
       for (int64_t q = first; q < last; ++q) {
-        std::vector<Cand> merged;
+        std::vector<Packed> merged;
         for (int64_t p = 0; p < parts; ++p) {
-          const std::vector<Cand>& found = part_best[q * parts + p];
+          const std::vector<Packed>& found = part_best[q * parts + p];
           merged.insert(merged.end(), found.begin(), found.end());
         }
         std::partial_sort(merged.begin(), merged.begin() + k, merged.end(),
-                          ranks_before<scalar_t>);
-        for (int64_t t = 0; t < k; ++t) {
-          score_out[q * k + t] = merged[t].score;
-          index_out[q * k + t] = merged[t].index;
-        }
+                          std::greater<Packed>());
+        write_result<scalar_t>(merged, k, score_out + q * k, index_out + q * k);
       }
     });
   });

@@ -7,6 +7,7 @@
 #include <algorithm>
 
 #include "ordered_sum.h"
+#include "softplus_cpu.h"
 #include "wae_terms.h"
 
 namespace jwae {
@@ -25,11 +26,14 @@ at::Tensor reconstruction_cpu(const at::Tensor& feat, const at::Tensor& rec, boo
 at::Tensor softplus_mean_cpu(const at::Tensor& logits, double sign, double grad_scale,
                              const at::Tensor& grad) {
   return AT_DISPATCH_FLOATING_TYPES(logits.scalar_type(), "softplus_mean_cpu", [&] {
-    const double n = static_cast<double>(logits.numel());
-    const SoftplusTerm<scalar_t, double> term{
-        logits.const_data_ptr<scalar_t>(),
-        grad.defined() ? grad.mutable_data_ptr<scalar_t>() : nullptr, grad_scale / n, sign};
-    return at::scalar_tensor(ordered_sum(logits.numel(), term) / n, logits.options());
+    const int64_t n = logits.numel();
+    const scalar_t* x = logits.const_data_ptr<scalar_t>();
+    scalar_t* g = grad.defined() ? grad.mutable_data_ptr<scalar_t>() : nullptr;
+    const auto s = static_cast<scalar_t>(sign);
+    const auto scale = static_cast<scalar_t>(grad_scale / static_cast<double>(n));
+    const double sum = ordered_block_sum(
+        n, [&](int64_t begin, int64_t end) { return softplus_block(x, g, begin, end, s, scale); });
+    return at::scalar_tensor(sum / static_cast<double>(n), logits.options());
   });
 }
 

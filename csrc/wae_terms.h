@@ -45,7 +45,8 @@ struct ReconstructionTerm {
 
 // One element of softplus(sign * logit): with sign -1, -log sigmoid(logit) (BCE-with-logits
 // against label 1); with sign +1, -log(1 - sigmoid(logit)) (label 0). Writes grad_scale times its
-// derivative with respect to the logit when `grad` is set.
+// derivative with respect to the logit when `grad` is set. (CUDA's; the CPU runs the vectorized
+// loop of softplus_cpu.h.)
 template <typename scalar_t, typename acc_t>
 struct SoftplusTerm {
   const scalar_t* logits;

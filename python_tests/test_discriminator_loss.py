@@ -30,6 +30,64 @@ def test_discriminator_loss_matches_reference(n_real, n_fake, scale, dtype, seed
         torch.testing.assert_close(a, b, **tolerance(dtype))
 
 
+def _loss_and_grads(fn, real, fake):
+    real, fake = (x.detach().clone().requires_grad_() for x in (real, fake))
+    loss = fn(real, fake)
+    return [loss.detach(), *torch.autograd.grad(loss, (real, fake))]
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+def test_extreme_logits_match_reference(dtype):
+    # Where the vectorized CPU loop has its special cases: exp underflowing (|u| > 87 in float32,
+    # > 708 in float64), softplus far below the rounding of 1 + e^u, the sign of 0, infinities.
+    values = [0.0, -0.0, 1e-30, -1e-30, 0.5, -0.5, 20.0, -20.0, 30.0, -30.0, 86.9, -86.9, 87.5,
+              -87.5, 100.0, -100.0, 700.0, -700.0, 750.0, -750.0, 1e30, -1e30]  # fmt: skip
+    logits = torch.tensor(values, dtype=dtype)
+    got = _loss_and_grads(ops.discriminator_loss, logits, logits.flip(0))
+    want = _loss_and_grads(reference.discriminator_loss, logits, logits.flip(0))
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, **tolerance(dtype))
+    # Infinite logits take their limits (the reference's formula gives NaN: inf - inf): a real
+    # logit of +inf and a fake one of -inf cost 0 with gradient 0, the opposite signs cost inf with
+    # gradient -1/n and +1/n. NaN gives NaN.
+    inf, nan = float("inf"), float("nan")
+    loss, grad_real, grad_fake = _loss_and_grads(
+        ops.discriminator_loss, torch.tensor([inf], dtype=dtype), torch.tensor([-inf], dtype=dtype)
+    )
+    assert loss.item() == 0 and grad_real.tolist() == [0] and grad_fake.tolist() == [0]
+    loss, grad_real, grad_fake = _loss_and_grads(
+        ops.discriminator_loss,
+        torch.tensor([-inf, 0], dtype=dtype),
+        torch.tensor([inf], dtype=dtype),
+    )
+    assert loss.item() == inf and grad_real.tolist() == [-0.5, -0.25] and grad_fake.tolist() == [1]
+    loss, grad_real, _ = _loss_and_grads(
+        ops.discriminator_loss, torch.tensor([nan, 0], dtype=dtype), torch.tensor([0], dtype=dtype)
+    )
+    assert loss.isnan() and grad_real[0].isnan() and grad_real[1] == -0.25
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+def test_many_logits_match_reference_for_any_thread_count(dtype):
+    # Several of the fixed 2^14-element blocks and a ragged end (vector remainders), the same
+    # bits for every thread count.
+    gen = torch.Generator().manual_seed(5)
+    real, fake = leaves(gen, dtype, "cpu", (3 * 2**14 + 37,), (2**14 - 5, 3), scale=4.0)
+    want = _loss_and_grads(reference.discriminator_loss, real, fake)
+    threads = torch.get_num_threads()
+    runs = []
+    try:
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            runs.append(_loss_and_grads(ops.discriminator_loss, real, fake))
+    finally:
+        torch.set_num_threads(threads)
+    for a, b in zip(runs[0], want, strict=True):
+        torch.testing.assert_close(a, b, **tolerance(dtype))
+    for run in runs[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(runs[0], run, strict=True))
+
+
 def test_discriminator_loss_gradcheck_and_opcheck():
     gen = torch.Generator().manual_seed(7)
     real, fake = leaves(gen, torch.float64, "cpu", (5, 1), (7,), scale=3.0)

@@ -8,6 +8,9 @@ every backend and tile layout.
 
 from __future__ import annotations
 
+import contextlib
+import importlib
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -285,6 +288,99 @@ def test_cpu_results_do_not_depend_on_the_thread_count(max_violation):
         torch.set_num_threads(threads)
     for run in runs[1:]:
         assert all(torch.equal(a, b) for a, b in zip(runs[0], run, strict=True))
+
+
+# ---- sum of hinges: the full-score-matrix and the tiled CPU paths --------------------------------
+
+MH_LOSS_MODULE = importlib.import_module("jwae_ext.ops.mh_loss")
+HINGE_PATHS = ["full_matrix", "tiled"]
+
+
+@contextlib.contextmanager
+def hinge_path(path):
+    """Force the sum of hinges' CPU path for every batch (the size rule picks one otherwise)."""
+    saved = MH_LOSS_MODULE.FULL_MATRIX_MAX_BATCH
+    MH_LOSS_MODULE.FULL_MATRIX_MAX_BATCH = 2**62 if path == "full_matrix" else 0
+    try:
+        yield
+    finally:
+        MH_LOSS_MODULE.FULL_MATRIX_MAX_BATCH = saved
+
+
+def test_sum_of_hinges_size_rule():
+    limit = MH_LOSS_MODULE.FULL_MATRIX_MAX_BATCH
+    uses = MH_LOSS_MODULE.sum_of_hinges_uses_full_matrix
+    small, large = _pair(limit, 2, dtype=torch.float32), _pair(limit + 1, 2, dtype=torch.float32)
+    assert uses(*small) and not uses(*large)
+    img, txt = small
+    # Only well-formed CPU pairs: the tiled operator's checks name the faulty argument otherwise.
+    assert not uses(img, txt[:-1]) and not uses(img, txt.double()) and not uses(img[0], txt[0])
+    assert not uses(img.half(), txt.half()) and not uses(img[:0], txt[:0])
+    if torch.cuda.is_available():
+        assert not uses(img.cuda(), txt.cuda())
+
+
+def _operators_run(fn):
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        fn()
+    return {e.name for e in prof.events() if e.name.startswith("jwae_ext::")}
+
+
+def test_sum_of_hinges_takes_the_chosen_path():
+    # Full matrix: torch.mm, then the from-scores operator; tiled: the fused operator alone.
+    img, txt = _pair(20, 4)
+    for path, want in [
+        ("full_matrix", "jwae_ext::mh_loss_from_scores"),
+        ("tiled", "jwae_ext::mh_loss"),
+    ]:
+        with hinge_path(path):
+            assert _operators_run(lambda: ops.mh_loss(img, txt, max_violation=False)) == {want}
+            # The hardest negative always runs tiled.
+            hardest = _operators_run(lambda: ops.mh_loss(img, txt, max_violation=True))
+            assert hardest == {"jwae_ext::mh_loss"}
+
+
+@pytest.mark.parametrize("path", HINGE_PATHS)
+@given(problems(), st.booleans())
+def test_sum_of_hinges_paths_match_reference(path, problem, normalize):
+    img, txt, kwargs = problem
+    kwargs["max_violation"] = False
+    scores = reference_scores(img, txt, normalize)
+    assume(_off_hinge_edges(scores, kwargs["margin"], kwargs["img_ids"], kwargs["txt_ids"]))
+    with hinge_path(path):
+        _assert_matches_reference(img, txt, normalize=normalize, **kwargs)
+        kwargs["reduction"] = "none"
+        costs = ops.mh_loss(img, txt, normalize=normalize, **kwargs)
+    torch.testing.assert_close(
+        costs, reference.mh_loss(img, txt, normalize=normalize, **kwargs), rtol=1e-10, atol=1e-10
+    )
+
+
+@pytest.mark.parametrize("path", HINGE_PATHS)
+def test_sum_of_hinges_paths_multi_tile_float32_threads_gradcheck(path):
+    img, txt = _pair(MULTI_TILE, 24, seed=5)
+    img_ids, txt_ids = _ids(MULTI_TILE, MULTI_TILE // 3, seed=1)
+    img32, txt32 = _pair(MULTI_TILE, 16, seed=6, dtype=torch.float32)
+    small = _kink_free_pair(7, 5, 0.2)
+    with hinge_path(path):
+        _assert_matches_reference(img, txt, max_violation=False, img_ids=img_ids,
+                                  txt_ids=txt_ids, rtol=1e-9, atol=1e-9)  # fmt: skip
+        _assert_matches_reference(img32, txt32, max_violation=False, normalize=True,
+                                  rtol=1e-4, atol=1e-4)  # fmt: skip
+        threads = torch.get_num_threads()
+        runs = []
+        try:
+            for n in (1, 2, 3):
+                torch.set_num_threads(n)
+                loss, grads = _loss_and_grads(ops.mh_loss, (img32, txt32), max_violation=False)
+                runs.append([loss, *grads])
+        finally:
+            torch.set_num_threads(threads)
+        for run in runs[1:]:
+            assert all(torch.equal(a, b) for a, b in zip(runs[0], run, strict=True))
+        inputs = tuple(x.clone().requires_grad_() for x in small)
+        fn = lambda a, b: ops.mh_loss(a, b, margin=0.2, max_violation=False)  # noqa: E731
+        assert torch.autograd.gradcheck(fn, inputs)
 
 
 # ---- gradcheck, opcheck, torch.compile ----------------------------------------------------------

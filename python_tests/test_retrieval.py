@@ -332,6 +332,18 @@ def test_topk_breaks_ties_by_lower_index_across_tiles():
     assert scores[0, :715].eq(1).all() and scores[0, 715:].eq(0).all()
 
 
+def test_topk_ties_minus_zero_with_zero():
+    # -0.0 == 0.0: the two tie and go by index, as in torch.sort (the kernel orders scores by
+    # their bits, which must not put +0 above -0).
+    gallery = torch.tensor([[0.0], [-0.0], [0.0], [-1.0], [-0.0], [1.0]])
+    for query in (1.0, -1.0):
+        scores, indices = ops.topk_search(torch.tensor([[query]]), gallery, 6)
+        ref_scores, ref_indices = reference.topk_search(torch.tensor([[query]]), gallery, 6)
+        assert torch.equal(indices, ref_indices)
+        assert torch.equal(scores, ref_scores)
+    assert indices.tolist() == [[3, 0, 1, 2, 4, 5]]
+
+
 def _in_torch_sort_order(scores: torch.Tensor, indices: torch.Tensor) -> bool:
     """Per row: NaN first, then descending, ties by lower index (torch.sort's stable order)."""
     key = torch.where(scores.isnan(), torch.inf, scores)

@@ -25,6 +25,33 @@ from jwae_ext.ops.kernels import with_reference
 REDUCTIONS = ("sum", "mean", "none")
 DIRECTIONS = ("both", "i2t", "t2i")
 
+# The sum of hinges on the CPU up to this batch goes through the full score matrix: one torch.mm,
+# then the fused epilogue on its scores (mh_loss_from_scores), 3 GEMMs in all with the backward's
+# two. The tiled kernel never holds a B x B matrix but computes its tiles three times (5 GEMMs):
+# measured side by side (docs/performance-remeasured.md), it takes 0.5x-1.0x the reference's time
+# at B = 1024-8192, the full-matrix path 0.3x-0.6x. So the full matrix while its two B x B
+# matrices (scores and their gradient) stay within 512 MB in fp32 (the reference holds about
+# three times as much), the tiled kernel above, where memory decides.
+FULL_MATRIX_MAX_BATCH = 8192
+
+
+def sum_of_hinges_uses_full_matrix(img_emb: torch.Tensor, txt_emb: torch.Tensor) -> bool:
+    """Whether :func:`mh_loss` with ``max_violation=False`` takes the full-score-matrix path.
+
+    Only for a well-formed pair (CPU, 2-D, same shape and dtype, fp32/fp64, non-empty): anything
+    else goes to the tiled operator, whose checks name the faulty argument.
+    """
+    return (
+        img_emb.device.type == "cpu"
+        and txt_emb.device.type == "cpu"
+        and img_emb.dim() == 2
+        and img_emb.shape == txt_emb.shape
+        and img_emb.dtype == txt_emb.dtype
+        and img_emb.dtype in (torch.float32, torch.float64)
+        and 0 < img_emb.shape[0] <= FULL_MATRIX_MAX_BATCH
+        and img_emb.shape[1] > 0
+    )
+
 
 @with_reference(reference.mh_loss)
 def mh_loss(
@@ -65,7 +92,9 @@ def mh_loss(
         normalize: l2-normalize both embeddings first (cosine similarity), with its gradient.
 
     The score matrix is never held whole: it is computed tile by tile and only per-row and
-    per-column results are kept. With ``max_violation`` the backward is a gather over the saved
+    per-column results are kept (except for the sum of hinges on the CPU at batches up to
+    ``FULL_MATRIX_MAX_BATCH``, where one ``torch.mm`` and the fused epilogue on its scores are
+    faster). With ``max_violation`` the backward is a gather over the saved
     hardest negatives, O(B*d), without a second GEMM. Ties between equal negatives go to the lowest
     index. A NaN in the scores gives a NaN loss.
     """
@@ -74,6 +103,11 @@ def mh_loss(
     check_tensor("txt_emb", txt_emb)
     if check_bool("normalize", normalize):
         img_emb, txt_emb = F.normalize(img_emb, dim=-1), F.normalize(txt_emb, dim=-1)
+    if not max_violation and sum_of_hinges_uses_full_matrix(img_emb, txt_emb):
+        return mh_loss_from_scores(
+            img_emb @ txt_emb.t(), margin=margin, max_violation=False, img_ids=img_ids,
+            txt_ids=txt_ids, reduction=reduction, direction=direction,
+        )  # fmt: skip
     cost_i2t, cost_t2i, _, _ = torch.ops.jwae_ext.mh_loss(
         img_emb, txt_emb, float(margin), max_violation, img_ids, txt_ids
     )
