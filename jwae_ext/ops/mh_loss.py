@@ -28,7 +28,7 @@ DIRECTIONS = ("both", "i2t", "t2i")
 # The sum of hinges on the CPU up to this batch goes through the full score matrix: one torch.mm,
 # then the fused epilogue on its scores (mh_loss_from_scores), 3 GEMMs in all with the backward's
 # two. The tiled kernel never holds a B x B matrix but computes its tiles three times (5 GEMMs):
-# measured side by side (docs/performance-remeasured.md), it takes 0.5x-1.0x the reference's time
+# measured side by side (docs/performance.md), it takes 0.5x-1.0x the reference's time
 # at B = 1024-8192, the full-matrix path 0.3x-0.6x. So the full matrix while its two B x B
 # matrices (scores and their gradient) stay within 512 MB in fp32 (the reference holds about
 # three times as much), the tiled kernel above, where memory decides.
