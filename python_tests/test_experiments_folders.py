@@ -44,15 +44,20 @@ def _main(*args: str) -> None:
     assert code == 0
 
 
-@pytest.fixture(scope="module")
-def job(data, tmp_path_factory):
-    out = tmp_path_factory.mktemp("poster-folders")
-    _main(
+def _poster_args(out, data) -> list:
+    """The poster job on the generated folders: 3 variants, 2 localization rows, 2 seeds."""
+    return [
         "poster", "--out", out, "--data", data / "photos_regions",
         "--cross-data", f"{data / 'drawings_regions'}:test", "--grounding-data", data / "entities",
         "--variants", *VARIANTS, "--grounding", "embnet", "cite",
         "--seeds", *map(str, SEEDS), "--published", "coco",
-    )  # fmt: skip
+    ]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def job(data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("poster-folders")
+    _main(*_poster_args(out, data))
     return out, json.loads((out / "results.json").read_text())
 
 
@@ -150,12 +155,7 @@ def test_the_localization_table_is_the_runs_tested_on_the_entities_folder(job, d
 
 def test_a_second_start_skips_every_run(job, data, capsys):
     out, results = job
-    _main(
-        "poster", "--out", out, "--data", data / "photos_regions",
-        "--cross-data", f"{data / 'drawings_regions'}:test", "--grounding-data", data / "entities",
-        "--variants", *VARIANTS, "--grounding", "embnet", "cite",
-        "--seeds", *map(str, SEEDS), "--published", "coco",
-    )  # fmt: skip
+    _main(*_poster_args(out, data))
     assert capsys.readouterr().out.count("trained, skipping") == (len(VARIANTS) + 2) * len(SEEDS)
     assert json.loads((out / "results.json").read_text())["summary"] == results["summary"]
     # Runs trained on other data are not mixed in.
