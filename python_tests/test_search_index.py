@@ -123,8 +123,17 @@ def test_shards_merged_equal_one_index(variant, runs, indexes, tmp_path):
     assert merged.search_text(queries, k=25) == one.search_text(queries, k=25)
     assert merged.search_item([0, 31, 59], k=7) == one.search_item([0, 31, 59], k=7)
     if variant == "vse++":
+        # A caption's code is its text encoder's output in the batch it was encoded in, and the
+        # GRU's last bit depends on the batch (shards encode other batches than the whole):
+        # the same captions in the same order, scores to float32 rounding.
         got = merged.search_text(queries, k=9, target="captions")
-        assert got == one.search_text(queries, k=9, target="captions")
+        whole = one.search_text(queries, k=9, target="captions")
+        assert [[h.caption_id for h in r.hits] for r in got] == [
+            [h.caption_id for h in r.hits] for r in whole
+        ]
+        assert [h.score for r in got for h in r.hits] == pytest.approx(
+            [h.score for r in whole for h in r.hits], abs=1e-6
+        )
         assert got[0].hits[0].caption == queries[0] and got[0].hits[0].score == pytest.approx(1)
     assert merged.image_path(40) is None
 
