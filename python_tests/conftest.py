@@ -1,4 +1,4 @@
-"""Test configuration: hypothesis profiles and the CUDA skip rule.
+"""Test configuration: hypothesis profiles, the CUDA skip rule and the fixtures shared by files.
 
 Profiles: ``ci`` (default; fast and derandomized, what CI and the README's test command run: the
 same examples on every run, so a CI result is reproducible), ``dev`` and ``thorough`` (random
@@ -35,3 +35,12 @@ def pytest_collection_modifyitems(config, items):
 def device(request) -> str:
     """Every backend: CPU always, CUDA when a GPU is visible (skipped otherwise)."""
     return request.param
+
+
+@pytest.fixture(scope="session")
+def collection(tmp_path_factory):
+    """The search page's tests' collection: drawn images, a tiny run and its index
+    (:func:`serve_testdata.trained_collection`), built once per session."""
+    from serve_testdata import trained_collection  # the serve tests' data, only when asked for
+
+    return trained_collection(tmp_path_factory.getbasetemp() / "serve_collection")

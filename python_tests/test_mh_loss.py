@@ -274,9 +274,8 @@ def test_layouts_do_not_change_the_result(device):
     torch.testing.assert_close(got, reference.mh_loss_from_scores(scores))
 
 
-@pytest.mark.parametrize("max_violation", [True, False])
-def test_cpu_results_do_not_depend_on_the_thread_count(max_violation):
-    img, txt = _pair(MULTI_TILE, 16, seed=6, dtype=torch.float32)
+def _assert_same_on_1_2_3_threads(img, txt, max_violation: bool) -> None:
+    """Loss and gradients of the CPU kernel are bit-identical with 1, 2 and 3 threads."""
     threads = torch.get_num_threads()
     runs = []
     try:
@@ -288,6 +287,12 @@ def test_cpu_results_do_not_depend_on_the_thread_count(max_violation):
         torch.set_num_threads(threads)
     for run in runs[1:]:
         assert all(torch.equal(a, b) for a, b in zip(runs[0], run, strict=True))
+
+
+@pytest.mark.parametrize("max_violation", [True, False])
+def test_cpu_results_do_not_depend_on_the_thread_count(max_violation):
+    img, txt = _pair(MULTI_TILE, 16, seed=6, dtype=torch.float32)
+    _assert_same_on_1_2_3_threads(img, txt, max_violation)
 
 
 # ---- sum of hinges: the full-score-matrix and the tiled CPU paths --------------------------------
@@ -367,17 +372,7 @@ def test_sum_of_hinges_paths_multi_tile_float32_threads_gradcheck(path):
                                   txt_ids=txt_ids, rtol=1e-9, atol=1e-9)  # fmt: skip
         _assert_matches_reference(img32, txt32, max_violation=False, normalize=True,
                                   rtol=1e-4, atol=1e-4)  # fmt: skip
-        threads = torch.get_num_threads()
-        runs = []
-        try:
-            for n in (1, 2, 3):
-                torch.set_num_threads(n)
-                loss, grads = _loss_and_grads(ops.mh_loss, (img32, txt32), max_violation=False)
-                runs.append([loss, *grads])
-        finally:
-            torch.set_num_threads(threads)
-        for run in runs[1:]:
-            assert all(torch.equal(a, b) for a, b in zip(runs[0], run, strict=True))
+        _assert_same_on_1_2_3_threads(img32, txt32, max_violation=False)
         inputs = tuple(x.clone().requires_grad_() for x in small)
         fn = lambda a, b: ops.mh_loss(a, b, margin=0.2, max_violation=False)  # noqa: E731
         assert torch.autograd.gradcheck(fn, inputs)

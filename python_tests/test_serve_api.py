@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from features_testdata import truncated_copy
 from PIL import Image
-from serve_testdata import bomb_png, serving, trained_collection
+from serve_testdata import bomb_png, serving
 from test_train import tiny_trainer
 
 from jwae_ext.data import export_precomp
@@ -24,11 +24,6 @@ from jwae_ext.search import Index, build_index
 from jwae_ext.serve.__main__ import main as serve_main
 
 UPLOAD_LIMIT_MB = 0.25
-
-
-@pytest.fixture(scope="session")
-def collection(tmp_path_factory):
-    return trained_collection(tmp_path_factory.getbasetemp() / "serve_collection")
 
 
 @pytest.fixture(scope="module")

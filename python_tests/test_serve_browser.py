@@ -14,7 +14,7 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import WebDriverWait
-from serve_testdata import serving, trained_collection
+from serve_testdata import serving
 
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 pytestmark = pytest.mark.skipif(
@@ -29,11 +29,6 @@ FLAGS = [
 ]  # fmt: skip
 K = 8
 WAIT_S = 60
-
-
-@pytest.fixture(scope="session")
-def collection(tmp_path_factory):
-    return trained_collection(tmp_path_factory.getbasetemp() / "serve_collection")
 
 
 @pytest.fixture(scope="module")
