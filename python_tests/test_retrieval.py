@@ -332,6 +332,30 @@ def test_topk_breaks_ties_by_lower_index_across_tiles():
     assert scores[0, :715].eq(1).all() and scores[0, 715:].eq(0).all()
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("k", [1, 9, 300, 1024])
+@pytest.mark.parametrize("order", ["ascending", "few values", "narrow range"])
+def test_topk_selection_under_adversarial_orders(order, k, dtype):
+    """Each shrink of the running top-k picks its floor from a histogram of the candidates' keys:
+    scores that rise with the index (every one beats the floor, a shrink every few chunks), a few
+    distinct values (one key holds many: the exact k-th) and scores a few ulps apart (many
+    refinements) must all give the sort's answer."""
+    n = 12000
+    position = torch.arange(n, dtype=torch.float64)
+    if order == "ascending":
+        values = position / n
+    elif order == "few values":
+        values = torch.remainder(position * 7919, 5)
+    else:
+        values = 1 + torch.remainder(position * 7919, 251) * torch.finfo(dtype).eps
+    gallery = torch.stack([values, torch.zeros(n, dtype=torch.float64)], 1).to(dtype)
+    queries = torch.tensor([[1.0, 0.0], [-1.0, 0.0]], dtype=dtype)
+    scores, indices = ops.topk_search(queries, gallery, k)
+    ref_scores, ref_indices = reference.topk_search(queries, gallery, k)
+    assert torch.equal(indices, ref_indices)
+    assert torch.equal(scores, ref_scores)
+
+
 def test_topk_ties_minus_zero_with_zero():
     # -0.0 == 0.0: the two tie and go by index, as in torch.sort (the kernel orders scores by
     # their bits, which must not put +0 above -0).
