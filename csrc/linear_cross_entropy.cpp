@@ -1,10 +1,10 @@
 // Fused linear cross-entropy: the device-agnostic chunk loop, and the CPU backend.
 //
-// Per chunk of token rows: one GEMM into a reused logits buffer (see kChunkBytes), a row pass
-// (log-sum-exp in the accumulation dtype, the loss, and when gradients are wanted
-// grad_scale * (softmax - onehot) in place), then the two GEMMs that accumulate the gradients of
-// hidden and weight. With the gradients computed alongside the loss the whole forward+backward
-// costs the three GEMMs of the unfused version and no T x V buffer.
+// Per chunk of token rows (the counted ones: ignored tokens are left out): one GEMM into a reused
+// logits buffer (see kChunkBytes), a row pass (log-sum-exp in the accumulation dtype, the loss,
+// and when gradients are wanted grad_scale * (softmax - onehot) in place), then the two GEMMs that
+// accumulate the gradients of hidden and weight. With the gradients computed alongside the loss
+// the whole forward+backward costs the three GEMMs of the unfused version and no T x V buffer.
 #include "linear_cross_entropy.h"
 
 #include <ATen/DeviceGuard.h>
@@ -121,7 +121,7 @@ XentGrads run_chunks(const XentInputs& in, const at::Tensor& lse, const at::Tens
     backend.dense.gemm(hidden, weight_t, logits, in.bias.has_value());
     backend.rows({logits, in.target.narrow(0, start, n), lse.narrow(0, start, n),
                   loss.defined() ? loss.narrow(0, start, n) : at::Tensor(),
-                  any_grad ? grad_scale.narrow(0, start, n) : at::Tensor(), in.ignore_index});
+                  any_grad ? grad_scale.narrow(0, start, n) : at::Tensor()});
     if (!any_grad) continue;
     const auto grad_logits =
         low_precision ? grad_buffer.narrow(0, 0, n).copy_(logits) : logits;
@@ -137,6 +137,44 @@ XentGrads run_chunks(const XentInputs& in, const at::Tensor& lse, const at::Tens
   }
   if (weight_acc.defined()) grads.weight = weight_acc.to(in.weight.scalar_type());
   if (bias_acc.defined()) grads.bias = bias_acc.to(in.bias->scalar_type());
+  return grads;
+}
+
+// The chunk loop over the counted tokens only: an ignored token (padding) needs no logits, its
+// loss, log-sum-exp and gradients are 0. Its rows are left out of the GEMMs (as in Cut Cross-
+// Entropy), and the per-token results scattered back.
+XentGrads run_counted_chunks(const XentInputs& in, const at::Tensor& lse, const at::Tensor& loss,
+                             const at::Tensor& grad_scale, std::array<bool, 3> grad_mask,
+                             const XentBackend& backend) {
+  const int64_t T = in.target.size(0);
+  const auto counted = in.target.ne(in.ignore_index);
+  const int64_t n = counted.sum().item<int64_t>();
+  if (n == T) return run_chunks(in, lse, loss, grad_scale, grad_mask, backend);
+
+  const auto rows = counted.nonzero().squeeze(1);
+  const auto pick = [&](const at::Tensor& t) {
+    return t.defined() ? t.index_select(0, rows) : at::Tensor();
+  };
+  const bool forward = loss.defined();
+  const auto kept_lse = forward ? at::empty({n}, lse.options()) : pick(lse);
+  const auto kept_loss = forward ? at::empty({n}, loss.options()) : at::Tensor();
+  XentGrads grads;
+  if (n > 0) {
+    const XentInputs kept{pick(in.hidden), in.weight, pick(in.target), in.bias, in.ignore_index};
+    grads = run_chunks(kept, kept_lse, kept_loss, pick(grad_scale), grad_mask, backend);
+  } else if (grad_scale.defined()) {
+    if (grad_mask[1]) grads.weight = at::zeros_like(in.weight);
+    if (grad_mask[2]) grads.bias = at::zeros_like(*in.bias);
+  }
+  if (forward) {
+    lse.zero_().index_copy_(0, rows, kept_lse);
+    loss.zero_().index_copy_(0, rows, kept_loss);
+  }
+  if (grad_scale.defined() && grad_mask[0]) {
+    auto hidden = at::zeros_like(in.hidden);
+    if (n > 0) hidden.index_copy_(0, rows, grads.hidden);
+    grads.hidden = hidden;
+  }
   return grads;
 }
 
@@ -166,7 +204,7 @@ XentForward linear_cross_entropy_forward(const at::Tensor& hidden, const at::Ten
   const auto loss_rows = at::empty({T}, options);
   const auto grad_scale = any_grad ? at::full({T}, grad_multiplier / divisor, options)
                                    : at::Tensor();
-  out.grads = run_chunks(in, out.lse, loss_rows, grad_scale, grad_mask, backend);
+  out.grads = run_counted_chunks(in, out.lse, loss_rows, grad_scale, grad_mask, backend);
   if (reduction == Reduction::None) {
     out.loss = loss_rows;
   } else {
@@ -193,8 +231,8 @@ XentGrads linear_cross_entropy_backward(const at::Tensor& grad_loss, const at::T
     check_float_dtype(*t, name);
   }
   if (!(grad_mask[0] || grad_mask[1] || grad_mask[2])) return {};
-  return run_chunks(in, lse.to(acc).contiguous(), at::Tensor(), grad_loss.to(acc).contiguous(),
-                    grad_mask, backend);
+  return run_counted_chunks(in, lse.to(acc).contiguous(), at::Tensor(),
+                            grad_loss.to(acc).contiguous(), grad_mask, backend);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> linear_cross_entropy_op(
@@ -321,11 +359,6 @@ void xent_rows_cpu_typed(const XentRows& a) {
     for (int64_t r = begin; r < end; ++r) {
       T* x = logits + r * V;
       const int64_t t = target[r];
-      if (t == a.ignore_index) {
-        if (loss) loss[r] = lse[r] = 0;
-        if (scale) std::fill(x, x + V, T(0));
-        continue;
-      }
       if (loss == nullptr) {  // backward: exp(x - lse) is the softmax
         const T s = scale[r], l = lse[r];
         for (int64_t j = 0; j < V; ++j) x[j] = std::exp(x[j] - l) * s;

@@ -32,21 +32,21 @@ struct DenseOps {
   at::Tensor (*sum)(const at::Tensor& v);
 };
 
-// One chunk of token rows for the row pass. All tensors are contiguous, in the accumulation dtype
-// (float32, or float64 for float64 inputs) except `target` (int64).
+// One chunk of token rows for the row pass, none of them ignored (the chunk loop leaves those out).
+// All tensors are contiguous, in the accumulation dtype (float32, or float64 for float64 inputs)
+// except `target` (int64).
 struct XentRows {
   at::Tensor logits;      // rows x V; overwritten with d total / d logits when grad_scale is set
   at::Tensor target;      // rows
   at::Tensor lse;         // rows: log-sum-exp, written when `loss` is set, read otherwise
-  at::Tensor loss;        // rows: lse - logit[target] (0 where ignored); undefined in backward
+  at::Tensor loss;        // rows: lse - logit[target]; undefined in backward
   at::Tensor grad_scale;  // rows: d total / d loss_row; undefined when no gradient is wanted
-  int64_t ignore_index;
 };
 
 struct XentBackend {
   DenseOps dense;
-  // For each row: unless ignored, the log-sum-exp and loss (or read lse), then in place
-  // grad_scale * (softmax - onehot(target)); ignored rows get loss 0, lse 0 and a zero gradient.
+  // For each row: the log-sum-exp and loss (or read lse), then in place
+  // grad_scale * (softmax - onehot(target)).
   void (*rows)(const XentRows& rows);
 };
 

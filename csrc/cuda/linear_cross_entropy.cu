@@ -84,17 +84,10 @@ at::Tensor sum_cuda(const at::Tensor& v) { return v.sum(); }
 template <typename T>
 __global__ void xent_rows_kernel(T* __restrict__ logits, const int64_t* __restrict__ target,
                                  T* __restrict__ lse, T* __restrict__ loss,
-                                 const T* __restrict__ scale, int64_t V, int64_t ignore_index) {
+                                 const T* __restrict__ scale, int64_t V) {
   const int64_t r = blockIdx.x;
   T* x = logits + r * V;
   const int64_t t = target[r];
-  if (t == ignore_index) {
-    if (loss != nullptr && threadIdx.x == 0) loss[r] = lse[r] = T(0);
-    if (scale != nullptr) {
-      for (int64_t j = threadIdx.x; j < V; j += blockDim.x) x[j] = T(0);
-    }
-    return;
-  }
   T row_lse;
   if (loss != nullptr) {
     const T target_logit = x[t];  // read before any thread overwrites the row
@@ -127,8 +120,7 @@ void xent_rows_cuda(const XentRows& a) {
         a.logits.mutable_data_ptr<scalar_t>(), a.target.const_data_ptr<int64_t>(),
         a.lse.mutable_data_ptr<scalar_t>(),
         a.loss.defined() ? a.loss.mutable_data_ptr<scalar_t>() : nullptr,
-        a.grad_scale.defined() ? a.grad_scale.const_data_ptr<scalar_t>() : nullptr, V,
-        a.ignore_index);
+        a.grad_scale.defined() ? a.grad_scale.const_data_ptr<scalar_t>() : nullptr, V);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
 }
