@@ -9,10 +9,15 @@ import shutil
 
 import numpy as np
 import pytest
+import torch
 from features_testdata import write_collection
 from PIL import Image
+from test_search_topk import brute_force
 from test_train import tiny_trainer
 
+from jwae_ext import ops
+from jwae_ext.checkpoint import load_model
+from jwae_ext.encoding import word_codes
 from jwae_ext.extract import extract, load_backbone
 from jwae_ext.search import Index, QueryError, build_index
 
@@ -103,3 +108,44 @@ def test_unreadable_query_images_and_other_features_are_refused(photos, tmp_path
             build_index(root / "runs" / "run", tmp_path / "j", images=root / "imgs")
     finally:
         (tmp_path / "extract.json").rename(root / "precomp" / "extract.json")
+
+
+def test_a_scan_run_indexes_the_folder_by_the_runs_grid_regions(tmp_path):
+    """SCAN from image files: each file through the run's grid extraction, region by region, the
+    same codes as its extracted features give; a text query ranks the folder as the
+    cross-attention scores of those codes do."""
+    _, captions = write_collection(tmp_path / "imgs", 16, layout="tsv")
+    extract(tmp_path / "imgs", tmp_path / "grid", captions=captions, regions="grid",
+            fractions=(0.5, 0.25, 0.25), backbone=load_backbone(device="cpu"),
+            progress=False)  # fmt: skip
+    trainer = tiny_trainer(tmp_path / "runs", data=str(tmp_path / "grid"), variant="scan",
+                           train_images=8, eval_images=4, epochs=1, name="scan",
+                           vocab_threshold=1)  # fmt: skip
+    trainer.fit()
+    run = tmp_path / "runs" / "scan"
+    summary = build_index(run, tmp_path / "index", images=tmp_path / "imgs", captions=captions,
+                          batch_size=5)  # fmt: skip
+    index = Index.open(tmp_path / "index")
+    regions = json.loads((tmp_path / "grid" / "extract.json").read_text())["feature_shape"][0]
+    assert summary.images == 16 and summary.captions == 16 * 5
+    assert index.info["kind"] == "scan" and index.info["regions"] == regions
+    codes = np.load(tmp_path / "index" / "codes.npy")
+    assert codes.shape == (16, regions, 16)
+    from_features = build_index(run, tmp_path / "features", data=f"{tmp_path / 'grid'}:test")
+    names = (tmp_path / "grid" / "test_ids.txt").read_text().splitlines()
+    items = [
+        json.loads(line) for line in (tmp_path / "index" / "items.txt").read_text().splitlines()
+    ]
+    rows = [items.index(name) for name in names]
+    np.testing.assert_allclose(codes[rows], np.load(from_features.out / "codes.npy"), atol=1e-5)
+
+    loaded = load_model(run)
+    queries = ["a big red circle in the centre", "two small blue squares"]
+    words, lengths = word_codes(loaded.model, loaded.vocab, queries)
+    scores = ops.xattn_scores(torch.from_numpy(codes), words, lengths,
+                              **loaded.model.xattn.options()).T  # fmt: skip
+    want_scores, want_ids = brute_force(scores, 16)
+    results = index.search_text(queries, k=16)
+    assert [[h.id for h in r.hits] for r in results] == want_ids.tolist()
+    assert torch.equal(torch.tensor([[h.score for h in r.hits] for r in results]), want_scores)
+    assert results[0].hits[0].path == str(tmp_path / "imgs" / items[want_ids[0, 0]])

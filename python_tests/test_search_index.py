@@ -153,6 +153,7 @@ def test_an_interrupted_build_resumes_to_the_same_bytes(runs, indexes, tmp_path,
     with pytest.raises(KeyboardInterrupt):
         build_index(run, tmp_path / "idx", data=f"{data}:test", batch_size=16)
     assert not (tmp_path / "idx" / "manifest.json").exists()
+    assert not list((tmp_path / "idx").glob(build.SCRATCH_PREFIX + "*"))  # the items' scratch
     with pytest.raises(ValueError, match="not a finished index"):
         Index.open(tmp_path / "idx")
     lines = []
@@ -162,6 +163,7 @@ def test_an_interrupted_build_resumes_to_the_same_bytes(runs, indexes, tmp_path,
     assert summary.resumed == 32 and "continuing an interrupted index build" in lines[0]
     assert len(calls) == 3 + 2  # only the batches left
     assert not (tmp_path / "idx" / build.WORK_DIR).exists()
+    assert not list((tmp_path / "idx").glob(build.SCRATCH_PREFIX + "*"))
     for name in ("codes.npy", "caption_codes.npy", "items.txt", "captions.txt", "image_ids.npy"):
         assert (tmp_path / "idx" / name).read_bytes() == (indexes["vse++"] / name).read_bytes()
     again = build_index(run, tmp_path / "idx", data=f"{data}:test", batch_size=16, log=lines.append)
@@ -234,7 +236,7 @@ def test_build_errors_name_the_argument(kwargs, message, runs, tmp_path):
     args = {"data": f"{data}:test", **kwargs}
     with pytest.raises(ValueError, match=re.escape(message)):
         build_index(run, tmp_path / "idx", **args)
-    assert not (tmp_path / "idx" / "manifest.json").exists()
+    assert not (tmp_path / "idx").exists()  # a refused build leaves no folder behind
 
 
 def test_features_the_run_does_not_read_are_refused_naming_both(runs, tmp_path):

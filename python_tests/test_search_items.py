@@ -1,39 +1,77 @@
-"""PackedItems (the index build's names and captions, packed) reads back as the list of Items it
-replaces: any text, any slice, concatenated parts."""
+"""PackedItems (the index build's names and captions, spilled to files) reads back as the list of
+Items it replaces: any text, any slice, with or without a root folder; the captions reader
+streams a file in chunks exactly as it reads it whole."""
 
 from __future__ import annotations
 
-import numpy as np
+from pathlib import Path
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from jwae_ext.data.precomp import iter_captions
 from jwae_ext.search.items import Item, PackedItems
 
 texts = st.text(max_size=6)  # any unicode, empty strings and newlines included
 collections = st.lists(st.tuples(texts, st.lists(texts, max_size=3)), max_size=8)
 
 
-def packed(rows: list[tuple[str, list[str]]]) -> PackedItems:
-    starts = np.cumsum([0, *(len(caps) for _, caps in rows)])
-    return PackedItems([n for n, _ in rows], [c for _, caps in rows for c in caps], starts)
+def spilled(folder: Path, rows, root=None) -> PackedItems:
+    return PackedItems.spill(
+        folder,
+        (name for name, _ in rows),
+        (caption for _, captions in rows for caption in captions),
+        (len(captions) for _, captions in rows),
+        root=root,
+    )
 
 
-def as_items(rows) -> list[Item]:
-    return [Item(name, None, tuple(caps)) for name, caps in rows]
-
-
-@given(collections, collections, st.slices(20))
-def test_packed_items_read_back_as_items(first, second, cut):
-    whole = PackedItems.concat([packed(first), packed(second)])
-    expected = as_items(first + second)
-    assert list(whole) == expected
-    assert list(whole[cut]) == expected[cut]
-    assert whole[cut].caption_count() == sum(len(i.captions) for i in expected[cut])
+@given(collections, st.slices(20), st.booleans())
+def test_spilled_items_read_back_as_items(tmp_path_factory, rows, cut, with_root):
+    root = Path("/photos") if with_root else None
+    packed = spilled(tmp_path_factory.mktemp("items"), rows, root)
+    expected = [Item(n, None if root is None else root / n, tuple(c)) for n, c in rows]
+    assert list(packed) == expected
+    assert list(packed[cut]) == expected[cut]
+    assert packed[cut].caption_count() == sum(len(i.captions) for i in expected[cut])
     if expected:
-        assert whole[-1] == expected[-1]
+        assert packed[-1] == expected[-1]
+        assert packed.caption_counts(0, len(rows)).tolist() == [len(c) for _, c in rows]
 
 
-def test_caption_starts_must_fit_the_names():
-    with pytest.raises(ValueError, match=r"caption_starts must have 3 entries.*got 2"):
-        PackedItems(["a", "b"], ["x"], np.array([0, 1]))
+def test_counts_must_fit_the_names_and_captions(tmp_path):
+    with pytest.raises(ValueError, match=r"one count per name \(2\), got 1"):
+        PackedItems.spill(tmp_path, ["a", "b"], ["x"], [1])
+    with pytest.raises(ValueError, match="adds up to 2 captions, but 1 were given"):
+        PackedItems.spill(tmp_path, ["a", "b"], ["x"], [1, 1])
+
+
+def _whole_file_captions(data: bytes) -> list[str]:
+    """The rule read_captions documents, applied to the whole text at once (the oracle)."""
+    text = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n").decode("utf-8")
+    lines = text.removeprefix("\ufeff").split("\n")
+    if lines[-1] == "":
+        lines.pop()
+    return [line.strip() for line in lines]
+
+
+line_ends = st.sampled_from(["\n", "\r\n", "\r"])
+caption_text = st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=12)
+
+
+@given(st.lists(st.tuples(caption_text, line_ends), min_size=1, max_size=12), st.booleans(),
+       st.booleans(), st.integers(1, 9))  # fmt: skip
+def test_captions_stream_in_chunks_as_read_whole(tmp_path_factory, lines, bom, last_end, chunk):
+    body = "".join(text + end for text, end in lines)
+    if not last_end:
+        body = body[: len(body) - len(lines[-1][1])]
+    data = (("\ufeff" if bom else "") + body).encode("utf-8")
+    path = tmp_path_factory.mktemp("caps") / "x_caps.txt"
+    path.write_bytes(data)
+    expected = _whole_file_captions(data)
+    if all(expected):
+        assert list(iter_captions(path, chunk_bytes=chunk)) == expected
+    else:
+        with pytest.raises(ValueError, match="empty caption"):
+            list(iter_captions(path, chunk_bytes=chunk))

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import BinaryIO
@@ -75,29 +76,50 @@ def read_captions(path: str | os.PathLike) -> list[str]:
     """One caption per line (UTF-8; ``\\n``, ``\\r\\n`` or ``\\r`` line ends; a leading BOM and
     surrounding whitespace are dropped). Raises ``ValueError`` naming the file and line for
     bytes that are not UTF-8 and for empty lines."""
+    return list(iter_captions(path))
+
+
+def iter_captions(path: str | os.PathLike, chunk_bytes: int = 1 << 20) -> Iterator[str]:
+    """:func:`read_captions` one caption at a time, the file read in chunks of ``chunk_bytes``
+    (a million captions without a million strings at once)."""
     path = Path(path)
-    data = path.read_bytes().replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = data.count(b"\n", 0, e.start) + 1
-        column = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
-        raise ValueError(
-            f"jwae_ext: {path}, line {line}: not valid UTF-8 "
-            f"(byte 0x{data[e.start]:02x} at byte column {column})"
-        ) from None
-    lines = text.removeprefix("\ufeff").split("\n")
-    if lines[-1] == "":
-        lines.pop()  # the final line end
-    if not lines:
-        raise ValueError(f"jwae_ext: {path} holds no captions")
-    captions = [line.strip() for line in lines]
-    for number, caption in enumerate(captions, start=1):
+    number = 0
+    for number, raw in enumerate(_raw_lines(path, chunk_bytes), start=1):
+        try:
+            caption = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise ValueError(
+                f"jwae_ext: {path}, line {number}: not valid UTF-8 "
+                f"(byte 0x{raw[e.start]:02x} at byte column {e.start + 1})"
+            ) from None
+        caption = (caption.removeprefix("\ufeff") if number == 1 else caption).strip()
         if not caption:
             raise ValueError(
                 f"jwae_ext: {path}, line {number}: empty caption (one caption per line)"
             )
-    return captions
+        yield caption
+    if number == 0:
+        raise ValueError(f"jwae_ext: {path} holds no captions")
+
+
+def _raw_lines(path: Path, chunk_bytes: int) -> Iterator[bytes]:
+    """The lines of a file as bytes without their ends (``\\n``, ``\\r\\n``, ``\\r``); a final
+    line end adds no empty line."""
+
+    def lines_of(data: bytes) -> list[bytes]:
+        return data.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n")
+
+    carry = b""
+    with open(path, "rb") as f:
+        while block := f.read(chunk_bytes):
+            data = carry + block
+            held = b"\r" if data.endswith(b"\r") else b""  # maybe the first half of a \r\n
+            lines = lines_of(data[: len(data) - len(held)])
+            carry = lines.pop() + held
+            yield from lines
+    if carry:
+        lines = lines_of(carry)
+        yield from lines[:-1] if lines[-1] == b"" else lines
 
 
 def _check_split_name(split: str) -> None:
@@ -118,6 +140,47 @@ def load_precomp(
     per caption (``N == lines``, as in some VSE++ releases) keeps every ``k``-th row.
     ``num_images``: keep only the first images (and their captions).
     """
+    ims_path, caps_path = _split_files(folder, split)
+    images, captions = read_features(ims_path), read_captions(caps_path)
+    images, k = _matched(images, len(captions), captions_per_image, ims_path, caps_path)
+    n = len(images)
+    if num_images is not None:
+        if isinstance(num_images, bool) or not isinstance(num_images, int) or num_images < 1:
+            raise ValueError(f"jwae_ext: num_images must be a positive integer, got {num_images!r}")
+        n = min(n, num_images)
+        images, captions = _rows(images, slice(n)), captions[: n * k]
+    return CaptionSplit(
+        name=f"{Path(folder)}/{split}",
+        images=images,
+        captions=captions,
+        cap_to_img=np.arange(n * k, dtype=np.int64) // k,
+        regions=images.regions if isinstance(images, PooledRegions) else None,
+    )
+
+
+@dataclass(frozen=True)
+class StreamedSplit:
+    """A precomp split whose captions are read when iterated, never held: ``images`` as
+    :func:`read_features` maps them, ``captions()`` a fresh iterator over the captions file,
+    ``captions_per_image`` consecutive captions per image."""
+
+    images: FeatureArray
+    captions: Callable[[], Iterator[str]]
+    captions_per_image: int
+
+
+def stream_precomp(folder: str | os.PathLike, split: str) -> StreamedSplit:
+    """``split`` of a precomp ``folder`` checked as :func:`load_precomp` checks it (the captions
+    file is read once, a caption at a time, to count and check its lines), its captions not
+    kept in memory."""
+    ims_path, caps_path = _split_files(folder, split)
+    images, lines = read_features(ims_path), sum(1 for _ in iter_captions(caps_path))
+    images, k = _matched(images, lines, None, ims_path, caps_path)
+    return StreamedSplit(images, partial(iter_captions, caps_path), k)
+
+
+def _split_files(folder: str | os.PathLike, split: str) -> tuple[Path, Path]:
+    """The features and captions files of ``split`` in ``folder``, both checked to exist."""
     _check_split_name(split)
     folder = Path(folder)
     if not folder.is_dir():
@@ -131,8 +194,15 @@ def load_precomp(
         )
     if not caps_path.exists():
         raise FileNotFoundError(f"jwae_ext: {caps_path} is missing (captions of {ims_path.name})")
-    images, captions = read_features(ims_path), read_captions(caps_path)
-    n, m = len(images), len(captions)
+    return ims_path, caps_path
+
+
+def _matched(
+    images: FeatureArray, m: int, captions_per_image: int | None, ims_path: Path, caps_path: Path
+) -> tuple[FeatureArray, int]:
+    """The images (every ``k``-th row where a given ``k`` finds one row per caption) and the
+    captions per image ``k`` that ``m`` captions make of them; an error where they do not fit."""
+    n = len(images)
     if captions_per_image is not None:
         k = captions_per_image
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
@@ -149,19 +219,7 @@ def load_precomp(
             f"jwae_ext: {caps_path} has {m} captions for {n} images in {ims_path.name}: "
             f"not a whole number of captions per image ({m} / {n} = {m / n:.3f})"
         )
-    k = m // n
-    if num_images is not None:
-        if isinstance(num_images, bool) or not isinstance(num_images, int) or num_images < 1:
-            raise ValueError(f"jwae_ext: num_images must be a positive integer, got {num_images!r}")
-        n = min(n, num_images)
-        images, captions = _rows(images, slice(n)), captions[: n * k]
-    return CaptionSplit(
-        name=f"{folder}/{split}",
-        images=images,
-        captions=captions,
-        cap_to_img=np.arange(n * k, dtype=np.int64) // k,
-        regions=images.regions if isinstance(images, PooledRegions) else None,
-    )
+    return images, m // n
 
 
 def _rows(images: FeatureArray, rows: slice) -> FeatureArray:

@@ -50,6 +50,15 @@ class PooledRegions:
         return out if dtype is None else out.astype(dtype)
 
 
+def no_region_features(split: str) -> ValueError:
+    """The error for a split without region features where SCAN needs them."""
+    return ValueError(
+        f"jwae_ext: split {split} has no region features: SCAN needs a precomp folder whose "
+        "{split}_ims.npy is (N, R, D) (e.g. SCAN's 36 x 2048 bottom-up features) or an embedded "
+        "dataset"
+    )
+
+
 @dataclass
 class CaptionSplit:
     """Image features, captions and which image each caption describes.
@@ -120,11 +129,7 @@ class CaptionSplit:
     def require_regions(self) -> np.ndarray:
         """The ``(N, R, D_r)`` region features; a clear error where the source has none."""
         if self.regions is None:
-            raise ValueError(
-                f"jwae_ext: split {self.name} has no region features: SCAN needs a precomp "
-                "folder whose {split}_ims.npy is (N, R, D) (e.g. SCAN's 36 x 2048 bottom-up "
-                "features) or an embedded dataset"
-            )
+            raise no_region_features(self.name)
         return self.regions
 
     @property

@@ -6,8 +6,10 @@ killed at any point loses at most its batch in flight, and the same command cont
 run, collection, settings: the same fingerprint). Batches start at fixed positions, so a resumed
 build writes the same bytes as an uninterrupted one. The finished files are written in one
 transaction (:func:`jwae_ext.data.precomp.write_files`), the manifest last: an index folder is
-complete or has no manifest. Memory: one batch of features and codes, and the collection's names
-and captions packed (:class:`~jwae_ext.search.items.PackedItems`: about their text's size).
+complete or has no manifest. Memory: one batch of features and codes. The collection's names,
+captions and ids are streamed through files of a scratch folder in ``INDEX`` (``.index-items-*``,
+removed when the build ends) and memory-mapped (:class:`~jwae_ext.search.items.PackedItems`), so
+the build's own memory does not grow with the number of images.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -34,6 +37,8 @@ from jwae_ext.search.items import Item, PackedItems
 from jwae_ext.search.sources import Collection, from_data, from_images
 
 WORK_DIR = ".index-partial"
+SCRATCH_PREFIX = ".index-items-"  # the items' files during a build, removed after it
+_CHUNK = 1 << 16  # images per step where ids and counts are streamed
 _CODES, _CAPTION_CODES = "codes", "caption_codes"
 
 
@@ -107,11 +112,29 @@ def build_index(
             "can be indexed"
         )
     loaded.model.eval()
-    collection = (
-        from_data(loaded, data, device)
-        if data is not None
-        else from_images(loaded, images, None if captions is None else str(captions), device)
-    )
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        with tempfile.TemporaryDirectory(prefix=SCRATCH_PREFIX, dir=out) as scratch:
+            return _build(
+                loaded, run, out, Path(scratch), data=data, images=images, captions=captions,
+                dtype=dtype, shard=shard, batch_size=batch_size, device=device, restart=restart,
+                progress=progress, log=log,
+            )  # fmt: skip
+    except BaseException:
+        if created and not any(out.iterdir()):
+            out.rmdir()  # a build refused before its first file leaves no folder behind
+        raise
+
+
+def _build(loaded, run, out, scratch, *, data, images, captions, dtype, shard, batch_size,
+           device, restart, progress, log) -> BuildSummary:  # fmt: skip
+    """build_index once the run is loaded, with ``scratch`` for the collection's items."""
+    if data is not None:
+        collection = from_data(loaded, data, device, scratch)
+    else:
+        caption_file = None if captions is None else str(captions)
+        collection = from_images(loaded, images, caption_file, device, scratch)
     first, stop = _shard_range(len(collection.items), shard)
     items = collection.items[first:stop]
     digest = file_digest(checkpoint_file(run))
@@ -124,7 +147,7 @@ def build_index(
     d = loaded.model.cfg.embed_size
     shapes = {_CODES: (len(items), *([collection.regions] if scan else []), d)}
     if not scan:
-        shapes[_CAPTION_CODES] = (_caption_count(items), d)
+        shapes[_CAPTION_CODES] = (items.caption_count(), d)
     work, resumed = PartialExtraction.open(
         out, fingerprint, shapes, dtype=np.dtype(dtype), restart=restart,
         work_dir=WORK_DIR, what="index build",
@@ -140,18 +163,12 @@ def build_index(
             bar.update(end - start)
     seconds = time.perf_counter() - start_time
     manifest = _manifest(loaded, run, digest, collection, scan, d, dtype, shard, fingerprint)
-    summary = _finish(out, work, items, first, manifest)
+    summary = _finish(out, work, items, first, manifest, scratch)
     todo = len(items) - already
     summary.resumed, summary.seconds = already, seconds
     summary.images_per_second = todo / seconds if todo and seconds > 0 else 0.0
     work.remove()
     return summary
-
-
-def _caption_count(items: Sequence[Item]) -> int:
-    if isinstance(items, PackedItems):
-        return items.caption_count()
-    return sum(len(i.captions) for i in items)
 
 
 def _shard_range(n: int, shard: tuple[int, int]) -> tuple[int, int]:
@@ -260,20 +277,42 @@ def _manifest(loaded, run, digest, collection, scan, d, dtype, shard, fingerprin
 
 
 def _finish(
-    out: Path, work: PartialExtraction, items: Sequence[Item], first: int, manifest: dict
+    out: Path,
+    work: PartialExtraction,
+    items: PackedItems,
+    first: int,
+    manifest: dict,
+    scratch: Path,
 ) -> BuildSummary:
     """The finished files from the work area, the names and captions streamed from ``items``
-    to their lines files (memory: 8 bytes of ids and offsets per image and per caption)."""
+    to their lines files; ids and offsets go through arrays mapped from ``scratch`` files, so
+    memory does not grow with the collection."""
     skipped = work.progress[_CODES].skipped
     gone = np.array(sorted(position for position, _, _ in skipped), dtype=np.int64)
-    image_ids = np.setdiff1d(np.arange(first, first + len(items), dtype=np.int64), gone)
+
+    def kept_chunks() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """The kept images' ids and caption counts, a chunk at a time."""
+        for start in range(0, len(items), _CHUNK):
+            stop = min(start + _CHUNK, len(items))
+            ids = np.arange(first + start, first + stop, dtype=np.int64)
+            keep = ~np.isin(ids, gone)
+            yield ids[keep], items.caption_counts(start, stop)[keep]
+
+    image_ids = _scratch_array(scratch, "image_ids", len(items) - len(gone))
     if not len(image_ids):
         raise ValueError(f"jwae_ext: no image of this shard could be read ({len(skipped)} skipped)")
+    caption_images = _scratch_array(
+        scratch, "caption_images", sum(int(counts.sum()) for _, counts in kept_chunks())
+    )
+    done_images = done_captions = 0
+    for ids, counts in kept_chunks():
+        image_ids[done_images : done_images + len(ids)] = ids
+        caption_images[done_captions : done_captions + int(counts.sum())] = np.repeat(ids, counts)
+        done_images, done_captions = done_images + len(ids), done_captions + int(counts.sum())
 
     def kept() -> Iterator[Item]:
         return (items[int(p) - first] for p in image_ids)
 
-    caption_images = np.repeat(image_ids, [len(item.captions) for item in kept()])
     codes = work.features(_CODES)
     manifest.update(
         images=len(image_ids),
@@ -294,7 +333,7 @@ def _finish(
         (layout.ITEMS, len(image_ids), (item.name for item in kept())),
         (layout.CAPTIONS, len(caption_images), (c for item in kept() for c in item.captions)),
     ):
-        offsets = np.zeros(count + 1, dtype=np.int64)
+        offsets = _scratch_array(scratch, f"{name}.offsets", count + 1)
         files[out / name] = partial(layout.write_lines, texts=texts, offsets=offsets)
         # written after its lines file (write_files keeps this order), which fills the offsets
         files[out / layout.offsets_name(name)] = partial(write_array, array=offsets)
@@ -310,3 +349,10 @@ def _finish(
         0.0,
         0.0,
     )
+
+
+def _scratch_array(scratch: Path, name: str, length: int) -> np.ndarray:
+    """``length`` int64 zeros in a file of ``scratch``, memory-mapped."""
+    if length == 0:  # a file cannot map zero bytes
+        return np.zeros(0, dtype=np.int64)
+    return np.lib.format.open_memmap(scratch / f"{name}.npy", "w+", np.int64, (length,))

@@ -141,6 +141,7 @@ class Index:
             "backbone": (m["extraction"] or {}).get("backbone"),
             "shards": len(self._shards),
             "kind": m["kind"],
+            "regions": m["regions"],
             "image_folder": m["source"].get("images"),
         }
 

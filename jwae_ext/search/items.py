@@ -1,19 +1,23 @@
-"""A collection's items packed in a few arrays: what lets an index build hold a million names and
-captions in about the size of their text.
+"""A collection's items packed in a few arrays on disk: what lets an index build hold a million
+names and captions in memory that does not grow with their number.
 
-A list of :class:`Item` costs some 300 bytes of Python objects per image
-(the item, its tuple, its strings): 300 MB at a million images, more than the whole build's
-memory bound. :class:`PackedItems` keeps the UTF-8 bytes of the names and captions with their
-offsets (8 bytes a string) and makes an ``Item`` only when one is asked for; a slice is a view.
+A list of :class:`Item` costs some 300 bytes of Python objects per image (the item, its tuple,
+its strings): 300 MB at a million images, more than the whole build's memory bound. Packed in
+memory (UTF-8 bytes and 8-byte offsets) they still grow with the collection. :class:`PackedItems`
+streams the names and captions into files of a scratch folder and memory-maps them: pages the
+kernel reads back on demand and reclaims at will. An ``Item`` is made only when one is asked for;
+a slice is a view.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+_OFFSETS_PER_WRITE = 1 << 16
 
 
 @dataclass(frozen=True)
@@ -26,47 +30,87 @@ class Item:
     captions: tuple[str, ...]
 
 
-def _pack(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-    """The UTF-8 bytes of ``texts`` end to end and their ``len(texts) + 1`` offsets."""
-    offsets = np.zeros(len(texts) + 1, dtype=np.int64)
-    np.cumsum(np.fromiter((len(t.encode("utf-8")) for t in texts), np.int64, len(texts)),
-              out=offsets[1:])  # fmt: skip
-    return np.frombuffer("".join(texts).encode("utf-8"), dtype=np.uint8), offsets
+@dataclass(frozen=True)
+class _Texts:
+    """Texts end to end: text ``i`` is ``data[offsets[i]:offsets[i + 1]]`` (UTF-8)."""
+
+    data: np.ndarray
+    offsets: np.ndarray
+
+    def __getitem__(self, i: int) -> str:
+        return self.data[self.offsets[i] : self.offsets[i + 1]].tobytes().decode("utf-8")
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+
+def _spill_texts(folder: Path, name: str, texts: Iterable[str]) -> _Texts:
+    """``texts`` streamed into ``folder/name.bin`` and their offsets into
+    ``folder/name.offsets``, both memory-mapped."""
+    data_path = folder / f"{name}.bin"
+    with open(data_path, "wb") as data:
+        sizes = (data.write(text.encode("utf-8")) for text in texts)
+        offsets = _spill_running_sums(folder / f"{name}.offsets", sizes)
+    return _Texts(_mapped(data_path, np.uint8), offsets)
+
+
+def _spill_running_sums(path: Path, counts: Iterable[int]) -> np.ndarray:
+    """0 and the running sums of ``counts``, streamed into ``path`` (int64), memory-mapped."""
+    total, pending = 0, [0]
+    with open(path, "wb") as f:
+        for count in counts:
+            total += count
+            pending.append(total)
+            if len(pending) >= _OFFSETS_PER_WRITE:
+                f.write(np.asarray(pending, dtype=np.int64).tobytes())
+                pending.clear()
+        f.write(np.asarray(pending, dtype=np.int64).tobytes())
+    return _mapped(path, np.int64)
+
+
+def _mapped(path: Path, dtype: type) -> np.ndarray:
+    if path.stat().st_size == 0:  # np.memmap refuses an empty file
+        return np.empty(0, dtype=dtype)
+    return np.memmap(path, dtype=dtype, mode="r")
 
 
 class PackedItems(Sequence):
-    """Items without files (indexed features): ``names[i]`` and the captions
-    ``captions[caption_starts[i]:caption_starts[i + 1]]`` of image ``i``.
+    """Items without files (indexed features), or files under one folder: ``names[i]`` and the
+    captions ``captions[caption_starts[i]:caption_starts[i + 1]]`` of image ``i``, and its file
+    ``root / names[i]`` when ``root`` is given."""
 
-    ``names``/``captions``: the texts; ``caption_starts``: ``len(names) + 1`` ascending rows."""
-
-    def __init__(
-        self, names: Sequence[str], captions: Sequence[str], caption_starts: np.ndarray
-    ) -> None:
-        if len(caption_starts) != len(names) + 1:
-            raise ValueError(
-                f"jwae_ext: caption_starts must have {len(names) + 1} entries (one per name and "
-                f"one more), got {len(caption_starts)}"
-            )
-        self._names, self._name_offsets = _pack(names)
-        self._captions, self._caption_offsets = _pack(captions)
-        self._starts = np.asarray(caption_starts, dtype=np.int64)
+    def __init__(self, names: _Texts, captions: _Texts, starts: np.ndarray, root: Path | None):
+        self._names, self._captions, self._starts, self._root = names, captions, starts, root
         self._range = range(len(names))
 
     @classmethod
-    def concat(cls, parts: Sequence[PackedItems]) -> PackedItems:
-        """The items of ``parts`` one after the other (whole, not views)."""
-        out = cls.__new__(cls)
-        out._names, out._name_offsets = _concat([(p._names, p._name_offsets) for p in parts])
-        out._captions, out._caption_offsets = _concat(
-            [(p._captions, p._caption_offsets) for p in parts]
-        )
-        shifts = np.cumsum([0, *(p._starts[-1] for p in parts[:-1])])
-        out._starts = np.concatenate(
-            [[0], *(p._starts[1:] + shift for p, shift in zip(parts, shifts, strict=True))]
-        ).astype(np.int64)
-        out._range = range(len(out._name_offsets) - 1)
-        return out
+    def spill(
+        cls,
+        folder: str | Path,
+        names: Iterable[str],
+        captions: Iterable[str],
+        captions_per_item: Iterable[int],
+        root: str | Path | None = None,
+    ) -> PackedItems:
+        """The items streamed into files of ``folder`` (a scratch folder the caller removes):
+        their ``names``, all their ``captions`` one item after the other, and how many of them
+        each item has (``captions_per_item``, one count per name)."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        names_texts = _spill_texts(folder, "names", names)
+        captions_texts = _spill_texts(folder, "captions", captions)
+        starts = _spill_running_sums(folder / "starts", captions_per_item)
+        if len(starts) != len(names_texts) + 1:
+            raise ValueError(
+                f"jwae_ext: captions_per_item must hold one count per name ({len(names_texts)}), "
+                f"got {len(starts) - 1}"
+            )
+        if starts[-1] != len(captions_texts):
+            raise ValueError(
+                f"jwae_ext: captions_per_item adds up to {int(starts[-1])} captions, but "
+                f"{len(captions_texts)} were given"
+            )
+        return cls(names_texts, captions_texts, starts, None if root is None else Path(root))
 
     def __len__(self) -> int:
         return len(self._range)
@@ -79,14 +123,22 @@ class PackedItems(Sequence):
             return view
         row = self._range[i]
         first, stop = int(self._starts[row]), int(self._starts[row + 1])
+        name = self._names[row]
         return Item(
-            _text(self._names, self._name_offsets, row),
-            None,
-            tuple(_text(self._captions, self._caption_offsets, j) for j in range(first, stop)),
+            name,
+            None if self._root is None else self._root / name,
+            tuple(self._captions[j] for j in range(first, stop)),
         )
 
     def __iter__(self) -> Iterator[Item]:
         return (self[i] for i in range(len(self)))
+
+    def caption_counts(self, start: int, stop: int) -> np.ndarray:
+        """How many captions each of the items ``start:stop`` has (of a view with step 1)."""
+        rows = self._range[start:stop]
+        if rows.step != 1:
+            raise ValueError("jwae_ext: caption_counts needs a view with step 1")
+        return np.diff(self._starts[rows.start : rows.stop + 1]) if rows else np.zeros(0, np.int64)
 
     def caption_count(self) -> int:
         """The captions of these items, without making them."""
@@ -95,16 +147,4 @@ class PackedItems(Sequence):
             return 0
         if rows.step == 1:
             return int(self._starts[rows.stop] - self._starts[rows.start])
-        return int(np.diff(self._starts)[np.asarray(rows, dtype=np.int64)].sum())
-
-
-def _text(data: np.ndarray, offsets: np.ndarray, row: int) -> str:
-    return data[offsets[row] : offsets[row + 1]].tobytes().decode("utf-8")
-
-
-def _concat(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
-    shifts = np.cumsum([0, *(offsets[-1] for _, offsets in parts[:-1])])
-    offsets = np.concatenate(
-        [[0], *(o[1:] + shift for (_, o), shift in zip(parts, shifts, strict=True))]
-    ).astype(np.int64)
-    return np.concatenate([data for data, _ in parts]), offsets
+        return sum(int(self._starts[r + 1] - self._starts[r]) for r in rows)

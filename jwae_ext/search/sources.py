@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from itertools import chain, repeat
 from pathlib import Path
 
 import numpy as np
@@ -20,15 +21,16 @@ import torch
 
 from jwae_ext.checkpoint import LoadedModel
 from jwae_ext.data import available_splits, load_split
+from jwae_ext.data.precomp import stream_precomp
 from jwae_ext.data.sources import embedded_style
-from jwae_ext.data.split import PooledRegions
+from jwae_ext.data.split import PooledRegions, no_region_features
 from jwae_ext.extract import MANIFEST as EXTRACT_MANIFEST
 from jwae_ext.extract import UnreadableImage, find_images, load_backbone, load_rgb
 from jwae_ext.extract.backbones import INPUT_SIZE, Backbone
 from jwae_ext.extract.caption_files import read_caption_file
 from jwae_ext.extract.plan import image_finder
 from jwae_ext.models import SCAN
-from jwae_ext.search.items import Item, PackedItems
+from jwae_ext.search.items import PackedItems
 
 EMBEDDED_SPLITS = ("train", "dev", "test")
 # The settings of an extraction that decide its features (extract.json keys).
@@ -41,7 +43,7 @@ class Collection:
     (``features(start, stop) -> (rows, skipped)``: rows for the readable ones, ``[position, name,
     reason]`` for the others), and what describes them in the manifest."""
 
-    items: Sequence[Item]  # a list, or PackedItems (a million names and captions in bounded memory)
+    items: PackedItems  # a million names and captions in memory that does not grow with them
     features: Callable[[int, int], tuple[np.ndarray, list[list]]]
     description: dict
     extraction: dict | None  # the run's recorded extraction (what a raw image query goes through)
@@ -75,9 +77,10 @@ def _model_input(loaded: LoadedModel) -> tuple[bool, int]:
 
 
 def from_images(loaded: LoadedModel, folder: str | os.PathLike, captions: str | None,
-                device: str) -> Collection:  # fmt: skip
+                device: str, scratch: Path) -> Collection:  # fmt: skip
     """Every image file under ``folder`` (sorted by relative path), with the captions of the
-    caption file ``captions`` (any layout :mod:`jwae_ext.features` reads) matched by name."""
+    caption file ``captions`` (any layout :mod:`jwae_ext.features` reads) matched by name; their
+    names and captions go to files in ``scratch`` (a folder the caller removes)."""
     extraction, why_not = run_extraction(loaded)
     if extraction is None:
         raise ValueError(
@@ -103,7 +106,14 @@ def from_images(loaded: LoadedModel, folder: str | os.PathLike, captions: str | 
             found = find(name)
             if found is not None:
                 by_image.setdefault(found, []).extend(caps)
-    items = [Item(name, path, tuple(by_image.get(name, ()))) for name, path in on_disk.items()]
+    items = PackedItems.spill(
+        scratch,
+        on_disk,
+        (caption for name in on_disk for caption in by_image.get(name, ())),
+        (len(by_image.get(name, ())) for name in on_disk),
+        root=folder,
+    )
+    del on_disk, by_image
     backbone: list[Backbone] = []  # loaded on first use: a finished index needs no network
 
     def features(start: int, stop: int) -> tuple[np.ndarray, list[list]]:
@@ -136,32 +146,43 @@ def as_model_input(features: np.ndarray, regions: bool) -> np.ndarray:
     return features
 
 
-def from_data(loaded: LoadedModel, data: str, device: str) -> Collection:
+@dataclass
+class _SplitSource:
+    """One split's part of a collection: its features as the model reads them, and its names,
+    captions and captions per image as streams (read when the items are spilled)."""
+
+    features: np.ndarray | PooledRegions
+    names: Iterable[str]
+    captions: Iterable[str]
+    counts: Iterable[int]
+
+
+def from_data(loaded: LoadedModel, data: str, device: str, scratch: Path) -> Collection:
     """The images of ``data`` (``NAME[:SPLIT]``: a precomp folder or an embedded dataset; all
-    splits, ``testall`` only when named, or the one split), with their captions."""
+    splits, ``testall`` only when named, or the one split), with their captions; their names
+    and captions go to files in ``scratch`` (a folder the caller removes)."""
     name, splits = _data_and_splits(data)
-    seed = loaded.config.get("seed", 0)
     regions, wanted = _model_input(loaded)
-    parts, packed, counts = [], [], set()
-    for split_name in splits:
-        split = load_split(name, split_name, seed=seed)
-        feats = split.require_regions() if regions else split.images
-        if feats.shape[-1] != wanted:
+    sources = [_split_source(loaded, name, split_name, regions) for split_name in splits]
+    for split_name, source in zip(splits, sources, strict=True):
+        if source.features.shape[-1] != wanted:
             raise ValueError(
-                f"jwae_ext: --data {data}: split {split_name} has {feats.shape[-1]}-dimensional "
-                f"{'region' if regions else 'image'} features, but the run {loaded.path} reads "
-                f"{wanted}-dimensional ones"
+                f"jwae_ext: --data {data}: split {split_name} has {source.features.shape[-1]}-"
+                f"dimensional {'region' if regions else 'image'} features, but the run "
+                f"{loaded.path} reads {wanted}-dimensional ones"
             )
-        names = _item_names(name, split_name, split.num_images)
-        order = np.argsort(split.cap_to_img, kind="stable")  # each image's captions in order
-        starts = np.zeros(split.num_images + 1, dtype=np.int64)
-        np.cumsum(np.bincount(split.cap_to_img, minlength=split.num_images), out=starts[1:])
-        parts.append((sum(map(len, packed)), feats))
-        counts.add(feats.shape[1] if regions else None)
-        packed.append(PackedItems(names, [split.captions[j] for j in order], starts))
-        del split, names, order
-    items = PackedItems.concat(packed)
+    counts = {source.features.shape[1] if regions else None for source in sources}
+    if len(counts) > 1:
+        raise ValueError(f"jwae_ext: --data {data}: splits differ in regions per image: {counts}")
     _check_same_extraction(loaded, name)
+    items = PackedItems.spill(
+        scratch,
+        chain.from_iterable(source.names for source in sources),
+        chain.from_iterable(source.captions for source in sources),
+        chain.from_iterable(source.counts for source in sources),
+    )
+    firsts = np.cumsum([0, *(len(source.features) for source in sources[:-1])])
+    parts = [(int(first), s.features) for first, s in zip(firsts, sources, strict=True)]
 
     def features(start: int, stop: int) -> tuple[np.ndarray, list[list]]:
         rows = [
@@ -171,10 +192,38 @@ def from_data(loaded: LoadedModel, data: str, device: str) -> Collection:
         ]
         return np.concatenate(rows), []
 
-    if len(counts) > 1:
-        raise ValueError(f"jwae_ext: --data {data}: splits differ in regions per image: {counts}")
     description = {"data": name, "splits": list(splits)}
     return Collection(items, features, description, run_extraction(loaded)[0], counts.pop())
+
+
+def _split_source(loaded: LoadedModel, data: str, split: str, regions: bool) -> _SplitSource:
+    """A precomp split streamed from its files (never its captions whole), or an embedded split
+    (generated in memory, as small as the embedded data is)."""
+    if embedded_style(data) is None:
+        streamed = stream_precomp(data, split)
+        images = streamed.images
+        if regions and not isinstance(images, PooledRegions):
+            raise no_region_features(f"{data}/{split}")
+        n, k = len(images), streamed.captions_per_image
+        return _SplitSource(
+            images.regions if regions else images,
+            _item_names(data, split, n),
+            _lazy(streamed.captions),
+            repeat(k, n),
+        )
+    split_data = load_split(data, split, seed=loaded.config.get("seed", 0))
+    order = np.argsort(split_data.cap_to_img, kind="stable")  # each image's captions in order
+    return _SplitSource(
+        split_data.require_regions() if regions else split_data.images,
+        (f"{split}/{i}" for i in range(split_data.num_images)),
+        (split_data.captions[j] for j in order),
+        np.bincount(split_data.cap_to_img, minlength=split_data.num_images).tolist(),
+    )
+
+
+def _lazy(make: Callable[[], Iterator[str]]) -> Iterator[str]:
+    """The items of ``make()``, which is called only when the first one is asked for."""
+    yield from make()
 
 
 def _data_and_splits(data: str) -> tuple[str, list[str]]:
@@ -194,14 +243,18 @@ def _data_and_splits(data: str) -> tuple[str, list[str]]:
     return data, [s for s in found if s != "testall" or found == ["testall"]]
 
 
-def _item_names(data: str, split: str, n: int) -> list[str]:
-    """The images' ids (``{split}_ids.txt`` of an extracted folder), else ``split/number``."""
+def _item_names(data: str, split: str, n: int) -> Iterator[str]:
+    """The images' ids (``{split}_ids.txt`` of an extracted folder, read a line at a time),
+    else ``split/number``."""
     ids = Path(data) / f"{split}_ids.txt"
-    if embedded_style(data) is None and ids.is_file():
-        names = ids.read_text(encoding="utf-8").splitlines()
-        if len(names) == n:
-            return names
-    return [f"{split}/{i}" for i in range(n)]
+    if ids.is_file():
+        with open(ids, encoding="utf-8") as f:
+            lines = sum(1 for _ in f)
+        if lines == n:
+            with open(ids, encoding="utf-8") as f:
+                yield from (line.rstrip("\n") for line in f)
+            return
+    yield from (f"{split}/{i}" for i in range(n))
 
 
 def _check_same_extraction(loaded: LoadedModel, data: str) -> None:
