@@ -39,6 +39,7 @@ from jwae_ext.search.sources import Collection, from_data, from_images
 WORK_DIR = ".index-partial"
 SCRATCH_PREFIX = ".index-items-"  # the items' files during a build, removed after it
 _CHUNK = 1 << 16  # images per step where ids and counts are streamed
+ENCODE_ROWS = 1024  # images or captions per encoder call
 _CODES, _CAPTION_CODES = "codes", "caption_codes"
 
 
@@ -188,13 +189,16 @@ def _index_batch(work, loaded, collection, items, first, start, end, device, dty
     gone = {position for position, _, _ in skipped}
     kept = [item for p, item in enumerate(items[start:end], first + start) if p not in gone]
     done = {_CODES: (end, skipped)}
-    if kept:
-        codes = image_codes(loaded.model, feats, device)
+    # The encoders take at most ENCODE_ROWS at a time: their activations, not --batch-size, set
+    # the build's memory (a large batch only writes more rows per commit).
+    for part in range(0, len(feats) if kept else 0, ENCODE_ROWS):
+        codes = image_codes(loaded.model, feats[part : part + ENCODE_ROWS], device)
         work.write(_CODES, codes.cpu().numpy().astype(dtype))
     if _CAPTION_CODES in work.arrays:
         texts = [c for item in kept for c in item.captions]
-        if texts:
-            codes = caption_codes(loaded.model, loaded.vocab, texts, device)
+        for part in range(0, len(texts), ENCODE_ROWS):
+            codes = caption_codes(loaded.model, loaded.vocab, texts[part : part + ENCODE_ROWS],
+                                  device)  # fmt: skip
             work.write(_CAPTION_CODES, codes.cpu().numpy().astype(dtype))
         done[_CAPTION_CODES] = (end, [])
     work.commit_many(done)
