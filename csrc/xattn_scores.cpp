@@ -161,8 +161,11 @@ class TileContext {
   int64_t group_ = -1;
 };
 
-// Runs `on_pair(image, caption, score)` for every pair of every tile the filter keeps, sweeping
-// by caption group (each group's tiles on one thread, in image-group order).
+// Runs `on_pair(image, caption, score)` for every pair of every tile the filter keeps. Callers'
+// `on_pair` may run on any thread (each pair's slot is its own, counts are added atomically), so
+// the sweep only decides how evenly the threads share the work: by caption group (each thread
+// packs its groups' words once) when there are enough groups to share out, else by image group
+// (a search's few queries form one or two caption groups: one thread would do nearly all).
 template <typename T, typename Keep, typename OnPair>
 void for_each_score(const Problem& p, Keep&& keep, OnPair&& on_pair) {
   struct Epilogue {
@@ -182,7 +185,9 @@ void for_each_score(const Problem& p, Keep&& keep, OnPair&& on_pair) {
     void group_done(int64_t) {}
   };
   const int64_t max_pairs = p.grid.max_group_captions * p.grid.images_per_group;
-  for_each_pair_tile<T>(p.grid, p.regions, p.captions, p.i2t, Sweep::by_row_block, keep, [&] {
+  const bool enough_caption_groups = p.grid.caption_groups() >= 4 * at::get_num_threads();
+  const Sweep sweep = enough_caption_groups ? Sweep::by_row_block : Sweep::by_col_block;
+  for_each_pair_tile<T>(p.grid, p.regions, p.captions, p.i2t, sweep, keep, [&] {
     return Epilogue{TileContext<T>(p), std::vector<T>(max_pairs), on_pair};
   });
 }

@@ -205,6 +205,31 @@ def test_results_do_not_depend_on_the_thread_count(direction):
             assert torch.equal(g, w)
 
 
+@pytest.mark.parametrize("direction", DIRECTIONS)
+def test_scores_and_ranks_equal_whichever_group_the_threads_sweep(direction):
+    """About 10 caption groups of 512 words: 1 and 2 threads sweep by caption group, 3 threads
+    by image group (too few caption groups to share out); every score and rank is the same."""
+    gen = torch.Generator().manual_seed(4)
+    lengths = torch.randint(8, 17, (400,), generator=gen)
+    images, captions, lengths = make_inputs(20, 9, 400, 16, 8, seed=4, dtype=torch.float32,
+                                            lengths=lengths)  # fmt: skip
+    owner = torch.arange(400) // 20
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            kwargs = options(direction)
+            scores = ops.xattn_scores(images, captions, lengths, **kwargs)
+            ranks = ops.xattn_ranks(images, captions, lengths, owner, **kwargs)
+            results.append((scores, *ranks))
+    finally:
+        torch.set_num_threads(threads)
+    for other in results[1:]:
+        for got, want in zip(other, results[0], strict=True):
+            assert torch.equal(got, want)
+
+
 # ---- opcheck, torch.compile ---------------------------------------------------------------------
 
 
