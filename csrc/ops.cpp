@@ -78,10 +78,13 @@ TORCH_LIBRARY(jwae_ext, m) {
   // ---- xattn: stacked cross-attention (SCAN) scores (csrc/xattn_scores.cpp,
   // csrc/cuda/xattn_scores.cu, jwae_ext/ops/xattn_scores.py). Scores (n_image, n_caption), their
   // gradient for the inputs selected by grad_mask, and exact retrieval ranks from the same tiles
-  // (with part/parts: one part's counts of a distributed evaluation, summed over the parts).
+  // (with part/parts: one part's counts of a distributed evaluation, summed over the parts);
+  // each image's Gram of its regions, which t2i scores can take precomputed (a search index).
   m.def(
       "xattn_scores(Tensor images, Tensor captions, Tensor cap_lens, str direction, "
-      "float lambda_softmax, str agg, float lambda_lse, str raw_feature_norm) -> Tensor");
+      "float lambda_softmax, str agg, float lambda_lse, str raw_feature_norm, "
+      "Tensor? region_grams=None) -> Tensor");
+  m.def("xattn_region_grams(Tensor images) -> Tensor");
   m.def(
       "xattn_scores_backward(Tensor grad, Tensor images, Tensor captions, Tensor cap_lens, "
       "str direction, float lambda_softmax, str agg, float lambda_lse, str raw_feature_norm, "

@@ -10,6 +10,7 @@
 #include <array>
 #include <limits>
 #include <numeric>
+#include <optional>
 #include <string_view>
 #include <tuple>
 #include <vector>
@@ -43,9 +44,30 @@ void row_norms(const T* x, int64_t n, int64_t d, T* out) {
   }
 }
 
+// Each image's Gram matrix of its regions, one single-threaded GEMM per image: its bits depend
+// neither on the thread count nor on the other images of the call, so Grams computed once by
+// xattn_region_grams give the scores the same bits as Grams computed with them. Small problems
+// stay on the calling thread (waking the pool costs more than they do).
+at::Tensor region_grams_cpu(const at::Tensor& images) {
+  const at::Tensor v = images.contiguous();
+  const int64_t n_images = v.size(0), R = v.size(1), d = v.size(2);
+  at::Tensor grams = at::empty({n_images, R, R}, v.options());
+  const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 18) / (R * R * d));
+  at::parallel_for(0, n_images, grain, [&](int64_t first, int64_t last) {
+    const SingleThreadedBlas blas;
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    for (int64_t i = first; i < last; ++i) {
+      at::Tensor out = grams[i];
+      at::mm_out(out, v[i], v[i].t());
+    }
+  });
+  return grams;
+}
+
 Problem make_problem(const at::Tensor& images, const at::Tensor& captions,
                      const at::Tensor& cap_lens, const Options& options,
-                     std::vector<int64_t> order) {
+                     std::vector<int64_t> order,
+                     const std::optional<at::Tensor>& region_grams = std::nullopt) {
   Problem p{options};
   p.images = images.contiguous();
   p.captions = captions.contiguous();
@@ -70,17 +92,8 @@ Problem make_problem(const at::Tensor& images, const at::Tensor& captions,
       });
     });
   } else {
-    // One GEMM per image: its bits do not depend on how images are spread over threads. Small
-    // problems stay on the calling thread (waking the pool costs more than they do).
-    p.region_grams = at::empty({n_images, R, R}, p.images.options());
-    const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 18) / (R * R * d));
-    at::parallel_for(0, n_images, grain, [&](int64_t first, int64_t last) {
-      at::AutoDispatchBelowADInplaceOrView below_autograd;
-      for (int64_t i = first; i < last; ++i) {
-        at::Tensor out = p.region_grams[i];
-        at::mm_out(out, p.images[i], p.images[i].t());
-      }
-    });
+    p.region_grams = region_grams.has_value() ? region_grams->contiguous()
+                                              : region_grams_cpu(p.images);
   }
   return p;
 }
@@ -195,11 +208,13 @@ void for_each_score(const Problem& p, Keep&& keep, OnPair&& on_pair) {
 at::Tensor xattn_scores_cpu(const at::Tensor& images, const at::Tensor& captions,
                             const at::Tensor& cap_lens, std::string_view direction,
                             double lambda_softmax, std::string_view agg, double lambda_lse,
-                            std::string_view raw_feature_norm) {
+                            std::string_view raw_feature_norm,
+                            const std::optional<at::Tensor>& region_grams) {
   const Options options =
       parse_options(direction, lambda_softmax, agg, lambda_lse, raw_feature_norm);
   check_inputs(images, captions, cap_lens);
-  const Problem p = make_problem(images, captions, cap_lens, options, {});
+  if (region_grams.has_value()) check_region_grams(*region_grams, images, options);
+  const Problem p = make_problem(images, captions, cap_lens, options, {}, region_grams);
   const int64_t n_captions = captions.size(0);
   at::Tensor scores = at::empty({images.size(0), n_captions}, p.images.options());
   AT_DISPATCH_FLOATING_TYPES(p.images.scalar_type(), "xattn_scores", [&] {
@@ -512,16 +527,24 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> xattn_ranks_cpu(
           t2i_ties.to(images.device())};
 }
 
+at::Tensor xattn_region_grams_cpu(const at::Tensor& images) {
+  check_region_images(images);
+  return region_grams_cpu(images);
+}
+
 }  // namespace
 }  // namespace jwae::xattn
 
 TORCH_LIBRARY_IMPL(jwae_ext, CPU, m) {
+  m.impl("xattn_region_grams", &jwae::xattn::xattn_region_grams_cpu);
   m.impl("xattn_scores", &jwae::xattn::xattn_scores_cpu);
   m.impl("xattn_scores_backward", &jwae::xattn::xattn_scores_backward_cpu);
   m.impl("xattn_ranks", &jwae::xattn::xattn_ranks_cpu);
 }
 
-// Ranks are not differentiated: their outputs do not require grad, even for inputs that do.
+// Ranks and Grams are not differentiated: their outputs do not require grad, even for inputs that
+// do (xattn_scores' backward recomputes the Grams it needs).
 TORCH_LIBRARY_IMPL(jwae_ext, Autograd, m) {
   m.impl("xattn_ranks", torch::CppFunction::makeFallthrough());
+  m.impl("xattn_region_grams", torch::CppFunction::makeFallthrough());
 }

@@ -116,6 +116,31 @@ inline void check_inputs(const at::Tensor& images, const at::Tensor& captions,
                     "'captions'), got values from ", shortest, " to ", longest);
 }
 
+// xattn_region_grams' images: (N_i, R, d), non-empty, a float dtype.
+inline void check_region_images(const at::Tensor& images) {
+  check_dim(images, 3, "images", "(n_image, regions, d)");
+  check_nonempty(images, "images");
+  check_float_dtype(images, "images");
+}
+
+// region_grams (N_i, R, R), for t2i, in the scores' dtype on the images' device: each image's
+// Gram matrix of its regions as xattn_region_grams(images) gives it, passed so that a gallery
+// scored again and again (a search index) does not recompute them.
+inline void check_region_grams(const at::Tensor& grams, const at::Tensor& images,
+                               const Options& options) {
+  TORCH_CHECK_VALUE(options.direction == Direction::t2i, "jwae_ext: argument 'region_grams' ",
+                    "is for direction='t2i' (the words attend over the regions), got 'i2t'");
+  check_same_device(grams, "region_grams", images, "images");
+  const at::ScalarType score_dtype = accumulation_dtype(images.scalar_type());
+  TORCH_CHECK_TYPE(grams.scalar_type() == score_dtype, "jwae_ext: argument 'region_grams' must ",
+                   "have the score dtype ", score_dtype, ", got ", grams.scalar_type());
+  const int64_t n = images.size(0), R = images.size(1);
+  TORCH_CHECK_VALUE(grams.dim() == 3 && grams.size(0) == n && grams.size(1) == R &&
+                        grams.size(2) == R,
+                    "jwae_ext: argument 'region_grams' must have shape (", n, ", ", R, ", ", R,
+                    ") (xattn_region_grams(images)), got ", grams.sizes());
+}
+
 // The backward's arguments: the inputs as check_inputs, and grad (N_i, N_c) in the score dtype on
 // their device.
 inline void check_backward_inputs(const at::Tensor& grad, const at::Tensor& images,

@@ -237,6 +237,10 @@ CASES: tuple[Case, ...] = (
          lambda impl, i, c, n, _: impl.xattn_scores(i, c, n, direction="i2t", lambda_softmax=4.0,
                                                     agg="mean")),
     Case("xattn_ranks", _xattn_inputs, lambda impl, *a: impl.xattn_ranks(*a)),
+    Case("xattn_region_grams", _xattn_inputs, lambda impl, i, *_: impl.xattn_region_grams(i)),
+    Case("xattn_scores[region_grams]", _xattn_inputs,
+         lambda impl, i, c, n, _: impl.xattn_scores(
+             i, c, n, region_grams=impl.xattn_region_grams(i).detach())),
 )  # fmt: skip
 
 

@@ -12,6 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from jwae_ext import ops
+from jwae_ext.ops.tolerances import tolerance
 from jwae_ext.reference.xattn_scores import (
     AGGREGATIONS,
     DIRECTIONS,
@@ -230,6 +231,55 @@ def test_scores_and_ranks_equal_whichever_group_the_threads_sweep(direction):
             assert torch.equal(got, want)
 
 
+# ---- precomputed region Grams --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_precomputed_region_grams_give_the_same_scores(dtype):
+    """xattn_region_grams is each image's Gram (the same bits whatever other images share the
+    call), and t2i scores given them are the scores that compute them, bit for bit."""
+    images, captions, lengths = make_inputs(21, 5, 9, 6, 12, seed=11, dtype=dtype)
+    grams = ops.xattn_region_grams(images)
+    assert grams.shape == (21, 5, 5) and grams.dtype == dtype
+    want_grams = torch.bmm(images.double(), images.double().transpose(1, 2))
+    torch.testing.assert_close(grams.double(), want_grams, **tolerance(dtype).kwargs())
+    assert torch.equal(ops.xattn_region_grams(images[3:17]), grams[3:17])
+    for direction, agg, norm in ALL_OPTIONS:
+        if direction == "i2t":
+            continue
+        kwargs = options(direction, agg, norm)
+        want = ops.xattn_scores(images, captions, lengths, **kwargs)
+        assert torch.equal(ops.xattn_scores(images, captions, lengths, **kwargs,
+                                            region_grams=grams), want)  # fmt: skip
+    # Not differentiated, and the scores' gradient does not go through them.
+    x = images.clone().requires_grad_()
+    assert not ops.xattn_region_grams(x).requires_grad
+    weights = torch.randn(21, 9, dtype=dtype)
+    got = scores_and_grads(
+        lambda *a, **k: ops.xattn_scores(*a, **k, region_grams=grams),
+        images,
+        captions,
+        lengths,
+        weights,
+    )
+    for g, w in zip(got, scores_and_grads(ops.xattn_scores, images, captions, lengths, weights),
+                    strict=True):  # fmt: skip
+        assert torch.equal(g, w)
+
+
+def test_region_grams_that_do_not_fit_are_refused():
+    images, captions, lengths = make_inputs(4, 3, 5, 6, 7, seed=2, dtype=torch.float32)
+    grams = ops.xattn_region_grams(images)
+    with pytest.raises(ValueError, match=r"'region_grams' is for direction='t2i'"):
+        ops.xattn_scores(images, captions, lengths, direction="i2t", region_grams=grams)
+    with pytest.raises(ValueError, match=r"'region_grams' must have shape \(4, 3, 3\)"):
+        ops.xattn_scores(images, captions, lengths, region_grams=grams[:3])
+    with pytest.raises(TypeError, match=r"'region_grams' must have the score dtype Float"):
+        ops.xattn_scores(images, captions, lengths, region_grams=grams.double())
+    with pytest.raises(ValueError, match=r"'images' must be .*3"):
+        ops.xattn_region_grams(images[0])
+
+
 # ---- opcheck, torch.compile ---------------------------------------------------------------------
 
 
@@ -254,6 +304,12 @@ def test_opcheck(direction):
         torch.ops.jwae_ext.xattn_ranks.default,
         (x.detach(), y.detach(), lengths, owners, *opts, 1, 2),
     )
+    torch.library.opcheck(torch.ops.jwae_ext.xattn_region_grams.default, (x.detach(),))
+    if direction == "t2i":
+        grams = ops.xattn_region_grams(x.detach())
+        torch.library.opcheck(
+            torch.ops.jwae_ext.xattn_scores.default, (x, y, lengths, *opts, grams)
+        )
 
 
 def test_torch_compile_fullgraph():

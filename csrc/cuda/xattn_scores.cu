@@ -51,8 +51,14 @@ struct Problem {
   int64_t image_tiles() const { return (n_images + images_per_tile - 1) / images_per_tile; }
 };
 
+// Each image's Gram matrix of its regions (the regions in the accumulation dtype).
+at::Tensor region_grams_cuda(const at::Tensor& regions) {
+  return at::bmm(regions, regions.transpose(1, 2)).contiguous();
+}
+
 Problem make_problem(const at::Tensor& images, const at::Tensor& captions,
-                     const at::Tensor& cap_lens, const Options& options) {
+                     const at::Tensor& cap_lens, const Options& options,
+                     const std::optional<at::Tensor>& region_grams = std::nullopt) {
   Problem p;
   p.options = options;
   p.i2t = options.direction == Direction::i2t;
@@ -101,8 +107,9 @@ Problem make_problem(const at::Tensor& images, const at::Tensor& captions,
     p.gram_first_d = at::tensor(gram_first, long_options).to(device);
   } else {
     p.query_norms = at::linalg_vector_norm(p.words, 2, at::IntArrayRef{1}, false, std::nullopt);
-    const at::Tensor v = p.regions.view({n_images, R, d});
-    p.context_grams = at::bmm(v, v.transpose(1, 2)).contiguous();
+    p.context_grams = region_grams.has_value()
+                          ? region_grams->contiguous()
+                          : region_grams_cuda(p.regions.view({n_images, R, d}));
   }
   return p;
 }
@@ -480,12 +487,14 @@ void for_each_scored_tile(const Problem& p, Keep&& keep, Fn&& fn) {
 at::Tensor xattn_scores_cuda(const at::Tensor& images, const at::Tensor& captions,
                              const at::Tensor& cap_lens, std::string_view direction,
                              double lambda_softmax, std::string_view agg, double lambda_lse,
-                             std::string_view raw_feature_norm) {
+                             std::string_view raw_feature_norm,
+                             const std::optional<at::Tensor>& region_grams) {
   const Options options =
       parse_options(direction, lambda_softmax, agg, lambda_lse, raw_feature_norm);
   check_inputs(images, captions, cap_lens);
+  if (region_grams.has_value()) check_region_grams(*region_grams, images, options);
   const c10::cuda::CUDAGuard guard(images.device());
-  const Problem p = make_problem(images, captions, cap_lens, options);
+  const Problem p = make_problem(images, captions, cap_lens, options, region_grams);
   at::Tensor scores = at::empty({images.size(0), captions.size(0)}, p.regions.options());
   AT_DISPATCH_FLOATING_TYPES(p.regions.scalar_type(), "xattn_scores_cuda", [&] {
     for_each_scored_tile<scalar_t>(
@@ -641,10 +650,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> xattn_ranks_cuda(
   return {i2t, t2i, i2t_ties, t2i_ties};
 }
 
+at::Tensor xattn_region_grams_cuda(const at::Tensor& images) {
+  check_region_images(images);
+  const c10::cuda::CUDAGuard guard(images.device());
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
+  return region_grams_cuda(images.to(accumulation_dtype(images.scalar_type())).contiguous());
+}
+
 }  // namespace
 }  // namespace jwae::xattn
 
 TORCH_LIBRARY_IMPL(jwae_ext, CUDA, m) {
+  m.impl("xattn_region_grams", &jwae::xattn::xattn_region_grams_cuda);
   m.impl("xattn_scores", &jwae::xattn::xattn_scores_cuda);
   m.impl("xattn_scores_backward", &jwae::xattn::xattn_scores_backward_cuda);
   m.impl("xattn_ranks", &jwae::xattn::xattn_ranks_cuda);

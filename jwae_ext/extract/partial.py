@@ -56,15 +56,16 @@ class PartialExtraction:
         shapes: dict[str, tuple[int, ...]],
         *,
         dtype: np.dtype | type = np.float32,
+        dtypes: dict[str, np.dtype | type] | None = None,
         restart: bool = False,
         work_dir: str = WORK_DIR,
         what: str = "extraction",
     ) -> tuple[PartialExtraction, bool]:
         """Continue the extraction in ``out`` with this ``fingerprint``, or start one; return it
         and whether it was resumed. ``shapes``: the full shape of each array (planned rows
-        first), all of ``dtype``. Another unfinished extraction (other inputs or settings) is
-        an error unless ``restart`` discards it; ``work_dir`` and ``what`` name the work area and
-        the kind of work in it."""
+        first), of ``dtype`` unless ``dtypes`` names another for it. Another unfinished
+        extraction (other inputs or settings) is an error unless ``restart`` discards it;
+        ``work_dir`` and ``what`` name the work area and the kind of work in it."""
         folder = out / work_dir
         state = _read_state(folder)
         if state is not None and state.get("fingerprint") == fingerprint and not restart:
@@ -80,7 +81,10 @@ class PartialExtraction:
         folder.mkdir(parents=True)
         for split, shape in shapes.items():
             np.lib.format.open_memmap(
-                folder / f"{split}.npy", mode="w+", dtype=dtype, shape=shape
+                folder / f"{split}.npy",
+                mode="w+",
+                dtype=(dtypes or {}).get(split, dtype),
+                shape=shape,
             ).flush()
         extraction = cls(folder, fingerprint, {s: SplitProgress() for s in shapes})
         extraction._write_state()

@@ -23,7 +23,7 @@ from jwae_ext.ops.retrieval import (
     topk_search,
 )
 from jwae_ext.ops.wae_loss import wae_loss
-from jwae_ext.ops.xattn_scores import xattn_ranks, xattn_scores
+from jwae_ext.ops.xattn_scores import xattn_ranks, xattn_region_grams, xattn_scores
 
 __all__ = [
     "Ranks",
@@ -38,5 +38,6 @@ __all__ = [
     "topk_search",
     "wae_loss",
     "xattn_ranks",
+    "xattn_region_grams",
     "xattn_scores",
 ]

@@ -25,7 +25,7 @@ from jwae_ext.ops.kernels import with_reference
 from jwae_ext.ops.retrieval import Ranks
 from jwae_ext.reference.xattn_scores import AGGREGATIONS, DIRECTIONS, RAW_FEATURE_NORMS
 
-__all__ = ["xattn_ranks", "xattn_scores"]
+__all__ = ["xattn_ranks", "xattn_region_grams", "xattn_scores"]
 
 _ops = torch.ops.jwae_ext
 
@@ -55,6 +55,7 @@ def xattn_scores(
     agg: str = "lse",
     lambda_lse: float = 6.0,
     raw_feature_norm: str = "clipped_l2norm",
+    region_grams: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """SCAN's cross-attention score of every image against every caption.
 
@@ -73,6 +74,10 @@ def xattn_scores(
         raw_feature_norm: SCAN's normalization of the word-region products over the query items
             before the softmax: ``"clipped_l2norm"`` (LeakyReLU 0.1 then l2), ``"l2norm"``,
             ``"clipped"``, ``"softmax"`` or ``"no_norm"``.
+        region_grams: t2i only: :func:`xattn_region_grams` of ``images``, for images scored
+            again and again (a search index keeps them): the scores are then the same, bit for
+            bit on CPU, without recomputing each image's Gram matrix (for a query of a few words,
+            most of the work). Not differentiated (the backward recomputes them from ``images``).
 
     Returns:
         ``(n_image, n_caption)`` scores in the accumulation dtype (float64 for float64 inputs,
@@ -80,7 +85,18 @@ def xattn_scores(
     """
     options = _options(direction, lambda_softmax, agg, lambda_lse, raw_feature_norm)
     check_tensors(images=images, captions=captions, cap_lens=cap_lens)
-    return _ops.xattn_scores(images, captions, cap_lens, *options)
+    if region_grams is not None:
+        check_tensors(region_grams=region_grams)
+    return _ops.xattn_scores(images, captions, cap_lens, *options, region_grams)
+
+
+@with_reference(reference.xattn_region_grams)
+def xattn_region_grams(images: torch.Tensor) -> torch.Tensor:
+    """Each image's Gram matrix of its regions, ``images[i] @ images[i].T``: ``(n_image, R, R)``
+    in the accumulation dtype, as :func:`xattn_scores` computes it (one GEMM per image on CPU,
+    so an image's Gram has the same bits whatever else is in the call). Not differentiated."""
+    check_tensors(images=images)
+    return _ops.xattn_region_grams(images)
 
 
 @with_reference(reference.xattn_ranks)
@@ -128,7 +144,7 @@ def xattn_ranks(
 
 
 def _setup_context(ctx, inputs, output):
-    images, captions, cap_lens, *options = inputs
+    images, captions, cap_lens, *options, _region_grams = inputs
     ctx.save_for_backward(images, captions, cap_lens)
     ctx.options = options
 
@@ -142,7 +158,7 @@ def _backward(ctx, grad):
     return (
         grad_images if mask[0] else None,
         grad_captions if mask[1] else None,
-        None, None, None, None, None, None,
+        None, None, None, None, None, None, None,
     )  # fmt: skip
 
 
@@ -153,11 +169,23 @@ torch.library.register_autograd("jwae_ext::xattn_scores", _backward, setup_conte
 
 
 @torch.library.register_fake("jwae_ext::xattn_scores")
-def _(images, captions, cap_lens, *options):
-    check_same_device(("images", images), ("captions", captions), ("cap_lens", cap_lens))
+def _(images, captions, cap_lens, direction, lambda_softmax, agg, lambda_lse, raw_feature_norm,
+      region_grams=None):  # fmt: skip
+    check_same_device(
+        ("images", images),
+        ("captions", captions),
+        ("cap_lens", cap_lens),
+        ("region_grams", region_grams),
+    )
     return images.new_empty(
         (images.shape[0], captions.shape[0]), dtype=accumulation_dtype(images.dtype)
     )
+
+
+@torch.library.register_fake("jwae_ext::xattn_region_grams")
+def _(images):
+    n, regions = images.shape[0], images.shape[1]
+    return images.new_empty((n, regions, regions), dtype=accumulation_dtype(images.dtype))
 
 
 @torch.library.register_fake("jwae_ext::xattn_scores_backward")

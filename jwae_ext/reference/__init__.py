@@ -18,7 +18,7 @@ from jwae_ext.reference.retrieval import (
     topk_search,
 )
 from jwae_ext.reference.wae_loss import wae_loss
-from jwae_ext.reference.xattn_scores import xattn_ranks, xattn_scores
+from jwae_ext.reference.xattn_scores import xattn_ranks, xattn_region_grams, xattn_scores
 
 __all__ = [
     "discriminator_loss",
@@ -32,5 +32,6 @@ __all__ = [
     "topk_search",
     "wae_loss",
     "xattn_ranks",
+    "xattn_region_grams",
     "xattn_scores",
 ]

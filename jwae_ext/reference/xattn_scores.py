@@ -75,11 +75,13 @@ def xattn_scores(
     agg: str = "lse",
     lambda_lse: float = 6.0,
     raw_feature_norm: str = "clipped_l2norm",
+    region_grams: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """SCAN's ``xattn_score_t2i`` / ``xattn_score_i2t``: (n_image, n_caption) scores.
 
     ``images`` (n_image, R, d), ``captions`` (n_caption, L, d) padded, ``cap_lens`` (n_caption,)
-    the number of real words of each caption (only those are read).
+    the number of real words of each caption (only those are read). ``region_grams`` is
+    accepted for the operator's signature and not used: SCAN forms the attended vectors.
     """
     columns = []
     for c, n_words in enumerate(cap_lens.tolist()):
@@ -92,6 +94,13 @@ def xattn_scores(
             similarity = _cosine(images, attended)
         columns.append(_aggregate(similarity, agg, lambda_lse))
     return torch.stack(columns, dim=1)
+
+
+def xattn_region_grams(images: torch.Tensor) -> torch.Tensor:
+    """``images[i] @ images[i].T`` for every image: (n_image, R, R), in float32 (float64 for
+    float64 images)."""
+    regions = images.to(torch.promote_types(images.dtype, torch.float32))
+    return torch.bmm(regions, regions.transpose(1, 2))
 
 
 def xattn_ranks(

@@ -25,9 +25,11 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
+import torch
 from tqdm import tqdm
 
 import jwae_ext.search.layout as layout
+from jwae_ext import ops
 from jwae_ext.checkpoint import checkpoint_file, load_model
 from jwae_ext.data.precomp import write_array, write_bytes, write_files
 from jwae_ext.encoding import caption_codes, image_codes
@@ -40,7 +42,7 @@ WORK_DIR = ".index-partial"
 SCRATCH_PREFIX = ".index-items-"  # the items' files during a build, removed after it
 _CHUNK = 1 << 16  # images per step where ids and counts are streamed
 ENCODE_ROWS = 1024  # images or captions per encoder call
-_CODES, _CAPTION_CODES = "codes", "caption_codes"
+_CODES, _CAPTION_CODES, _GRAMS = "codes", "caption_codes", "grams"
 
 
 @dataclass
@@ -147,11 +149,13 @@ def _build(loaded, run, out, scratch, *, data, images, captions, dtype, shard, b
         return done
     d = loaded.model.cfg.embed_size
     shapes = {_CODES: (len(items), *([collection.regions] if scan else []), d)}
-    if not scan:
+    if scan:
+        shapes[_GRAMS] = (len(items), collection.regions, collection.regions)
+    else:
         shapes[_CAPTION_CODES] = (items.caption_count(), d)
     work, resumed = PartialExtraction.open(
-        out, fingerprint, shapes, dtype=np.dtype(dtype), restart=restart,
-        work_dir=WORK_DIR, what="index build",
+        out, fingerprint, shapes, dtype=np.dtype(dtype), dtypes={_GRAMS: np.float32},
+        restart=restart, work_dir=WORK_DIR, what="index build",
     )  # fmt: skip
     already = work.progress[_CODES].next
     if resumed:
@@ -189,11 +193,17 @@ def _index_batch(work, loaded, collection, items, first, start, end, device, dty
     gone = {position for position, _, _ in skipped}
     kept = [item for p, item in enumerate(items[start:end], first + start) if p not in gone]
     done = {_CODES: (end, skipped)}
+    if _GRAMS in work.arrays:
+        done[_GRAMS] = (end, [])
     # The encoders take at most ENCODE_ROWS at a time: their activations, not --batch-size, set
     # the build's memory (a large batch only writes more rows per commit).
     for part in range(0, len(feats) if kept else 0, ENCODE_ROWS):
         codes = image_codes(loaded.model, feats[part : part + ENCODE_ROWS], device)
-        work.write(_CODES, codes.cpu().numpy().astype(dtype))
+        stored = codes.cpu().numpy().astype(dtype)
+        work.write(_CODES, stored)
+        if _GRAMS in work.arrays:  # from the codes as a query reads them back (float32)
+            as_read = torch.from_numpy(stored.astype(np.float32))
+            work.write(_GRAMS, ops.xattn_region_grams(as_read).numpy())
     if _CAPTION_CODES in work.arrays:
         texts = [c for item in kept for c in item.captions]
         for part in range(0, len(texts), ENCODE_ROWS):
@@ -329,10 +339,9 @@ def _finish(
         out / layout.IMAGE_IDS: partial(write_array, array=image_ids),
         out / layout.CAPTION_IMAGES: partial(write_array, array=caption_images),
     }
-    if _CAPTION_CODES in work.arrays:
-        files[out / layout.CAPTION_CODES] = partial(
-            write_array, array=work.features(_CAPTION_CODES)
-        )
+    for name, file in ((_CAPTION_CODES, layout.CAPTION_CODES), (_GRAMS, layout.GRAMS)):
+        if name in work.arrays:
+            files[out / file] = partial(write_array, array=work.features(name))
     for name, count, texts in (
         (layout.ITEMS, len(image_ids), (item.name for item in kept())),
         (layout.CAPTIONS, len(caption_images), (c for item in kept() for c in item.captions)),

@@ -75,6 +75,11 @@ class _Shard:
             if manifest["kind"] == "pooled"
             else None
         )
+        self.grams = (
+            layout.open_array(folder, layout.GRAMS, manifest["images"])
+            if manifest["kind"] == "scan"
+            else None
+        )
         self.items = layout.Lines(folder / layout.ITEMS)
         self.captions = layout.Lines(folder / layout.CAPTIONS)
 
@@ -178,7 +183,9 @@ class Index:
                 )
             words, lengths = word_codes(model, vocab, queries, device)
             options = model.xattn.options()
-            best = self._over_shards(lambda s: xattn_topk(words, lengths, s.codes, k, options), k)
+            best = self._over_shards(
+                lambda s: xattn_topk(words, lengths, s.codes, k, options, s.grams), k
+            )
         else:
             codes = caption_codes(model, vocab, queries, device)
             best = self._ranked(codes, k, target)

@@ -4,6 +4,9 @@ An index folder holds one shard of a collection (the whole collection is shard `
 
 - ``codes.npy``: the model's image codes, ``(n, d)`` for the pooled models, ``(n, R, d)`` region
   codes for SCAN; float32, or float16 (scores are still accumulated in float32);
+- ``grams.npy``: SCAN only, float32 ``(n, R, R)``: each image's Gram matrix of its region codes
+  (as read, float32), :func:`jwae_ext.ops.xattn_region_grams`: a query's cross-attention scores
+  need them, and they do not depend on the query;
 - ``caption_codes.npy``: the codes ``(m, d)`` of the indexed captions (pooled models only);
 - ``image_ids.npy``: int64 ``(n,)``, each row's image id in the collection (its place in the
   collection's order; ids of unreadable images are missing), ascending;
@@ -28,6 +31,7 @@ import numpy as np
 FORMAT = 1
 MANIFEST = "manifest.json"
 CODES, CAPTION_CODES, IMAGE_IDS = "codes.npy", "caption_codes.npy", "image_ids.npy"
+GRAMS = "grams.npy"
 ITEMS, CAPTIONS, CAPTION_IMAGES = "items.txt", "captions.txt", "caption_images.npy"
 DTYPES = ("float32", "float16")
 # What a manifest holds; shards of one collection agree on all but the shard's own entries.

@@ -80,15 +80,24 @@ def dot_topk(
 
 
 def xattn_topk(
-    words: torch.Tensor, lengths: torch.Tensor, regions: np.ndarray, k: int, options: dict
+    words: torch.Tensor,
+    lengths: torch.Tensor,
+    regions: np.ndarray,
+    k: int,
+    options: dict,
+    grams: np.ndarray | None = None,
 ) -> Best:
     """The k best images (memory-mapped region codes (n, R, d)) for each caption (word codes
     (Q, L, d), lengths (Q,)) by the cross-attention score with ``options``
     (:func:`jwae_ext.ops.xattn_scores`), one block of images at a time: never more scores than
-    one block's (images x queries)."""
+    one block's (images x queries). ``grams``: the images' :func:`jwae_ext.ops.xattn_region_grams`
+    (memory-mapped (n, R, R) float32), passed so that no query recomputes them."""
     best = None
     for start, block in float32_blocks(regions, words.device, extra_row_bytes=4 * len(words)):
-        scores = ops.xattn_scores(block, words, lengths, **options)
+        block_grams = None
+        if grams is not None:
+            block_grams = torch.from_numpy(grams[start : start + len(block)]).to(words.device)
+        scores = ops.xattn_scores(block, words, lengths, **options, region_grams=block_grams)
         positions = torch.arange(start, start + len(block), device=words.device)
         positions = positions.expand(len(words), -1)
         best = merge_best(best, scores.T, positions, k)
