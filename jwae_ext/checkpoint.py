@@ -104,13 +104,17 @@ def _write_atomic(path: str | os.PathLike, write: Callable[[Any], object], what:
     return path
 
 
-def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
-    """Read a checkpoint written by :func:`save_atomic`, refusing anything but plain data."""
+def load(
+    path: str | os.PathLike, map_location: str | torch.device = "cpu", *, mmap: bool = False
+) -> dict:
+    """Read a checkpoint written by :func:`save_atomic`, refusing anything but plain data.
+    ``mmap``: its tensors are mapped from the file, read only where used (a model loaded for
+    inference then never holds the optimizer's state in memory)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
-        obj = torch.load(path, map_location=map_location, weights_only=True)
+        obj = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as err:
         raise CheckpointError(
             f"refusing to load checkpoint {path}: it is not a plain-data checkpoint written by "
@@ -208,7 +212,7 @@ def checkpoint_file(path: str | Path) -> Path:
 def load_model(path: str | Path, device: torch.device | str = "cpu") -> LoadedModel:
     """Rebuild the model saved in checkpoint ``path`` (a file or a run folder) on ``device``."""
     path = checkpoint_file(path)
-    state = {**_DEFAULTS, **load(path, map_location=device)}
+    state = {**_DEFAULTS, **load(path, map_location=device, mmap=True)}
     _require(state, _MODEL_ENTRIES, path)
     words = state["vocab"]
     if not isinstance(words, list) or tuple(words[:4]) != SPECIAL_TOKENS:

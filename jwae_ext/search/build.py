@@ -41,7 +41,8 @@ from jwae_ext.search.sources import Collection, from_data, from_images
 WORK_DIR = ".index-partial"
 SCRATCH_PREFIX = ".index-items-"  # the items' files during a build, removed after it
 _CHUNK = 1 << 16  # images per step where ids and counts are streamed
-ENCODE_ROWS = 1024  # images or captions per encoder call
+ENCODE_ROWS = 1024  # images or captions per encoder call, at most
+ENCODE_BYTES = 4 * 2**20  # features or codes (float32) of the images per encoder call, at most
 _CODES, _CAPTION_CODES, _GRAMS = "codes", "caption_codes", "grams"
 
 
@@ -188,29 +189,33 @@ def _shard_range(n: int, shard: tuple[int, int]) -> tuple[int, int]:
 
 
 def _index_batch(work, loaded, collection, items, first, start, end, device, dtype) -> None:
-    """Codes of the shard's images ``start:end`` (and of their captions) into the work area."""
-    feats, skipped = collection.features(first + start, first + end)
-    gone = {position for position, _, _ in skipped}
-    kept = [item for p, item in enumerate(items[start:end], first + start) if p not in gone]
-    done = {_CODES: (end, skipped)}
-    if _GRAMS in work.arrays:
-        done[_GRAMS] = (end, [])
-    # The encoders take at most ENCODE_ROWS at a time: their activations, not --batch-size, set
-    # the build's memory (a large batch only writes more rows per commit).
-    for part in range(0, len(feats) if kept else 0, ENCODE_ROWS):
-        codes = image_codes(loaded.model, feats[part : part + ENCODE_ROWS], device)
-        stored = codes.cpu().numpy().astype(dtype)
-        work.write(_CODES, stored)
-        if _GRAMS in work.arrays:  # from the codes as a query reads them back (float32)
-            as_read = torch.from_numpy(stored.astype(np.float32))
-            work.write(_GRAMS, ops.xattn_region_grams(as_read).numpy())
-    if _CAPTION_CODES in work.arrays:
-        texts = [c for item in kept for c in item.captions]
-        for part in range(0, len(texts), ENCODE_ROWS):
-            codes = caption_codes(loaded.model, loaded.vocab, texts[part : part + ENCODE_ROWS],
-                                  device)  # fmt: skip
-            work.write(_CAPTION_CODES, codes.cpu().numpy().astype(dtype))
-        done[_CAPTION_CODES] = (end, [])
+    """Codes of the shard's images ``start:end`` (and of their captions) into the work area,
+    committed together. They go through the encoders in parts of at most ENCODE_BYTES of
+    features or codes (and ENCODE_ROWS rows): those parts, not ``--batch-size``, set the build's
+    memory (a SCAN image's regions are hundreds of KB; a large batch only commits less often)."""
+    regions = collection.regions or 1
+    row_bytes = 4 * regions * max(loaded.model.cfg.img_dim, loaded.model.cfg.embed_size)
+    step = max(1, min(ENCODE_ROWS, ENCODE_BYTES // row_bytes))
+    skipped = []
+    for part in range(start, end, step):
+        part_end = min(part + step, end)
+        feats, part_skipped = collection.features(first + part, first + part_end)
+        skipped += part_skipped
+        gone = {position for position, _, _ in part_skipped}
+        kept = [item for p, item in enumerate(items[part:part_end], first + part) if p not in gone]
+        if kept:
+            stored = image_codes(loaded.model, feats, device).cpu().numpy().astype(dtype)
+            work.write(_CODES, stored)
+            if _GRAMS in work.arrays:  # from the codes as a query reads them back (float32)
+                as_read = torch.from_numpy(stored.astype(np.float32))
+                work.write(_GRAMS, ops.xattn_region_grams(as_read).numpy())
+        if _CAPTION_CODES in work.arrays:
+            texts = [c for item in kept for c in item.captions]
+            for first_text in range(0, len(texts), ENCODE_ROWS):
+                some = texts[first_text : first_text + ENCODE_ROWS]
+                codes = caption_codes(loaded.model, loaded.vocab, some, device)
+                work.write(_CAPTION_CODES, codes.cpu().numpy().astype(dtype))
+    done = {name: (end, skipped if name == _CODES else []) for name in work.arrays}
     work.commit_many(done)
 
 
