@@ -41,7 +41,9 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--dtype", default="float32", choices=DTYPES, help="storage of the codes")
     p.add_argument("--shard", default="0/1", metavar="I/N", help="build the I-th of N shards")
-    p.add_argument("--batch-size", type=int, default=256, help="images per batch")
+    p.add_argument(
+        "--batch-size", type=int, default=256, help="images per committed batch (lost at most)"
+    )
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     p.add_argument("--restart", action="store_true", help="discard an unfinished or other index")
     add_kernels_option(p)
