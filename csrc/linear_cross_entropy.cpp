@@ -143,15 +143,18 @@ XentGrads run_chunks(const XentInputs& in, const at::Tensor& lse, const at::Tens
 // The chunk loop over the counted tokens only: an ignored token (padding) needs no logits, its
 // loss, log-sum-exp and gradients are 0. Its rows are left out of the GEMMs (as in Cut Cross-
 // Entropy), and the per-token results scattered back.
-XentGrads run_counted_chunks(const XentInputs& in, const at::Tensor& lse, const at::Tensor& loss,
-                             const at::Tensor& grad_scale, std::array<bool, 3> grad_mask,
-                             const XentBackend& backend) {
-  const int64_t T = in.target.size(0);
-  const auto counted = in.target.ne(in.ignore_index);
-  const int64_t n = counted.sum().item<int64_t>();
-  if (n == T) return run_chunks(in, lse, loss, grad_scale, grad_mask, backend);
+// The tokens not equal to ignore_index (one device sync on CUDA).
+int64_t counted_tokens(const XentInputs& in) {
+  return in.target.ne(in.ignore_index).sum().item<int64_t>();
+}
 
-  const auto rows = counted.nonzero().squeeze(1);
+// `n`: counted_tokens(in).
+XentGrads run_counted_chunks(const XentInputs& in, int64_t n, const at::Tensor& lse,
+                             const at::Tensor& loss, const at::Tensor& grad_scale,
+                             std::array<bool, 3> grad_mask, const XentBackend& backend) {
+  if (n == in.target.size(0)) return run_chunks(in, lse, loss, grad_scale, grad_mask, backend);
+
+  const auto rows = in.target.ne(in.ignore_index).nonzero().squeeze(1);
   const auto pick = [&](const at::Tensor& t) {
     return t.defined() ? t.index_select(0, rows) : at::Tensor();
   };
@@ -194,17 +197,15 @@ XentForward linear_cross_entropy_forward(const at::Tensor& hidden, const at::Ten
   const int64_t T = in.hidden.size(0);
   const auto options = in.hidden.options().dtype(accumulation_dtype(in.hidden.scalar_type()));
   // Mean over the non-ignored tokens; over none it is 0 (the sum is 0), not NaN.
-  const int64_t divisor =
-      reduction == Reduction::Mean
-          ? std::max<int64_t>(1, in.target.ne(ignore_index).sum().item<int64_t>())
-          : 1;
+  const int64_t counted = counted_tokens(in);
+  const int64_t divisor = reduction == Reduction::Mean ? std::max<int64_t>(1, counted) : 1;
 
   XentForward out;
   out.lse = at::empty({T}, options);
   const auto loss_rows = at::empty({T}, options);
   const auto grad_scale = any_grad ? at::full({T}, grad_multiplier / divisor, options)
                                    : at::Tensor();
-  out.grads = run_counted_chunks(in, out.lse, loss_rows, grad_scale, grad_mask, backend);
+  out.grads = run_counted_chunks(in, counted, out.lse, loss_rows, grad_scale, grad_mask, backend);
   if (reduction == Reduction::None) {
     out.loss = loss_rows;
   } else {
@@ -231,7 +232,7 @@ XentGrads linear_cross_entropy_backward(const at::Tensor& grad_loss, const at::T
     check_float_dtype(*t, name);
   }
   if (!(grad_mask[0] || grad_mask[1] || grad_mask[2])) return {};
-  return run_counted_chunks(in, lse.to(acc).contiguous(), at::Tensor(),
+  return run_counted_chunks(in, counted_tokens(in), lse.to(acc).contiguous(), at::Tensor(),
                             grad_loss.to(acc).contiguous(), grad_mask, backend);
 }
 

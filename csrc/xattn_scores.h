@@ -87,16 +87,22 @@ inline Options parse_options(std::string_view direction, double lambda_softmax,
   return o;
 }
 
+// images (N_i, R, d), non-empty, a float dtype (xattn_region_grams' argument; checked first by
+// check_inputs).
+inline void check_region_images(const at::Tensor& images) {
+  check_dim(images, 3, "images", "(n_image, regions, d)");
+  check_nonempty(images, "images");
+  check_float_dtype(images, "images");
+}
+
 // images (N_i, R, d), captions (N_c, L, d) and cap_lens (N_c,) int64 in [1, L], all on one
 // device; float dtypes as every operator.
 inline void check_inputs(const at::Tensor& images, const at::Tensor& captions,
                          const at::Tensor& cap_lens) {
-  check_dim(images, 3, "images", "(n_image, regions, d)");
+  check_region_images(images);
   check_dim(captions, 3, "captions", "(n_caption, max_words, d), padded");
-  check_nonempty(images, "images");
   check_nonempty(captions, "captions");
   check_same_device(images, "images", captions, "captions");
-  check_float_dtype(images, "images");
   check_same_dtype(images, "images", captions, "captions");
   TORCH_CHECK_VALUE(images.size(2) == captions.size(2), "jwae_ext: arguments 'images' and ",
                     "'captions' must have the same feature size d (last dim), got ",
@@ -114,13 +120,6 @@ inline void check_inputs(const at::Tensor& images, const at::Tensor& captions,
   TORCH_CHECK_VALUE(shortest >= 1 && longest <= captions.size(1), "jwae_ext: argument ",
                     "'cap_lens' must hold lengths in [1, ", captions.size(1), "] (words of ",
                     "'captions'), got values from ", shortest, " to ", longest);
-}
-
-// xattn_region_grams' images: (N_i, R, d), non-empty, a float dtype.
-inline void check_region_images(const at::Tensor& images) {
-  check_dim(images, 3, "images", "(n_image, regions, d)");
-  check_nonempty(images, "images");
-  check_float_dtype(images, "images");
 }
 
 // region_grams (N_i, R, R), for t2i, in the scores' dtype on the images' device: each image's

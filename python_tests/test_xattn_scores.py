@@ -190,20 +190,25 @@ def test_results_do_not_depend_on_the_thread_count(direction):
     images, captions, lengths = make_inputs(40, 36, 60, 16, 24, seed=9, dtype=torch.float32,
                                             lengths=lengths)  # fmt: skip
     weights = torch.randn(40, 60)
+    kwargs = options(direction)
+    _assert_same_at_1_2_3_threads(
+        lambda: scores_and_grads(ops.xattn_scores, images, captions, lengths, weights, **kwargs)
+    )
+
+
+def _assert_same_at_1_2_3_threads(compute):
+    """``compute()`` (a tuple of tensors) gives the same bits with 1, 2 and 3 torch threads."""
     threads = torch.get_num_threads()
     results = []
     try:
         for n in (1, 2, 3):
             torch.set_num_threads(n)
-            kwargs = options(direction)
-            results.append(
-                scores_and_grads(ops.xattn_scores, images, captions, lengths, weights, **kwargs)
-            )
+            results.append(compute())
     finally:
         torch.set_num_threads(threads)
     for other in results[1:]:
-        for g, w in zip(other, results[0], strict=True):
-            assert torch.equal(g, w)
+        for got, want in zip(other, results[0], strict=True):
+            assert torch.equal(got, want)
 
 
 @pytest.mark.parametrize("direction", DIRECTIONS)
@@ -215,20 +220,13 @@ def test_scores_and_ranks_equal_whichever_group_the_threads_sweep(direction):
     images, captions, lengths = make_inputs(20, 9, 400, 16, 8, seed=4, dtype=torch.float32,
                                             lengths=lengths)  # fmt: skip
     owner = torch.arange(400) // 20
-    threads = torch.get_num_threads()
-    results = []
-    try:
-        for n in (1, 2, 3):
-            torch.set_num_threads(n)
-            kwargs = options(direction)
-            scores = ops.xattn_scores(images, captions, lengths, **kwargs)
-            ranks = ops.xattn_ranks(images, captions, lengths, owner, **kwargs)
-            results.append((scores, *ranks))
-    finally:
-        torch.set_num_threads(threads)
-    for other in results[1:]:
-        for got, want in zip(other, results[0], strict=True):
-            assert torch.equal(got, want)
+    kwargs = options(direction)
+    _assert_same_at_1_2_3_threads(
+        lambda: (
+            ops.xattn_scores(images, captions, lengths, **kwargs),
+            *ops.xattn_ranks(images, captions, lengths, owner, **kwargs),
+        )
+    )
 
 
 # ---- precomputed region Grams --------------------------------------------------------------------

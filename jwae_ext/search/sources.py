@@ -208,22 +208,17 @@ def _split_source(loaded: LoadedModel, data: str, split: str, regions: bool) -> 
         return _SplitSource(
             images.regions if regions else images,
             _item_names(data, split, n),
-            _lazy(streamed.captions),
+            streamed.captions(),  # a generator: the file is opened when the items are spilled
             repeat(k, n),
         )
     split_data = load_split(data, split, seed=loaded.config.get("seed", 0))
     order = np.argsort(split_data.cap_to_img, kind="stable")  # each image's captions in order
     return _SplitSource(
         split_data.require_regions() if regions else split_data.images,
-        (f"{split}/{i}" for i in range(split_data.num_images)),
+        _item_names(data, split, split_data.num_images),
         (split_data.captions[j] for j in order),
         np.bincount(split_data.cap_to_img, minlength=split_data.num_images).tolist(),
     )
-
-
-def _lazy(make: Callable[[], Iterator[str]]) -> Iterator[str]:
-    """The items of ``make()``, which is called only when the first one is asked for."""
-    yield from make()
 
 
 def _data_and_splits(data: str) -> tuple[str, list[str]]:
@@ -245,9 +240,9 @@ def _data_and_splits(data: str) -> tuple[str, list[str]]:
 
 def _item_names(data: str, split: str, n: int) -> Iterator[str]:
     """The images' ids (``{split}_ids.txt`` of an extracted folder, read a line at a time),
-    else ``split/number``."""
+    else ``split/number`` (always for an embedded dataset)."""
     ids = Path(data) / f"{split}_ids.txt"
-    if ids.is_file():
+    if embedded_style(data) is None and ids.is_file():
         with open(ids, encoding="utf-8") as f:
             lines = sum(1 for _ in f)
         if lines == n:
